@@ -1,0 +1,62 @@
+"""The Python API: compose, validate and run a pipeline without the CLI."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import RunConfig, compose
+from .engine import RunContext, run_pipeline
+from .plugins import get_manager
+from .score.scorecard import Scorecard, load_scorecard
+
+PUBLISHED = ("scorecard.json", "scorecard.md", "scorecard.html")
+
+
+def validate(overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose and validate a configuration; raises :class:`~dsvl_adapt.errors.ConfigError`."""
+    from .engine import check_pipeline
+
+    config, _raw = compose(list(overrides))
+    check_pipeline(config, get_manager())
+    return config
+
+
+def execute(config: RunConfig, raw: dict[str, Any], run_dir: Path, log: Any = None) -> RunContext:
+    """Run (or resume) the pipeline in ``run_dir`` and publish the scorecard at its top level."""
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+    log = log or (lambda message: print(message, file=sys.stderr))
+    context = run_pipeline(config, raw, run_dir, get_manager(), log=log)
+    publish(context)
+    return context
+
+
+def publish(context: RunContext) -> None:
+    scorecard = context.artifacts.get("scorecard")
+    if scorecard is None:
+        return
+    for name in PUBLISHED:
+        source = scorecard.parent / name
+        if source.is_file():
+            shutil.copyfile(source, context.run_dir / name)
+
+
+def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Scorecard | None:
+    """Run a pipeline: ``run(["vertical=industrial", "model=reference-tiny"], run_dir="runs/x")``.
+
+    Returns the scorecard when the pipeline has a ``score`` stage. Running again with the same
+    ``run_dir`` resumes.
+    """
+    overrides = list(overrides)
+    if run_dir is not None:
+        overrides.append(f"run_dir={Path(run_dir)}")
+    config, raw = compose(overrides)
+    if config.run_dir is None:
+        raise ValueError("give run_dir (the folder the run writes to)")
+    context = execute(config, raw, config.run_dir)
+    path = context.run_dir / "scorecard.json"
+    return load_scorecard(path) if path.is_file() else None

@@ -1,0 +1,31 @@
+"""The core's own parts, registered through the same hooks as any plugin.
+
+Stage implementations are imported when they run, so loading plugins stays fast.
+"""
+
+from __future__ import annotations
+
+from .engine import LazyStage
+from .metrics import exact_match
+from .plugins import hookimpl
+from .schemas import MetricSpec
+
+CORE_STAGES = (
+    LazyStage("load", "load the base model (a local checkpoint, or a reference preset with an offline tokenizer)",
+              "dsvl_adapt.models.stage:LoadStage"),
+    LazyStage("finetune", "fine-tune on the vertical's data (full phase for random-init presets, then LoRA) -> teacher",
+              "dsvl_adapt.inject.finetune:FinetuneStage"),
+    LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
+              "dsvl_adapt.score.stage:ScoreStage"),
+)
+
+
+@hookimpl
+def dsvl_adapt_register_stages(register):
+    for stage in CORE_STAGES:
+        register(stage)
+
+
+@hookimpl
+def dsvl_adapt_register_metrics(register):
+    register(MetricSpec(name="exact_match", compute=exact_match, description="normalised exact match of answers"))

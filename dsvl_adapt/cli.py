@@ -1,0 +1,210 @@
+"""The ``dsvl-adapt`` command line: a thin layer over the API and Hydra."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import DsvlAdaptError
+
+EPILOG = """\
+examples:
+  dsvl-adapt run vertical=industrial                         # reference model, ~10 min on 2 cores
+  dsvl-adapt run vertical=medical model=local model.path=/models/deepseek-vl-1.3b-chat
+  dsvl-adapt run model=reference-tiny finetune=fast run_dir=runs/smoke   # same run_dir resumes
+  dsvl-adapt run -m finetune.lora.r=8,16                     # Hydra multirun sweep
+  dsvl-adapt validate finetune.lora.r=8                      # check a config in seconds
+  dsvl-adapt plugins --json
+"""
+
+OVERRIDES_HELP = ("Hydra overrides, key=value (e.g. vertical=industrial model=reference-tiny "
+                  "finetune.lora.r=8 run_dir=runs/x); groups: vertical, model, data, pipeline, finetune, score")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except DsvlAdaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsvl-adapt",
+        description="Adapt DeepSeek-VL models to an industry vertical (3-2-1: compress, inject knowledge, score).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline and write a scorecard",
+                         description="Run (or resume) the pipeline. Re-running with the same run_dir skips "
+                                     "complete stages and resumes training from its last checkpoint.",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: sweep over comma lists")
+    run.add_argument("--fail-on-objectives", action="store_true",
+                     help="exit with status 3 when the scorecard's objectives are not met")
+    run.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    run.set_defaults(handler=_cmd_run)
+
+    validate = sub.add_parser("validate", help="compose and validate a configuration, nothing else")
+    validate.add_argument("--show", action="store_true", help="print the composed configuration")
+    validate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    validate.set_defaults(handler=_cmd_validate)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins, their versions and hooks")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(handler=_cmd_plugins)
+
+    targets = sub.add_parser("targets", help="list hardware targets of installed verticals")
+    targets.add_argument("--json", action="store_true", help="machine-readable output")
+    targets.set_defaults(handler=_cmd_targets)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the scorecard or the run config")
+    schema.add_argument("which", choices=["scorecard", "config"])
+    schema.set_defaults(handler=_cmd_schema)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import compose, search_path_override
+    from .plugins import get_registry
+
+    overrides = list(args.overrides)
+    if not args.multirun:
+        compose(overrides)  # fail fast, with field names, before Hydra or torch start
+        overrides += [f"hydra.run.dir={o.split('=', 1)[1]}" for o in overrides if o.startswith("run_dir=")]
+    outcome: dict[str, Any] = {}
+    _hydra_main(overrides + search_path_override(get_registry().config_search_path), args.multirun, outcome)
+    if "error" in outcome and not args.multirun:
+        print(f"error: {outcome['error']}", file=sys.stderr)
+        return 2
+    card = outcome.get("scorecard")
+    if card is not None:
+        _print_summary(card, outcome["run_dir"])
+        if args.fail_on_objectives and card.verdict is False:
+            print("objectives not met (see scorecard.md)", file=sys.stderr)
+            return 3
+    return 0
+
+
+def _hydra_main(overrides: list[str], multirun: bool, outcome: dict[str, Any]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from .api import execute
+    from .config import conf_dir, validate
+
+    @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)
+    def job(cfg: DictConfig) -> None:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
+        try:
+            config = validate(raw)  # type: ignore[arg-type]
+            context = execute(config, raw, run_dir)  # type: ignore[arg-type]
+        except DsvlAdaptError as exc:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "failure.json").write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+            outcome["error"] = str(exc)
+            if multirun:
+                print(f"trial failed: {exc}", file=sys.stderr)
+            return
+        from .score.scorecard import load_scorecard
+
+        if (context.run_dir / "scorecard.json").is_file():
+            outcome["scorecard"] = load_scorecard(context.run_dir)
+        outcome["run_dir"] = context.run_dir
+
+    saved = sys.argv
+    sys.argv = ["dsvl-adapt", *(["--multirun"] if multirun else []), *overrides]
+    try:
+        job()
+    finally:
+        sys.argv = saved
+
+
+def _print_summary(card: Any, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{card.vertical}: {card.metric} (retention {card.retention})")
+    table.add_column("model")
+    table.add_column(card.metric, justify="right")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("size MiB", justify="right")
+    for name, value in card.accuracy.items():
+        latency = card.latency.get(name)
+        size = card.size.get(name)
+        table.add_row(name, f"{value:.3f}", f"{latency.p50_ms:.1f}" if latency else "—",
+                      f"{size.bytes / 2**20:.1f}" if size else "—")
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"scorecard: {run_dir / 'scorecard.md'}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .api import validate
+
+    config = validate(args.overrides)
+    if args.show:
+        print(config.model_dump_json(indent=2))
+    else:
+        print(f"configuration is valid: vertical={config.vertical.name}, model="
+              f"{config.model.preset or config.model.path}, stages={' -> '.join(config.pipeline.stages)}")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_manager
+
+    infos = get_manager().plugins()
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return 0
+    for info in infos:
+        version = f" {info.version}" if info.version else ""
+        print(f"{info.name}{version} ({info.source})")
+        for hook in info.hooks:
+            print(f"    {hook}")
+        for error in info.errors:
+            print(f"    ERROR: {error}")
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from .plugins import get_registry
+
+    registry = get_registry()
+    rows = [t.model_dump() | {"plugin": registry.targets.owner(t.name)} for t in registry.targets]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        objective = f", p90 <= {row['latency_p90_ms']} ms" if row["latency_p90_ms"] else ""
+        print(f"{row['name']}: {row['device']} / {row['runtime']}, {row['memory_gb']} GB, "
+              f"{'/'.join(row['dtypes'])}{objective}  [{row['plugin']}]")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.which == "scorecard":
+        from .score.scorecard import Scorecard as model
+    else:
+        from .config import RunConfig as model
+    print(json.dumps(model.model_json_schema(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""Configuration: Hydra composes it, pydantic validates it.
+
+The primary config and its groups live in ``conf/`` (shipped inside the wheel as
+``dsvl_adapt/conf``). Plugins add their own groups (``vertical/<name>.yaml``) through
+:func:`~dsvl_adapt.hookspecs.dsvl_adapt_config_search_path`. The composed config is checked
+against :class:`RunConfig` before any work starts: an unknown key or a value out of range
+fails at once with the field's dotted path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+CONF_DIR_CANDIDATES = (
+    Path(__file__).parent / "conf",  # installed wheel
+    Path(__file__).parent.parent / "conf",  # source checkout / editable install
+)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class VerticalSection(Section):
+    name: str = Field(description="an installed vertical (see `dsvl-adapt plugins`)")
+    target: str | None = Field(None, description="hardware target used for runtime choices; default: the vertical's first")
+
+
+class ModelSection(Section):
+    preset: str | None = Field("reference-small", description="a reference preset built in code, or null with `path`")
+    path: Path | None = Field(None, description="a local Hugging Face DeepSeek-VL checkpoint directory")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = Field(False, description="never needed for DeepSeek-VL; enabling it warns")
+    allow_pickle: bool = Field(False, description="allow loading *.bin/*.pt pickled weights (unsafe)")
+    tokenizer_vocab_size: int = Field(1024, ge=300, le=1_000_000, description="vocab of the offline-trained tokenizer")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSection":
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("set exactly one of model.preset (a reference preset) or model.path (a checkpoint dir)")
+        return self
+
+
+class DataSection(Section):
+    source: Path | None = Field(None, description="your data directory (train/validation/test .jsonl); null = generated")
+    train_size: int = Field(800, ge=1)
+    validation_size: int = Field(64, ge=1)
+    test_size: int = Field(100, ge=1)
+    on_bad_row: Literal["fail", "skip"] = Field("fail", description="what to do with an unusable row")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="larger images are refused (decompression bombs)")
+
+
+class PipelineSection(Section):
+    stages: list[str] = Field(min_length=1, description="stage names in run order (see `dsvl-adapt plugins`)")
+
+
+class TrainSchedule(Section):
+    """One training phase: shared by the full fine-tune, LoRA and distillation."""
+
+    steps: int = Field(ge=0, description="optimizer steps; 0 skips the phase")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(gt=0, le=1.0, description="peak learning rate")
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(50, ge=1, description="evaluate on the validation split every N steps")
+    patience: int | None = Field(None, ge=1, description="early stopping after N evaluations without improvement")
+    checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="auto = bf16 autocast where supported (fp16 + grad scaling on GPUs without bf16)"
+    )
+
+
+class LoraSection(Section):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str = Field(
+        r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+        description="regex over full module paths (LM and vision tower share names like q_proj)",
+    )
+    train: TrainSchedule
+
+    @field_validator("target_modules")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class FinetuneSection(Section):
+    full: TrainSchedule = Field(description="full-parameter phase, for models that start from random weights")
+    full_when: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto = only for reference presets (random weights)"
+    )
+    lora: LoraSection
+
+
+class ScoreSection(Section):
+    batch_size: int = Field(16, ge=1)
+    latency_warmup: int = Field(2, ge=0)
+    latency_repeats: int = Field(10, ge=1)
+    threads: int | None = Field(None, ge=1, description="CPU threads for latency; null = torch default")
+    models: list[Literal["base", "teacher", "student"]] = Field(default_factory=lambda: ["base", "teacher", "student"])
+
+
+class RunConfig(Section):
+    """The whole validated run configuration."""
+
+    vertical: VerticalSection
+    model: ModelSection
+    data: DataSection
+    pipeline: PipelineSection
+    finetune: FinetuneSection
+    score: ScoreSection
+    seed: int = Field(0, ge=0)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    run_dir: Path | None = Field(None, description="where the run writes; the same dir resumes")
+
+
+def conf_dir() -> Path:
+    for candidate in CONF_DIR_CANDIDATES:
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError("dsvl-adapt's config folder is missing from the installation; reinstall the package")
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    """Validate a plain config dict; errors name every bad field by its dotted path."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def known_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the run config (for 'did you mean' hints)."""
+    model = model or RunConfig
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += known_keys(annotation, f"{prefix}{name}.")
+    return keys
+
+
+def unknown_key_message(path: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(path, known_keys(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; check its spelling"
+    return f"{path}: unknown key{hint} (`dsvl-adapt validate --show` prints every key)"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [f"invalid configuration ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append("  " + unknown_key_message(path))
+            continue
+        shown = err.get("input")
+        value = "" if isinstance(shown, dict) else f" (got {shown!r})"
+        lines.append(f"  {path}: {err['msg']}{value}")
+    return "\n".join(lines)
+
+
+def search_path_override(extra_entries: list[str]) -> list[str]:
+    """The ``hydra.searchpath`` override that adds plugin config directories."""
+    if not extra_entries:
+        return []
+    return ["hydra.searchpath=[" + ",".join(extra_entries) + "]"]
+
+
+def compose(overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
+    """Compose the config with Hydra (plugins' search path included) and validate it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .plugins import get_registry
+
+    registry = get_registry()
+    overrides = list(overrides or [])
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = hydra_compose("config", overrides=overrides + search_path_override(registry.config_search_path))
+    except MissingConfigException as exc:
+        raise ConfigError(_missing_config_message(exc, registry)) from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        match = re.search(r"Could not override '([^']+)'", str(exc))
+        if match:
+            raise ConfigError(unknown_key_message(match.group(1))) from None
+        raise ConfigError(f"could not compose the configuration: {exc}") from None
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    return validate(raw), raw
+
+
+def _missing_config_message(exc: Exception, registry: Any) -> str:
+    text = str(exc)
+    match = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if match and match.group(1) == "vertical":
+        name = match.group(2)
+        hint = ""
+        if name in ("industrial", "medical", "ecommerce", "finance"):
+            hint = f'\nInstall it with: pip install "dsvl-adapt[{name}]"'
+        return (f"unknown vertical {name!r}; installed verticals: {', '.join(registry.verticals.names()) or 'none'}"
+                f"{hint}")
+    if match:
+        group, name = match.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        return f"no config {name!r} in group {group!r}; available: {', '.join(options) or 'none'}"
+    return text.splitlines()[0]

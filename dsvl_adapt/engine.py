@@ -1,0 +1,269 @@
+"""The engine: runs the configured stages in order, each into its own folder of the run directory.
+
+A stage writes into ``stages/<name>.partial/``; when it returns, its result is written to
+``stage.json`` and the folder is renamed to ``stages/<name>/`` in one step, so a half-written
+stage is never taken as complete. Running again in the same directory skips complete stages
+and lets an interrupted training stage resume from its last checkpoint inside ``.partial``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .config import RunConfig
+from .errors import ConfigError, DsvlAdaptError, StageError
+from .plugins import PluginManager
+from .schemas import DatasetRequest, HardwareTarget, PromptTemplate, Vertical
+
+MANIFEST = "manifest.json"
+STAGE_RECORD = "stage.json"
+TRACKED_PACKAGES = ("dsvl-adapt", "torch", "transformers", "peft", "torch-pruning", "onnx", "onnxruntime",
+                    "openvino", "nncf", "accelerate", "hydra-core", "pydantic", "pluggy")
+
+
+@dataclass
+class StageResult:
+    """What a stage hands on: named artifacts (paths) and figures for the scorecard."""
+
+    artifacts: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """A pipeline step. Register it with ``dsvl_adapt_register_stages``."""
+
+    name: str
+    description: str
+
+    def run(self, context: "RunContext") -> StageResult:
+        """Do the work, writing only under ``context.work_dir``; return artifacts and figures."""
+        ...
+
+
+class RunContext:
+    """What a stage sees: validated config, the vertical's parts, data and earlier artifacts."""
+
+    def __init__(self, config: RunConfig, raw_config: dict[str, Any], run_dir: Path, manager: PluginManager) -> None:
+        self.config = config
+        self.raw_config = raw_config
+        self.run_dir = run_dir
+        self.manager = manager
+        self.registry = manager.registry
+        self.vertical: Vertical = self.registry.vertical(config.vertical.name)
+        self.prompt: PromptTemplate = self.registry.prompts.get(self.vertical.prompt)
+        self.artifacts: dict[str, Path] = {}
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.work_dir: Path = run_dir
+        self._splits: dict[tuple[str, int], Any] = {}
+
+    # -- data ----------------------------------------------------------------------------
+    def split(self, name: str, image_size: int, size: int | None = None) -> Any:
+        """Validated rows of a split of the vertical's dataset (cached per image size)."""
+        from .data.loading import load_split
+
+        key = (name, image_size)
+        if key not in self._splits:
+            data = self.config.data
+            request = DatasetRequest(
+                split=name,  # type: ignore[arg-type]
+                size=size or getattr(data, f"{name}_size"),
+                seed=self.config.seed,
+                image_size=image_size,
+                source=data.source,
+            )
+            spec = self.registry.datasets.get(self.vertical.dataset)
+            self._splits[key] = load_split(spec, request, on_bad_row=data.on_bad_row,
+                                           max_pixels=data.max_image_pixels)
+        return self._splits[key]
+
+    def skipped_rows(self) -> dict[str, int]:
+        return {name: len(split.skipped) for (name, _), split in self._splits.items() if split.skipped}
+
+    # -- models --------------------------------------------------------------------------
+    def artifact(self, name: str) -> Path:
+        try:
+            return self.artifacts[name]
+        except KeyError:
+            raise StageError(
+                f"no {name!r} artifact yet: a stage that produces it must come earlier in pipeline.stages "
+                f"(have: {', '.join(self.artifacts) or 'none'})"
+            ) from None
+
+    def load_model(self, name: str) -> tuple[Any, Any]:
+        from .models.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.artifact(name), allow_pickle=self.config.model.allow_pickle,
+                               trust_remote_code=self.config.model.trust_remote_code)
+
+    def target(self) -> HardwareTarget | None:
+        name = self.config.vertical.target or (self.vertical.targets[0] if self.vertical.targets else None)
+        return self.registry.targets.get(name) if name else None
+
+    def targets(self) -> list[HardwareTarget]:
+        return [self.registry.targets.get(name) for name in self.vertical.targets]
+
+
+def check_pipeline(config: RunConfig, manager: PluginManager) -> None:
+    """Fail before any work if a stage, the vertical or its parts are unknown."""
+    registry = manager.registry
+    vertical = registry.vertical(config.vertical.name)
+    unknown = [s for s in config.pipeline.stages if s not in registry.stages]
+    if unknown:
+        raise ConfigError(
+            f"pipeline.stages: unknown stage(s) {', '.join(map(repr, unknown))}; "
+            f"registered: {', '.join(registry.stages.names())}"
+        )
+    if len(set(config.pipeline.stages)) != len(config.pipeline.stages):
+        raise ConfigError("pipeline.stages: a stage is listed twice")
+    registry.datasets.get(vertical.dataset)
+    registry.prompts.get(vertical.prompt)
+    for metric in vertical.metrics:
+        registry.metrics.get(metric)
+    for target in vertical.targets:
+        registry.targets.get(target)
+    if config.vertical.target and config.vertical.target not in vertical.targets:
+        raise ConfigError(f"vertical.target: {config.vertical.target!r} is not a target of vertical "
+                          f"{vertical.name!r}; choose one of: {', '.join(vertical.targets)}")
+
+
+def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, manager: PluginManager,
+                 log: Any = print) -> RunContext:
+    """Run (or resume) the pipeline in ``run_dir``; returns the context with every artifact."""
+    check_pipeline(config, manager)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_or_check_manifest(run_dir, config, raw_config, manager)
+    context = RunContext(config, raw_config, run_dir, manager)
+    stages_dir = run_dir / "stages"
+    stages_dir.mkdir(exist_ok=True)
+    for name in config.pipeline.stages:
+        stage = manager.registry.stages.get(name)
+        final = stages_dir / name
+        record_path = final / STAGE_RECORD
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            _adopt(context, final, name, record["artifacts"], record["figures"])
+            log(f"[{name}] complete, skipped ({record['seconds']:.1f} s when it ran)")
+            continue
+        if final.exists():  # a folder without its record is not complete
+            shutil.rmtree(final)
+        partial = stages_dir / f"{name}.partial"
+        partial.mkdir(exist_ok=True)
+        context.work_dir = partial
+        log(f"[{name}] {stage.description}")
+        manager.notify("dsvl_adapt_before_stage", stage=stage, context=context)
+        started = time.perf_counter()
+        try:
+            result = stage.run(context)
+        except DsvlAdaptError as exc:
+            raise type(exc)(f"stage {name!r}: {exc}\n(what earlier stages produced is kept in {run_dir})") from exc
+        except Exception as exc:
+            raise StageError(
+                f"stage {name!r} failed: {type(exc).__name__}: {exc}\n"
+                f"(what earlier stages produced is kept in {run_dir}; run the same command again to resume)"
+            ) from exc
+        seconds = time.perf_counter() - started
+        record = {"stage": name, "artifacts": result.artifacts, "figures": result.figures, "seconds": seconds}
+        (partial / STAGE_RECORD).write_text(json.dumps(record, indent=2, default=str))
+        os.replace(partial, final)
+        _adopt(context, final, name, result.artifacts, result.figures)
+        manager.notify("dsvl_adapt_after_stage", stage=stage, context=context, result=result)
+        log(f"[{name}] done in {seconds:.1f} s")
+    return context
+
+
+def _adopt(context: RunContext, stage_dir: Path, name: str, artifacts: dict[str, str],
+           figures: dict[str, Any]) -> None:
+    for key, value in artifacts.items():
+        path = Path(value)
+        context.artifacts[key] = path if path.is_absolute() else stage_dir / path
+    context.figures[name] = figures
+
+
+def _write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: PluginManager) -> None:
+    path = run_dir / MANIFEST
+    comparable = {k: v for k, v in raw.items() if k != "run_dir"}
+    if path.is_file():
+        previous = json.loads(path.read_text())["config"]
+        previous = {k: v for k, v in previous.items() if k != "run_dir"}
+        differences = sorted(_diff(previous, comparable))
+        if differences:
+            raise ConfigError(
+                f"{run_dir} holds a run made with a different configuration (differs at: "
+                f"{', '.join(differences[:8])}). Resume it with the same settings, or choose a new run_dir."
+            )
+        return
+    manifest = {
+        "config": raw,
+        "seed": config.seed,
+        "versions": package_versions(),
+        "plugins": [info.as_dict() for info in manager.plugins()],
+        "git_revision": git_revision(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for key in a.keys() | b.keys():
+            out |= _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision() -> str | None:
+    """The dsvl-adapt source revision, when running from a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class LazyStage:
+    """A stage registered by name whose implementation is imported only when it runs.
+
+    Keeps plugin loading (and ``dsvl-adapt plugins``) free of torch imports::
+
+        register(LazyStage("finetune", "fine-tune -> teacher", "dsvl_adapt.inject.finetune:FinetuneStage"))
+    """
+
+    def __init__(self, name: str, description: str, target: str) -> None:
+        self.name = name
+        self.description = description
+        self.target = target
+
+    def load(self) -> Stage:
+        import importlib
+
+        module_name, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)()
+
+    def run(self, context: RunContext) -> StageResult:
+        return self.load().run(context)

@@ -1,0 +1,96 @@
+"""The ``finetune`` stage: base capability on the vertical's data, merged into the teacher.
+
+Phase 1 (full parameters) runs for models that start from random weights (the reference
+presets), so the teacher actually knows the task. Phase 2 trains PEFT LoRA adapters on the
+modules matched by ``finetune.lora.target_modules`` (a regex on full module paths) and merges
+them into the weights. Both phases checkpoint; a killed run resumes inside the phase.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import LoraSection
+from ..data.batches import BatchEncoder
+from ..engine import RunContext, StageResult
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.figures import model_figures
+from .training import Trainer
+
+DONE = "phase.json"
+
+
+def lora_model(model: torch.nn.Module, lora: LoraSection) -> torch.nn.Module:
+    """Wrap ``model`` with LoRA adapters on the modules whose full path matches the regex."""
+    import re
+
+    from peft import LoraConfig, get_peft_model
+
+    pattern = re.compile(lora.target_modules)
+    matched = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pattern.fullmatch(n)]
+    if not matched:
+        raise ValueError(f"finetune.lora.target_modules={lora.target_modules!r} matches no Linear module; "
+                         "module paths look like 'model.language_model.layers.0.self_attn.q_proj'")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, bias="none")
+    return get_peft_model(model, config)
+
+
+class FinetuneStage:
+    name = "finetune"
+    description = "fine-tune on the vertical's data (full phase for random-init presets, then LoRA) -> teacher"
+
+    def run(self, context: RunContext) -> StageResult:
+        cfg = context.config.finetune
+        work = context.work_dir
+        model, processor = context.load_model("base")
+        encoder = BatchEncoder(processor, context.prompt)
+        image_size = processor.image_processor.size["height"]
+        train = encoder.encode_all(context.split("train", image_size).rows)
+        validation = encoder.encode_all(context.split("validation", image_size).rows)
+        figures: dict[str, Any] = {}
+        seed = context.config.seed
+
+        full_wanted = cfg.full_when == "always" or (cfg.full_when == "auto" and context.config.model.preset)
+        if full_wanted and cfg.full.steps > 0:
+            phase_dir = work / "full"
+            if (phase_dir / DONE).is_file():
+                model, processor = load_checkpoint(phase_dir / "model")
+                figures["full"] = json.loads((phase_dir / DONE).read_text())
+            else:
+                model.train()
+                model.requires_grad_(True)
+                trainer = Trainer(model, encoder, cfg.full, checkpoint_dir=phase_dir / "checkpoints", seed=seed,
+                                  label="finetune (full)", device=context.config.device)
+                result = trainer.train(train, validation)
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                save_checkpoint(model, processor, phase_dir / "model")
+                figures["full"] = result.as_dict()
+                _finish_phase(phase_dir, figures["full"])
+
+        if cfg.lora.train.steps > 0:
+            model.requires_grad_(False)
+            peft_model = lora_model(model, cfg.lora)
+            trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+            trainer = Trainer(peft_model, encoder, cfg.lora.train, checkpoint_dir=work / "lora" / "checkpoints",
+                              seed=seed + 1, label="finetune (LoRA)", device=context.config.device)
+            result = trainer.train(train, validation)
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.requires_grad_(True)  # merged weights stay frozen otherwise; pruning would then remove nothing
+            model = merged
+            figures["lora"] = {**result.as_dict(), "trainable_params": trainable}
+        model.eval()
+        teacher_dir = save_checkpoint(model, processor, work / "teacher", role="teacher",
+                                      vertical=context.vertical.name)
+        figures.update(model_figures(model, teacher_dir))
+        return StageResult(artifacts={"teacher": "teacher", "student": "teacher"}, figures=figures)
+
+
+def _finish_phase(phase_dir: Path, record: dict[str, Any]) -> None:
+    tmp = phase_dir / (DONE + ".tmp")
+    tmp.write_text(json.dumps(record, default=str))
+    tmp.replace(phase_dir / DONE)

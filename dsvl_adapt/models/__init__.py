@@ -1,0 +1,1 @@
+"""Models: reference presets built in code, an offline tokenizer, safe checkpoint loading."""

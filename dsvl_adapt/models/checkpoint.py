@@ -1,0 +1,168 @@
+"""Build, save and load complete DeepSeek-VL checkpoint directories.
+
+A directory written here holds weights (safetensors), config, processor and tokenizer, so
+transformers alone loads it::
+
+    model = AutoModelForImageTextToText.from_pretrained(d)
+    processor = AutoProcessor.from_pretrained(d)
+
+Loading is local-only, safetensors-only unless pickles are allowed, and never runs remote code
+unless the user enables it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelLoadError
+from .presets import Preset, build_config, get_preset
+from .tokenizer import IMAGE
+
+# DeepSeek-VL's conversation format ("deepseek" SFT template): system, then turns separated by
+# blank lines, the image placeholder at the start of the user's text.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- for c in message['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
+    "{{ '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ 'User: ' }}"
+    "{%- for c in message['content'] -%}"
+    "{%- if c['type'] == 'image' -%}" + IMAGE + "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ '\\n\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ 'Assistant: ' }}"
+    "{%- for c in message['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
+    "{{ eos_token }}{{ '\\n\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+
+WEIGHT_FILES_SAFE = ("model.safetensors", "model.safetensors.index.json")
+WEIGHT_FILES_PICKLE = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def render_prompt(system: str, user_text: str) -> str:
+    """The text the chat template produces for one image + question, ready for generation."""
+    prefix = f"{system}\n\n" if system else ""
+    return f"{prefix}User: {IMAGE}{user_text}\n\nAssistant:"
+
+
+def build_processor(tokenizer: Any, config: Any) -> Any:
+    """A DeepSeek-VL (or Hybrid) processor matching the model config's image sizes."""
+    from transformers import (
+        DeepseekVLHybridImageProcessorPil,
+        DeepseekVLHybridProcessor,
+        DeepseekVLImageProcessorPil,
+        DeepseekVLProcessor,
+    )
+
+    size = config.vision_config.image_size
+    num_image_tokens = (size // config.vision_config.patch_size) ** 2
+    common = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    if config.model_type == "deepseek_vl_hybrid":
+        high = config.high_res_vision_config.image_size
+        image_processor = DeepseekVLHybridImageProcessorPil(
+            size={"height": size, "width": size}, high_res_size={"height": high, "width": high},
+            high_res_image_mean=[0.5, 0.5, 0.5], high_res_image_std=[0.5, 0.5, 0.5], **common,
+        )
+        return DeepseekVLHybridProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE,
+                                         num_image_tokens=num_image_tokens)
+    image_processor = DeepseekVLImageProcessorPil(size={"height": size, "width": size}, **common)
+    return DeepseekVLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE,
+                               num_image_tokens=num_image_tokens)
+
+
+def build_reference(preset: Preset | str, tokenizer: Any, seed: int = 0) -> tuple[torch.nn.Module, Any]:
+    """A reference model with random weights (seeded) and its processor."""
+    from transformers import AutoModelForImageTextToText
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    config = build_config(
+        preset,
+        vocab_size=len(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model, build_processor(tokenizer, config)
+
+
+def save_checkpoint(model: torch.nn.Module, processor: Any, directory: str | Path, **info: Any) -> Path:
+    """Write weights (safetensors), config, generation config, processor and tokenizer."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    processor.save_pretrained(directory)
+    if info:
+        (directory / "dsvl_adapt.json").write_text(json.dumps(info, indent=2, default=str))
+    return directory
+
+
+def check_weights_are_safe(directory: Path, allow_pickle: bool) -> None:
+    names = {p.name for p in directory.iterdir()}
+    if any(n in names for n in WEIGHT_FILES_SAFE) or any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if pickled and not allow_pickle:
+        raise ModelLoadError(
+            f"{directory} holds only pickled weights ({', '.join(pickled)}). Pickles can run arbitrary code "
+            "when loaded, so they are refused by default. Convert them to safetensors, or, if you trust the "
+            "file, set model.allow_pickle=true."
+        )
+    if not pickled:
+        raise ModelLoadError(f"{directory} holds no model weights (expected model.safetensors)")
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """Load a local checkpoint directory exactly: model and processor.
+
+    Pruned checkpoints whose shapes no config field can express (vision-tower heads) are
+    rebuilt by :func:`dsvl_adapt.models.exact_load.load_exact`; others load with plain
+    ``from_pretrained``. ``ignore_mismatched_sizes`` is never used.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(f"{directory} is not a Hugging Face checkpoint directory (no config.json)")
+    check_weights_are_safe(directory, allow_pickle)
+    if trust_remote_code:
+        warnings.warn("model.trust_remote_code=true: code from the checkpoint directory will run", stacklevel=2)
+    common: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        processor = AutoProcessor.from_pretrained(directory, **common)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{directory}: could not load its processor/tokenizer ({type(exc).__name__}: {exc}). A DeepSeek-VL "
+            "checkpoint needs tokenizer files and preprocessor_config.json beside the weights."
+        ) from exc
+    from .exact_load import load_exact, needs_exact_load
+
+    if needs_exact_load(directory):
+        model = load_exact(directory, dtype=dtype)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(
+            directory, dtype=dtype, use_safetensors=not allow_pickle, **common
+        )
+    model.eval()
+    return model, processor

@@ -1,0 +1,295 @@
+"""The plugin manager: loads plugins and builds the registry of what they supply.
+
+Plugins come from the ``dsvl_adapt`` entry-point group; the core's own parts
+(:mod:`dsvl_adapt.builtins`) are registered through the same hooks. Each plugin is loaded
+and each hook implementation is called on its own, so a plugin that fails to import or
+raises is reported by name and does not stop the others.
+
+Environment variables:
+
+``DSVL_ADAPT_PLUGINS``
+    Comma-separated allow-list of entry-point plugins to load (set it empty to load none).
+``DSVL_ADAPT_BLOCK_PLUGINS``
+    Comma-separated plugins never to load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+import pluggy
+from pydantic import ValidationError
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
+
+ENTRY_POINT_GROUP = "dsvl_adapt"
+BUILTIN_MODULES = ("dsvl_adapt.builtins",)
+SHIPPED_VERTICALS = ("industrial", "medical", "ecommerce", "finance")
+
+hookimpl = pluggy.HookimplMarker("dsvl_adapt")
+
+T = TypeVar("T")
+
+
+@dataclass
+class PluginInfo:
+    """What ``dsvl-adapt plugins`` shows for one plugin."""
+
+    name: str
+    version: str | None
+    source: str  # "builtin" or "entry point"
+    hooks: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "source": self.source, "hooks": self.hooks,
+                "errors": self.errors}
+
+
+class Catalog(Generic[T]):
+    """Named objects of one kind, each remembered with the plugin that registered it."""
+
+    def __init__(self, kind: str, check: Callable[[Any, str], None], hint: Callable[[str], str] | None = None) -> None:
+        self.kind = kind
+        self._check = check
+        self._items: dict[str, T] = {}
+        self._owners: dict[str, str] = {}
+        self._hint = hint
+
+    def add(self, item: Any, plugin: str) -> None:
+        self._check(item, plugin)
+        name = item.name
+        if name in self._items:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {self._owners[name]!r} and by {plugin!r}; "
+                "rename one of them or block a plugin with DSVL_ADAPT_BLOCK_PLUGINS"
+            )
+        self._items[name] = item
+        self._owners[name] = plugin
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            available = ", ".join(sorted(self._items)) or "none"
+            hint = self._hint(name) if self._hint else ""
+            raise ConfigError(f"unknown {self.kind} {name!r}; installed: {available}.{hint}") from None
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _vertical_hint(name: str) -> str:
+    if name in SHIPPED_VERTICALS:
+        return f' Install it with: pip install "dsvl-adapt[{name}]"'
+    return " Write one with: dsvl-adapt new-plugin " + name
+
+
+def _instance_of(schema: type) -> Callable[[Any, str], None]:
+    def check(item: Any, plugin: str) -> None:
+        if not isinstance(item, schema):
+            raise PluginError(
+                f"plugin {plugin!r} registered a {type(item).__name__} where dsvl_adapt.schemas.{schema.__name__} "
+                "is expected"
+            )
+
+    return check
+
+
+def _check_stage(stage: Any, plugin: str) -> None:
+    for attr in ("name", "description", "run"):
+        if not hasattr(stage, attr):
+            raise PluginError(f"plugin {plugin!r} registered a stage without `{attr}` (see dsvl_adapt.engine.Stage)")
+
+
+@dataclass
+class Registry:
+    """Everything the installed plugins supply, by kind."""
+
+    verticals: Catalog[Vertical]
+    datasets: Catalog[DatasetSpec]
+    prompts: Catalog[PromptTemplate]
+    metrics: Catalog[MetricSpec]
+    targets: Catalog[HardwareTarget]
+    stages: Catalog[Any]
+    config_search_path: list[str]
+    failures: list[str]
+
+    def vertical(self, name: str) -> Vertical:
+        return self.verticals.get(name)
+
+
+class PluginManager:
+    """Loads plugins once and builds the :class:`Registry` from their hooks."""
+
+    def __init__(self, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager("dsvl_adapt")
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        self._registry: Registry | None = None
+        for module_name in BUILTIN_MODULES:
+            self.register(importlib.import_module(module_name), name=module_name, source="builtin")
+        if load_entry_points:
+            self._load_entry_points()
+
+    # -- loading -----------------------------------------------------------------------
+    def register(self, plugin: Any, name: str, source: str = "registered", version: str | None = None) -> None:
+        """Register a plugin object (a module or an instance with hookimpls)."""
+        try:
+            self.pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            self.info[name] = PluginInfo(name, version, source, errors=[f"could not register: {exc}"])
+            return
+        hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        self.info[name] = PluginInfo(name, version, source, hooks=hooks)
+        self._registry = None
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.info.pop(name, None)
+        self._registry = None
+
+    def _load_entry_points(self) -> None:
+        allow = _env_list("DSVL_ADAPT_PLUGINS")
+        block = set(_env_list("DSVL_ADAPT_BLOCK_PLUGINS") or [])
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in block or (allow is not None and ep.name not in allow):
+                continue
+            if self.pm.has_plugin(ep.name):
+                continue
+            version = ep.dist.version if ep.dist is not None else None
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not stop the others
+                self.info[ep.name] = PluginInfo(
+                    ep.name, version, "entry point",
+                    errors=[f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"],
+                )
+                continue
+            self.register(plugin, name=ep.name, source="entry point", version=version)
+
+    # -- calling hooks -----------------------------------------------------------------
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of a hook on its own; failures are recorded by plugin."""
+        results = []
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+            try:
+                results.append((impl.plugin_name, impl.function(**args)))
+            except Exception as exc:
+                message = f"{hook_name} raised {type(exc).__name__}: {exc}"
+                self._record_failure(impl.plugin_name, message)
+        return results
+
+    def _record_failure(self, plugin: str, message: str) -> None:
+        info = self.info.setdefault(plugin, PluginInfo(plugin, None, "registered"))
+        info.errors.append(message)
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Fire an observer hook; an observer that raises is reported, the run goes on."""
+        before = {name: len(info.errors) for name, info in self.info.items()}
+        self.call_each(hook_name, **kwargs)
+        for name, info in self.info.items():
+            for message in info.errors[before.get(name, 0):]:
+                print(f"warning: plugin {name!r}: {message}", file=sys.stderr)
+
+    # -- the registry ------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = self._build_registry()
+        return self._registry
+
+    def _build_registry(self) -> Registry:
+        catalogs = {
+            "verticals": (Catalog("vertical", _instance_of(Vertical), _vertical_hint), "dsvl_adapt_register_verticals"),
+            "datasets": (Catalog("dataset", _instance_of(DatasetSpec)), "dsvl_adapt_register_datasets"),
+            "prompts": (Catalog("prompt", _instance_of(PromptTemplate)), "dsvl_adapt_register_prompts"),
+            "metrics": (Catalog("metric", _instance_of(MetricSpec)), "dsvl_adapt_register_metrics"),
+            "targets": (Catalog("hardware target", _instance_of(HardwareTarget)),
+                        "dsvl_adapt_register_hardware_targets"),
+            "stages": (Catalog("stage", _check_stage), "dsvl_adapt_register_stages"),
+        }
+        for catalog, hook_name in catalogs.values():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                plugin = impl.plugin_name
+
+                def register(item: Any, _plugin: str = plugin, _catalog: Catalog = catalog) -> None:
+                    _catalog.add(item, _plugin)
+
+                try:
+                    impl.function(register=register)
+                except ValidationError as exc:
+                    self._record_failure(plugin, f"{hook_name}: invalid object: {_pydantic_summary(exc)}")
+                except Exception as exc:
+                    self._record_failure(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}")
+        search_path: list[str] = []
+        for _plugin, entries in self.call_each("dsvl_adapt_config_search_path"):
+            if entries:
+                search_path.extend([entries] if isinstance(entries, str) else list(entries))
+        failures = [f"{name}: {message}" for name, info in self.info.items() for message in info.errors]
+        return Registry(**{key: cat for key, (cat, _hook) in catalogs.items()},
+                        config_search_path=search_path, failures=failures)
+
+    def plugins(self) -> list[PluginInfo]:
+        _ = self.registry  # hook failures show up in the report
+        return sorted(self.info.values(), key=lambda i: (i.source != "builtin", i.name))
+
+
+def _pydantic_summary(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or exc.title}: {err['msg']}" for err in exc.errors()
+    ) + f" (in {exc.title})"
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+_manager: PluginManager | None = None
+
+
+def get_manager() -> PluginManager:
+    """The process-wide plugin manager, loaded on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager
+
+
+def get_registry() -> Registry:
+    return get_manager().registry
+
+
+def reset() -> None:
+    """Forget loaded plugins (tests, or after installing a plugin in a running process)."""
+    global _manager
+    _manager = None
+
+
+__all__ = [
+    "Catalog", "PluginInfo", "PluginManager", "Registry", "get_manager", "get_registry", "hookimpl",
+    "reset",
+]

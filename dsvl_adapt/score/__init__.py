@@ -1,0 +1,1 @@
+"""The scorecard: accuracy and retention, speed, memory, size and hardware fit."""

@@ -1,0 +1,84 @@
+"""Latency measurement in optimum-benchmark's manner: warm-up runs, then timed repeats."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    array = np.asarray(samples_ms, dtype=np.float64)
+    return {f"p{q}_ms": round(float(np.percentile(array, q)), 3) for q in (50, 90, 99)}
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds per call of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return samples
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak * 1024) if os.uname().sysname == "Linux" else int(peak)
+
+
+@torch.no_grad()
+def measure_torch_latency(model: Any, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int,
+                          threads: int | None, decode_tokens: int = 8) -> dict[str, Any]:
+    """Prefill (one forward over image + prompt) and per-token decode latency of a PyTorch model."""
+    model.eval()
+    with torch_threads(threads) as used:
+        prefill = time_calls(lambda: model(**batch, use_cache=False), warmup=warmup, repeats=repeats)
+
+        def generate() -> None:
+            model.generate(**batch, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False)
+
+        whole = time_calls(generate, warmup=1, repeats=max(3, repeats // 3))
+    per_token = max(0.0, (float(np.median(whole)) - float(np.median(prefill))) / max(1, decode_tokens - 1))
+    return {
+        **percentiles(prefill),
+        "decode_ms_per_token": round(per_token, 3),
+        "runtime": "torch-eager",
+        "threads": used,
+        "cpu": cpu_model(),
+        "batch_size": int(batch["input_ids"].shape[0]),
+        "warmup": warmup,
+        "repeats": repeats,
+        "measured": True,
+    }

@@ -1,0 +1,97 @@
+"""The engine end to end on reference-tiny: stages, artifacts, manifest, resume, observers."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+import dsvl_adapt
+from dsvl_adapt import hookimpl
+from dsvl_adapt.api import execute
+from dsvl_adapt.config import compose
+from dsvl_adapt.engine import StageResult
+from dsvl_adapt.errors import ConfigError, StageError
+from dsvl_adapt.plugins import get_manager
+
+
+def test_tiny_run_writes_every_stage_and_the_scorecard(tiny_run):
+    for stage in ("load", "finetune", "score"):
+        record = json.loads((tiny_run / "stages" / stage / "stage.json").read_text())
+        assert record["stage"] == stage and record["seconds"] > 0
+    assert not list((tiny_run / "stages").glob("*.partial"))
+    card = dsvl_adapt.load_scorecard(tiny_run)
+    assert set(card.accuracy) == {"base", "teacher", "student"}
+    assert card.metric == "accuracy" and set(card.metrics["teacher"]) == {"accuracy", "miss_rate", "overkill_rate"}
+    assert card.latency["teacher"].p50_ms > 0 and card.latency["teacher"].runtime == "torch-eager"
+    assert card.size["teacher"].bytes > 0 and card.params["teacher"] > 0
+    assert (tiny_run / "scorecard.md").read_text().startswith("# Scorecard — industrial")
+
+
+def test_manifest_records_config_versions_seed(tiny_run):
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert manifest["config"]["model"]["preset"] == "reference-tiny"
+    assert manifest["seed"] == 0
+    assert {"torch", "transformers", "peft"} <= set(manifest["versions"])
+    assert any(p["name"] == "industrial" for p in manifest["plugins"])
+
+
+def test_rerun_skips_complete_stages(tiny_run, tiny_overrides, capsys):
+    config, raw = compose(tiny_overrides + [f"run_dir={tiny_run}"])
+    before = (tiny_run / "stages" / "finetune" / "stage.json").stat().st_mtime
+    logs: list[str] = []
+    execute(config, raw, tiny_run, log=logs.append)
+    assert all("skipped" in line for line in logs)
+    assert (tiny_run / "stages" / "finetune" / "stage.json").stat().st_mtime == before
+
+
+def test_same_run_dir_with_other_config_is_refused(tiny_run, tiny_overrides):
+    config, raw = compose(tiny_overrides + ["finetune.lora.r=2", f"run_dir={tiny_run}"])
+    with pytest.raises(ConfigError, match="finetune.lora.r"):
+        execute(config, raw, tiny_run)
+
+
+def test_observer_hooks_see_each_stage(tmp_path, tiny_overrides):
+    seen: list[tuple[str, str]] = []
+
+    def before(stage, context):
+        seen.append(("before", stage.name))
+
+    def after(stage, context, result):
+        assert isinstance(result, StageResult)
+        seen.append(("after", stage.name))
+
+    observer = types.ModuleType("observer")
+    observer.dsvl_adapt_before_stage = hookimpl(before)
+    observer.dsvl_adapt_after_stage = hookimpl(after)
+    manager = get_manager()
+    manager.register(observer, name="observer")
+    try:
+        config, raw = compose(tiny_overrides + ["pipeline.stages=[load]"])
+        execute(config, raw, tmp_path / "run")
+    finally:
+        manager.unregister("observer")
+    assert seen == [("before", "load"), ("after", "load")]
+
+
+def test_failing_stage_keeps_earlier_outputs(tmp_path, tiny_overrides):
+    class Exploding:
+        name = "explode"
+        description = "always fails"
+
+        def run(self, context):
+            raise RuntimeError("kaboom")
+
+    plugin = types.ModuleType("exploding")
+    plugin.dsvl_adapt_register_stages = hookimpl(lambda register: register(Exploding()))
+    manager = get_manager()
+    manager.register(plugin, name="exploding")
+    try:
+        config, raw = compose(tiny_overrides + ["pipeline.stages=[load,explode]"])
+        with pytest.raises(StageError, match="explode.*kaboom"):
+            execute(config, raw, tmp_path / "run")
+    finally:
+        manager.unregister("exploding")
+    assert (tmp_path / "run" / "stages" / "load" / "stage.json").is_file()
+    assert not (tmp_path / "run" / "stages" / "explode").exists()
