@@ -15,6 +15,12 @@ CORE_STAGES = (
               "dsvl_adapt.models.stage:LoadStage"),
     LazyStage("finetune", "fine-tune on the vertical's data (full phase for random-init presets, then LoRA) -> teacher",
               "dsvl_adapt.inject.finetune:FinetuneStage"),
+    LazyStage("prune.structural", "structural pruning with torch-pruning: LM MLP channels and heads (GQA-aware), "
+              "vision tower", "dsvl_adapt.compress.stages:StructuralPruneStage"),
+    LazyStage("prune.weights", "weight pruning: unstructured magnitude (layer/global), Wanda, or 2:4",
+              "dsvl_adapt.compress.stages:WeightPruneStage"),
+    LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
+              "dsvl_adapt.inject.distill:DistillStage"),
     LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
               "dsvl_adapt.score.stage:ScoreStage"),
 )

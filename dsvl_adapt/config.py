@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .compress.configs import StructuralPruneConfig, WeightPruneConfig
 from .errors import ConfigError
 
 CONF_DIR_CANDIDATES = (
@@ -108,6 +109,29 @@ class FinetuneSection(Section):
     lora: LoraSection
 
 
+class PruneSection(Section):
+    structural: StructuralPruneConfig = Field(default_factory=StructuralPruneConfig)
+    weights: WeightPruneConfig = Field(default_factory=WeightPruneConfig)
+    calibration_batch_size: int = Field(4, ge=1, description="rows per calibration batch (from the train split)")
+
+
+class DistillSection(Section):
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the KL term (loss scaled by T^2)")
+    kl_weight: float = Field(1.0, ge=0, description="weight of KL(teacher || student) on answer-token logits")
+    ce_weight: float = Field(0.5, ge=0, description="weight of cross-entropy on the labels")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of the hidden-state MSE through learned projections")
+    layer_map: dict[int, int] | None = Field(
+        None, description="student layer -> teacher layer for the hidden loss; null = spread evenly"
+    )
+    train: TrainSchedule
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "DistillSection":
+        if self.kl_weight == self.ce_weight == self.hidden_weight == 0:
+            raise ValueError("distill: kl_weight, ce_weight and hidden_weight are all 0; nothing would be learnt")
+        return self
+
+
 class ScoreSection(Section):
     batch_size: int = Field(16, ge=1)
     latency_warmup: int = Field(2, ge=0)
@@ -124,6 +148,8 @@ class RunConfig(Section):
     data: DataSection
     pipeline: PipelineSection
     finetune: FinetuneSection
+    prune: PruneSection = Field(default_factory=PruneSection)
+    distill: DistillSection
     score: ScoreSection
     seed: int = Field(0, ge=0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"

@@ -46,7 +46,7 @@ def quiet_libraries() -> None:
     import logging
 
     for name in ("accelerate", "transformers", "torch_pruning", "peft", "nncf", "onnxruntime"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         from transformers.utils import logging as hf_logging

@@ -40,61 +40,19 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-__all__ = ["StructuralPruneConfig", "StructuralReport", "prune_structural"]
+from .configs import StructuralPruneConfig  # torch-free, so configs validate fast; re-exported here
 
+__all__ = ["StructuralPruneConfig", "StructuralReport", "prune_structural"]
 
 # --------------------------------------------------------------------------------------
 # Config and report
 # --------------------------------------------------------------------------------------
-
-_RATIO_FIELDS = ("lm_mlp_ratio", "lm_head_ratio", "vision_mlp_ratio", "vision_head_ratio")
-
-
-class StructuralPruneConfig(BaseModel):
-    """What to prune and how to rank what is pruned."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    lm_mlp_ratio: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="Fraction of the language model's MLP intermediate channels to remove from every "
-                    "decoder layer (the kept count is then rounded down to a multiple of round_to).")
-    lm_head_ratio: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="Fraction of the language model's query heads to remove per layer. With GQA the same "
-                    "number is removed from each key/value group and the key/value heads are kept; with "
-                    "multi-head attention query/key/value heads are removed together. Rounded down to whole "
-                    "heads (never removes more than asked).")
-    vision_mlp_ratio: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="Fraction of the SigLIP vision tower's MLP intermediate channels to remove from every "
-                    "encoder layer (kept count rounded down to a multiple of round_to).")
-    vision_head_ratio: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="Fraction of the SigLIP vision tower's attention heads to remove per layer (whole heads, "
-                    "rounded down). A SigLIP config cannot express this, so the pruned model needs "
-                    "dsvl_adapt.models.exact_load to be reloaded.")
-    importance: Literal["magnitude", "taylor", "activation"] = Field(
-        "magnitude",
-        description="How channels/heads are ranked: 'magnitude' (group L2 norm of the weights, no data), "
-                    "'taylor' (|w * dL/dw| from calibration batches with labels), 'activation' (mean |input| "
-                    "of the projection that reads the channel, from calibration batches).")
-    round_to: int = Field(
-        8, ge=1,
-        description="Kept MLP channel counts are rounded down to a multiple of this (1 disables rounding).")
-    calibration_batches: int = Field(
-        4, ge=1,
-        description="How many calibration batches 'taylor' and 'activation' importance use at most.")
-
-    def is_noop(self) -> bool:
-        return all(getattr(self, f) == 0.0 for f in _RATIO_FIELDS)
-
 
 class StructuralReport(BaseModel):
     """What ``prune_structural`` did."""

@@ -86,6 +86,7 @@ class Trainer:
         loss_fn: LossFn = causal_lm_loss,
         extra_modules: Sequence[torch.nn.Module] = (),
         device: str = "cpu",
+        after_step: Callable[[], None] | None = None,
     ) -> None:
         from accelerate import Accelerator
 
@@ -95,6 +96,7 @@ class Trainer:
         self.seed = seed
         self.label = label
         self.loss_fn = loss_fn
+        self.after_step = after_step
         cpu = device == "cpu" or not torch.cuda.is_available()
         target = torch.device("cpu" if cpu else "cuda")
         self.accelerator = Accelerator(
@@ -172,6 +174,8 @@ class Trainer:
                             acc.clip_grad_norm_(self._all_params(), s.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad()
+                        if self.after_step is not None and acc.sync_gradients:
+                            self.after_step()
                     losses.append(loss.detach())
                 self.scheduler.step()
                 step += 1

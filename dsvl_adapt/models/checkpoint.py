@@ -102,10 +102,16 @@ def build_reference(preset: Preset | str, tokenizer: Any, seed: int = 0) -> tupl
 
 
 def save_checkpoint(model: torch.nn.Module, processor: Any, directory: str | Path, **info: Any) -> Path:
-    """Write weights (safetensors), config, generation config, processor and tokenizer."""
+    """Write weights (safetensors), config, generation config, processor and tokenizer.
+
+    A model pruned beyond what its config can express also gets the structure sidecar that
+    :func:`load_checkpoint` uses to rebuild it exactly.
+    """
+    from .exact_load import save_pruned
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    save_pruned(model, directory)
     processor.save_pretrained(directory)
     if info:
         (directory / "dsvl_adapt.json").write_text(json.dumps(info, indent=2, default=str))

@@ -1,0 +1,133 @@
+"""The ``distill`` stage: the compressed student learns the teacher's industry knowledge.
+
+Loss = ``kl_weight`` x KL(teacher || student) on answer-token logits at temperature T (scaled
+by T², Hinton et al. 2015) + ``ce_weight`` x cross-entropy on the labels + ``hidden_weight`` x
+MSE between student hidden states (through learned projections) and the mapped teacher layers.
+The teacher runs in eval mode without gradients. Zeros left by ``prune.weights`` stay zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DistillSection
+from ..data.batches import IGNORE_INDEX, BatchEncoder
+from ..engine import RunContext, StageResult
+from ..models.checkpoint import save_checkpoint
+from ..models.figures import model_figures
+from ..score.quick import validation_accuracy
+from .training import Trainer
+
+
+def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
+    """Spread student layers evenly over the teacher's: the last maps to the last."""
+    return {i: round((i + 1) * teacher_layers / student_layers) - 1 for i in range(student_layers)}
+
+
+class DistillLoss:
+    """Computes the distillation loss of a student batch against a frozen teacher."""
+
+    def __init__(self, teacher: torch.nn.Module, cfg: DistillSection, student_config: Any) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.cfg = cfg
+        s_layers = student_config.text_config.num_hidden_layers
+        t_layers = teacher.config.text_config.num_hidden_layers
+        self.layer_map = dict(cfg.layer_map) if cfg.layer_map else default_layer_map(s_layers, t_layers)
+        for s, t in self.layer_map.items():
+            if not (0 <= s < s_layers and 0 <= t < t_layers):
+                raise ValueError(f"distill.layer_map: {s} -> {t} is out of range (student has {s_layers} layers, "
+                                 f"teacher {t_layers})")
+        s_dim = student_config.text_config.hidden_size
+        t_dim = teacher.config.text_config.hidden_size
+        self.projections = torch.nn.ModuleList()
+        if cfg.hidden_weight > 0:
+            for _ in self.layer_map:
+                projection = torch.nn.Linear(s_dim, t_dim, bias=False)
+                if s_dim == t_dim:
+                    torch.nn.init.eye_(projection.weight)
+                self.projections.append(projection)
+
+    def __call__(self, student: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.cfg
+        want_hidden = cfg.hidden_weight > 0
+        out_s = student(**batch, use_cache=False, output_hidden_states=want_hidden)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            out_t = self.teacher(**inputs, use_cache=False, output_hidden_states=want_hidden)
+        # Logits at position i predict token i+1: keep the positions that predict answer tokens.
+        answer = batch["labels"][:, 1:] != IGNORE_INDEX
+        loss = out_s.loss * cfg.ce_weight if cfg.ce_weight else out_s.logits.new_zeros(())
+        if cfg.kl_weight:
+            t = cfg.temperature
+            s_logits = out_s.logits[:, :-1][answer].float() / t
+            t_logits = out_t.logits[:, :-1][answer].float() / t
+            kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                          reduction="batchmean")
+            loss = loss + cfg.kl_weight * kl * t * t
+        if want_hidden:
+            mask = batch["attention_mask"].bool()
+            terms = []
+            for projection, (s_layer, t_layer) in zip(self.projections, self.layer_map.items()):
+                # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1]
+                hs = projection(out_s.hidden_states[s_layer + 1][mask])
+                ht = out_t.hidden_states[t_layer + 1][mask]
+                terms.append(F.mse_loss(hs.float(), ht.float()))
+            loss = loss + cfg.hidden_weight * torch.stack(terms).mean()
+        return loss
+
+
+def sparsity_masks(model: torch.nn.Module, layer_names: list[str]) -> dict[str, torch.Tensor]:
+    """Masks of the weights ``prune.weights`` zeroed, to keep them zero while training."""
+    modules = dict(model.named_modules())
+    return {name: (modules[name].weight != 0) for name in layer_names if name in modules}
+
+
+class DistillStage:
+    name = "distill"
+    description = "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)"
+
+    def run(self, context: RunContext) -> StageResult:
+        cfg = context.config.distill
+        teacher, _ = context.load_model("teacher")
+        student, processor = context.load_model("student")
+        encoder = BatchEncoder(processor, context.prompt)
+        image_size = processor.image_processor.size["height"]
+        train = encoder.encode_all(context.split("train", image_size).rows)
+        validation = encoder.encode_all(context.split("validation", image_size).rows)
+        before = validation_accuracy(context, student, processor)
+
+        weight_stage = context.figures.get("prune.weights", {})
+        masks = sparsity_masks(student, list(weight_stage.get("per_layer", {})))
+        loss = DistillLoss(teacher, cfg, student.config)
+        student.train().requires_grad_(True)
+        trainer = Trainer(student, encoder, cfg.train, checkpoint_dir=context.work_dir / "checkpoints",
+                          seed=context.config.seed + 2, label="distill", loss_fn=loss,
+                          extra_modules=[loss.projections] if len(loss.projections) else [],
+                          device=context.config.device, after_step=_reapply(student, masks))
+        result = trainer.train(train, validation)
+        student = trainer.accelerator.unwrap_model(trainer.model).eval()
+
+        directory = context.work_dir / "student"
+        save_checkpoint(student, processor, directory, role="student", stage=self.name)
+        return StageResult(artifacts={"student": "student"}, figures={
+            **result.as_dict(), "validation_accuracy_before": before,
+            "validation_accuracy": validation_accuracy(context, student, processor),
+            "layer_map": loss.layer_map if cfg.hidden_weight > 0 else None,
+            "kept_zero_masks": len(masks), **model_figures(student, directory),
+        })
+
+
+def _reapply(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> Any:
+    if not masks:
+        return None
+    modules = dict(model.named_modules())
+
+    @torch.no_grad()
+    def apply() -> None:
+        for name, mask in masks.items():
+            modules[name].weight.mul_(mask)
+
+    return apply

@@ -1,0 +1,215 @@
+"""The plugin authors' test kit (dsvl_adapt.testing): check_plugin, registered_plugin, the fixture."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dsvl_adapt.engine import LazyStage
+from dsvl_adapt.plugins import get_manager
+from dsvl_adapt.schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
+from dsvl_adapt.testing import CheckReport, check_plugin, dsvl_plugin, plugin_module, registered_plugin  # noqa: F401
+
+
+def _image(value: int = 0) -> Image.Image:
+    return Image.fromarray(np.full((32, 32, 3), value, dtype=np.uint8), mode="RGB")
+
+
+def _rows(request, broken_row: int | None = None):
+    for i in range(request.size):
+        row = {"id": f"{request.split}-{i}", "image": _image(i * 20), "question": "What number?",
+               "answer": str(i), "meta": {"kind": "digit"}}
+        if i == broken_row:
+            del row["answer"]
+        yield row
+
+
+def _broken_plugin():
+    """One mistake per hook: a row without its answer, an unknown prompt field, a metric out of range,
+    a target with a negative memory budget."""
+
+    def verticals(register):
+        register(Vertical(name="broken", description="x", dataset="broken-data", prompt="broken-qa",
+                          metrics=["broken-metric"], targets=["broken-npu"]))
+
+    def datasets(register):
+        register(DatasetSpec(name="broken-data", load=lambda request: _rows(request, broken_row=2)))
+
+    def prompts(register):
+        register(PromptTemplate(name="broken-qa", user="As a {speciality} expert: {question}"))
+
+    def metrics(register):
+        register(MetricSpec(name="broken-metric", compute=lambda predictions, references, rows: 1.7))
+
+    def targets(register):
+        register(HardwareTarget(name="broken-npu", device="npu", runtime="onnxruntime", memory_gb=-1,
+                                dtypes=["int8"]))
+
+    return plugin_module("broken_plugin", dsvl_adapt_register_verticals=verticals,
+                         dsvl_adapt_register_datasets=datasets, dsvl_adapt_register_prompts=prompts,
+                         dsvl_adapt_register_metrics=metrics, dsvl_adapt_register_hardware_targets=targets)
+
+
+def _has(report: CheckReport, *fragments: str) -> bool:
+    return any(all(f in p for f in fragments) for p in report.problems)
+
+
+def test_a_broken_plugin_is_caught_with_hook_and_field_named():
+    report = check_plugin(_broken_plugin(), rows_per_split=4, compose_config=False)
+    assert not report.ok
+    assert _has(report, "dsvl_adapt_register_datasets: dataset 'broken-data' split 'train' row 2: "
+                        "row is missing 'answer'"), report.problems
+    assert _has(report, "dsvl_adapt_register_prompts: prompt 'broken-qa' uses unknown field {speciality}")
+    assert _has(report, "dsvl_adapt_register_metrics: metric 'broken-metric' returned 1.7 outside [0, 1]")
+    assert _has(report, "dsvl_adapt_register_hardware_targets", "memory_gb", "greater than 0")
+    assert _has(report, "dsvl_adapt_register_verticals: vertical 'broken' field 'targets'", "'broken-npu'")
+    with pytest.raises(AssertionError) as raised:
+        report.raise_for_problems()
+    for problem in report.problems:  # every problem is listed, not just the first
+        assert problem in str(raised.value)
+    assert "broken_plugin" not in get_manager().info  # the check registered it only while it ran
+
+
+def test_the_industrial_plugin_passes():
+    report = check_plugin("industrial")
+    assert report.ok, str(report)
+    assert report.raise_for_problems() is report
+    assert "3 metric(s)" in str(report)
+
+
+def test_a_module_name_finds_the_installed_plugin():
+    assert check_plugin("dsvl_adapt_industrial", compose_config=False).plugin == "industrial"
+
+
+def test_a_missing_plugin_says_how_to_install_it():
+    report = check_plugin("no-such-vertical")
+    assert not report.ok and "not installed" in report.problems[0] and "entry-points.dsvl_adapt" in report.problems[0]
+
+
+def test_metric_direction_and_best_value_are_checked():
+    def error_rate(predictions, references, rows):
+        return sum(p != r for p, r in zip(predictions, references)) / len(references)
+
+    def metrics(register):
+        register(MetricSpec(name="kit-error-rate", compute=error_rate))  # forgot higher_is_better=False
+        register(MetricSpec(name="kit-crash", compute=lambda p, r, rows: 1.0 if p == r else 1 / 0))
+        register(MetricSpec(name="kit-good-error-rate", compute=error_rate, higher_is_better=False))
+
+    report = check_plugin(plugin_module("kit_metrics", dsvl_adapt_register_metrics=metrics))
+    assert _has(report, "metric 'kit-error-rate' gives 0 when every prediction equals its reference; the best "
+                        "value is 1 (higher_is_better=True")
+    assert _has(report, "metric 'kit-crash' raised ZeroDivisionError on empty predictions")
+    assert not _has(report, "kit-good-error-rate")
+
+
+def test_nondeterministic_and_short_datasets_are_caught():
+    counter = iter(range(10**6))
+
+    def datasets(register):
+        register(DatasetSpec(name="kit-random", load=lambda req: [
+            {"image": _image(next(counter) % 256), "question": "q?", "answer": "a"} for _ in range(req.size)]))
+        register(DatasetSpec(name="kit-short", load=lambda req: list(_rows(req))[:1]))
+
+    report = check_plugin(plugin_module("kit_data", dsvl_adapt_register_datasets=datasets))
+    assert _has(report, "dataset 'kit-random' split 'train' row 0: differs between two loads")
+    assert _has(report, "dataset 'kit-short' split 'validation': returned 1 rows for request.size=4")
+
+
+def test_prompt_format_errors_stage_targets_and_peak_tops_are_caught():
+    def prompts(register):
+        register(PromptTemplate(name="kit-unbalanced", user="{question"))
+
+    def stages(register):
+        register(LazyStage("kit-stage", "missing module", "no_such_module_xyz:Stage"))
+
+    def targets(register):
+        register(HardwareTarget(name="kit-cpu", device="cpu", runtime="torch", memory_gb=1, dtypes=["fp32"],
+                                peak_tops={"int8": 1.0}))
+
+    report = check_plugin(plugin_module("kit_misc", dsvl_adapt_register_prompts=prompts,
+                                        dsvl_adapt_register_stages=stages,
+                                        dsvl_adapt_register_hardware_targets=targets))
+    assert _has(report, "dsvl_adapt_register_prompts: prompt 'kit-unbalanced' field 'user' is not a valid format")
+    assert _has(report, "dsvl_adapt_register_stages: stage 'kit-stage' field 'target'", "no_such_module_xyz")
+    assert _has(report, "dsvl_adapt_register_hardware_targets: hardware target 'kit-cpu' field 'peak_tops'")
+
+
+def test_a_vertical_without_its_config_is_reported_against_the_search_path_hook():
+    def verticals(register):
+        register(Vertical(name="kit-noconf", description="x", dataset="industrial-surfaces",
+                          prompt="industrial-inspection", metrics=["exact_match"]))
+
+    report = check_plugin(plugin_module("kit_noconf", dsvl_adapt_register_verticals=verticals))
+    assert _has(report, "dsvl_adapt_config_search_path: vertical 'kit-noconf': `vertical=kit-noconf` does not "
+                        "compose", "returns no search path")
+
+
+def test_a_plugin_with_no_hooks_is_reported():
+    report = check_plugin(plugin_module("kit_empty"))
+    assert _has(report, "implements no dsvl_adapt hooks")
+
+
+def test_registered_plugin_registers_and_unregisters_even_on_error():
+    manager = get_manager()
+
+    def metrics(register):
+        register(MetricSpec(name="kit-temporary", compute=lambda p, r, rows: 1.0))
+
+    module = plugin_module("kit_temporary", dsvl_adapt_register_metrics=metrics)
+    with pytest.raises(RuntimeError):
+        with registered_plugin(module) as registered:
+            assert registered is manager
+            assert "kit-temporary" in manager.registry.metrics
+            with pytest.raises(ValueError, match="already registered"):
+                with registered_plugin(module):
+                    pass
+            raise RuntimeError("test body failed")
+    assert not manager.pm.has_plugin("kit_temporary")
+    assert "kit-temporary" not in manager.registry.metrics
+
+
+def test_the_fixture_registers_for_one_test(dsvl_plugin):
+    def metrics(register):
+        register(MetricSpec(name="kit-fixture", compute=lambda p, r, rows: 1.0))
+
+    manager = dsvl_plugin(plugin_module("kit_fixture", dsvl_adapt_register_metrics=metrics))
+    assert "kit-fixture" in manager.registry.metrics
+
+
+def test_the_fixture_unregisters_after_the_test_via_pytest_plugins(tmp_path):
+    """A plugin author's suite: ``pytest_plugins = ["dsvl_adapt.testing"]`` in the root conftest."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["dsvl_adapt.testing"]\n')
+    (tmp_path / "test_author.py").write_text(textwrap.dedent("""
+        from dsvl_adapt.plugins import get_manager
+        from dsvl_adapt.schemas import MetricSpec
+        from dsvl_adapt.testing import plugin_module
+
+        def metrics(register):
+            register(MetricSpec(name="author-metric", compute=lambda p, r, rows: 1.0))
+
+        def test_registered(dsvl_plugin):
+            manager = dsvl_plugin(plugin_module("author", dsvl_adapt_register_metrics=metrics))
+            assert "author-metric" in manager.registry.metrics
+
+        def test_gone_afterwards():
+            assert not get_manager().pm.has_plugin("author")
+            assert "author-metric" not in get_manager().registry.metrics
+    """))
+    env = dict(os.environ, DSVL_ADAPT_PLUGINS="")  # no entry points needed: keeps it fast
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 passed" in out.stdout
+
+
+def test_command_line_exit_status():
+    from dsvl_adapt.testing import main
+
+    assert main(["industrial"]) == 0
+    assert main(["no-such-vertical"]) == 1
