@@ -14,13 +14,13 @@ CORE_STAGES = (
     LazyStage("load", "load the base model (a local checkpoint, or a reference preset with an offline tokenizer)",
               "dsvl_adapt.models.stage:LoadStage"),
     LazyStage("finetune", "fine-tune on the vertical's data (full phase for random-init presets, then LoRA) -> teacher",
-              "dsvl_adapt.inject.finetune:FinetuneStage"),
+              "dsvl_adapt.inject.finetune:FinetuneStage", distributed=True),
     LazyStage("prune.structural", "structural pruning with torch-pruning: LM MLP channels and heads (GQA-aware), "
               "vision tower", "dsvl_adapt.compress.stages:StructuralPruneStage"),
     LazyStage("prune.weights", "weight pruning: unstructured magnitude (layer/global), Wanda, or 2:4",
               "dsvl_adapt.compress.stages:WeightPruneStage"),
     LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
-              "dsvl_adapt.inject.distill:DistillStage"),
+              "dsvl_adapt.inject.distill:DistillStage", distributed=True),
     LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
               "dsvl_adapt.score.stage:ScoreStage"),
 )

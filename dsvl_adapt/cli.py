@@ -69,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--json", action="store_true", help="machine-readable output")
     targets.set_defaults(handler=_cmd_targets)
 
+    report = sub.add_parser("report", help="compare runs (a sweep folder): table, Pareto front, best feasible run",
+                            description="Read every scorecard under the given folders (e.g. a Hydra multirun "
+                                        "folder) and write report.html with the Pareto fronts of the primary "
+                                        "metric against p90 latency and against size; runs meeting the "
+                                        "vertical's objectives are marked. Exit status 3 when none is feasible.")
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="run or sweep folders")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--out", metavar="DIR", help="where report.html goes (default: the folder given)")
+    report.set_defaults(handler=_cmd_report)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the scorecard or the run config")
     schema.add_argument("which", choices=["scorecard", "config"])
     schema.set_defaults(handler=_cmd_schema)
@@ -195,6 +205,12 @@ def _cmd_targets(args: argparse.Namespace) -> int:
         print(f"{row['name']}: {row['device']} / {row['runtime']}, {row['memory_gb']} GB, "
               f"{'/'.join(row['dtypes'])}{objective}  [{row['plugin']}]")
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .score.report import report_main
+
+    return report_main(args.dirs, args.json, args.out)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

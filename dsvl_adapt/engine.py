@@ -44,6 +44,8 @@ class Stage(Protocol):
 
     name: str
     description: str
+    # Optional: ``distributed = True`` runs the stage on every process of a multi-process launch
+    # (training stages); otherwise only the main process runs it.
 
     def run(self, context: "RunContext") -> StageResult:
         """Do the work, writing only under ``context.work_dir``; return artifacts and figures."""
@@ -136,15 +138,44 @@ def check_pipeline(config: RunConfig, manager: PluginManager) -> None:
                           f"{vertical.name!r}; choose one of: {', '.join(vertical.targets)}")
 
 
+class Processes:
+    """The processes of this run: one, or several under ``accelerate launch`` (DDP).
+
+    Stages that declare ``distributed = True`` (the training stages) run on every process; the
+    others run on the main process while the rest wait, then read its record.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self._state = None
+        if self.world_size > 1:
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=device == "cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self._state is None or self._state.is_main_process
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
 def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, manager: PluginManager,
                  log: Any = print) -> RunContext:
     """Run (or resume) the pipeline in ``run_dir``; returns the context with every artifact."""
     check_pipeline(config, manager)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_or_check_manifest(run_dir, config, raw_config, manager)
+    processes = Processes(config.device)
+    if processes.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_or_check_manifest(run_dir, config, raw_config, manager)
+        (run_dir / "stages").mkdir(exist_ok=True)
+    processes.barrier()
+    if not processes.is_main:
+        log = _silent
     context = RunContext(config, raw_config, run_dir, manager)
     stages_dir = run_dir / "stages"
-    stages_dir.mkdir(exist_ok=True)
     for name in config.pipeline.stages:
         stage = manager.registry.stages.get(name)
         final = stages_dir / name
@@ -154,31 +185,48 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
             _adopt(context, final, name, record["artifacts"], record["figures"])
             log(f"[{name}] complete, skipped ({record['seconds']:.1f} s when it ran)")
             continue
-        if final.exists():  # a folder without its record is not complete
-            shutil.rmtree(final)
         partial = stages_dir / f"{name}.partial"
-        partial.mkdir(exist_ok=True)
+        if processes.is_main:
+            if final.exists():  # a folder without its record is not complete
+                shutil.rmtree(final)
+            partial.mkdir(exist_ok=True)
+        processes.barrier()
         context.work_dir = partial
-        log(f"[{name}] {stage.description}")
-        manager.notify("dsvl_adapt_before_stage", stage=stage, context=context)
-        started = time.perf_counter()
-        try:
-            result = stage.run(context)
-        except DsvlAdaptError as exc:
-            raise type(exc)(f"stage {name!r}: {exc}\n(what earlier stages produced is kept in {run_dir})") from exc
-        except Exception as exc:
-            raise StageError(
-                f"stage {name!r} failed: {type(exc).__name__}: {exc}\n"
-                f"(what earlier stages produced is kept in {run_dir}; run the same command again to resume)"
-            ) from exc
-        seconds = time.perf_counter() - started
-        record = {"stage": name, "artifacts": result.artifacts, "figures": result.figures, "seconds": seconds}
-        (partial / STAGE_RECORD).write_text(json.dumps(record, indent=2, default=str))
-        os.replace(partial, final)
-        _adopt(context, final, name, result.artifacts, result.figures)
-        manager.notify("dsvl_adapt_after_stage", stage=stage, context=context, result=result)
-        log(f"[{name}] done in {seconds:.1f} s")
+        if processes.is_main or getattr(stage, "distributed", False):
+            log(f"[{name}] {stage.description}")
+            _run_stage(stage, context, processes, manager, log)
+        processes.barrier()
+        record = json.loads(record_path.read_text())
+        _adopt(context, final, name, record["artifacts"], record["figures"])
+        manager.notify("dsvl_adapt_after_stage", stage=stage, context=context,
+                       result=StageResult(record["artifacts"], record["figures"]))
     return context
+
+
+def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager: PluginManager, log: Any) -> None:
+    name = stage.name
+    run_dir = context.run_dir
+    manager.notify("dsvl_adapt_before_stage", stage=stage, context=context)
+    started = time.perf_counter()
+    try:
+        result = stage.run(context)
+    except DsvlAdaptError as exc:
+        raise type(exc)(f"stage {name!r}: {exc}\n(what earlier stages produced is kept in {run_dir})") from exc
+    except Exception as exc:
+        raise StageError(
+            f"stage {name!r} failed: {type(exc).__name__}: {exc}\n"
+            f"(what earlier stages produced is kept in {run_dir}; run the same command again to resume)"
+        ) from exc
+    seconds = time.perf_counter() - started
+    if processes.is_main:
+        record = {"stage": name, "artifacts": result.artifacts, "figures": result.figures, "seconds": seconds}
+        (context.work_dir / STAGE_RECORD).write_text(json.dumps(record, indent=2, default=str))
+        os.replace(context.work_dir, context.run_dir / "stages" / name)
+    log(f"[{name}] done in {seconds:.1f} s")
+
+
+def _silent(message: str) -> None:
+    del message
 
 
 def _adopt(context: RunContext, stage_dir: Path, name: str, artifacts: dict[str, str],
@@ -254,10 +302,11 @@ class LazyStage:
         register(LazyStage("finetune", "fine-tune -> teacher", "dsvl_adapt.inject.finetune:FinetuneStage"))
     """
 
-    def __init__(self, name: str, description: str, target: str) -> None:
+    def __init__(self, name: str, description: str, target: str, distributed: bool = False) -> None:
         self.name = name
         self.description = description
         self.target = target
+        self.distributed = distributed
 
     def load(self) -> Stage:
         import importlib

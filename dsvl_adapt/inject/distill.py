@@ -19,7 +19,7 @@ from ..engine import RunContext, StageResult
 from ..models.checkpoint import save_checkpoint
 from ..models.figures import model_figures
 from ..score.quick import validation_accuracy
-from .training import Trainer
+from .training import Trainer, on_main_process
 
 
 def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
@@ -111,7 +111,7 @@ class DistillStage:
         student = trainer.accelerator.unwrap_model(trainer.model).eval()
 
         directory = context.work_dir / "student"
-        save_checkpoint(student, processor, directory, role="student", stage=self.name)
+        on_main_process(lambda: save_checkpoint(student, processor, directory, role="student", stage=self.name))
         return StageResult(artifacts={"student": "student"}, figures={
             **result.as_dict(), "validation_accuracy_before": before,
             "validation_accuracy": validation_accuracy(context, student, processor),

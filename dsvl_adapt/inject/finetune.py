@@ -19,7 +19,7 @@ from ..data.batches import BatchEncoder
 from ..engine import RunContext, StageResult
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.figures import model_figures
-from .training import Trainer
+from .training import Trainer, on_main_process
 
 DONE = "phase.json"
 
@@ -68,9 +68,13 @@ class FinetuneStage:
                                   label="finetune (full)", device=context.config.device)
                 result = trainer.train(train, validation)
                 model = trainer.accelerator.unwrap_model(trainer.model)
-                save_checkpoint(model, processor, phase_dir / "model")
                 figures["full"] = result.as_dict()
-                _finish_phase(phase_dir, figures["full"])
+
+                def save_full_phase() -> None:
+                    save_checkpoint(model, processor, phase_dir / "model")
+                    _finish_phase(phase_dir, figures["full"])
+
+                on_main_process(save_full_phase)
 
         if cfg.lora.train.steps > 0:
             model.requires_grad_(False)
@@ -84,8 +88,9 @@ class FinetuneStage:
             model = merged
             figures["lora"] = {**result.as_dict(), "trainable_params": trainable}
         model.eval()
-        teacher_dir = save_checkpoint(model, processor, work / "teacher", role="teacher",
-                                      vertical=context.vertical.name)
+        teacher_dir = work / "teacher"
+        on_main_process(lambda: save_checkpoint(model, processor, teacher_dir, role="teacher",
+                                                vertical=context.vertical.name))
         figures.update(model_figures(model, teacher_dir))
         return StageResult(artifacts={"teacher": "teacher", "student": "teacher"}, figures=figures)
 

@@ -24,6 +24,16 @@ from ..progress import progress_bar
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
+def on_main_process(action: Callable[[], Any]) -> None:
+    """Run ``action`` (a save) on the main process only, then let every process continue together."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        action()
+    state.wait_for_everyone()
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy on the labelled (answer) tokens, as computed by the model itself."""
     return model(**batch, use_cache=False).loss

@@ -99,7 +99,7 @@ def _size(n: int | None, unit: tuple[float, str]) -> str:
 def _change(new: float | None, old: float | None) -> str:
     if new is None or not old:
         return ""
-    return f"{new / old - 1:+.0%} vs teacher"
+    return "same as teacher" if new == old else f"{new / old - 1:+.0%} vs teacher"
 
 
 def _summary(card: Scorecard) -> str:
@@ -227,8 +227,8 @@ def _targets(card: Scorecard, plots: dict[str, bytes]) -> str:
             else:
                 how = "measured" + (f' <span class="how">— {_e(c.note)}</span>' if c.note else "")
             rows.append([f"<td>{_e(c.name)}</td>", _ok(c.ok),
-                         f'<td class="num">{_e(_figure_text(c.value))}{unit if c.value is not None else ""}</td>',
-                         f'<td class="num">{_e(_figure_text(c.limit))}{unit if c.limit is not None else ""}</td>',
+                         f'<td class="num nowrap">{_e(_figure_text(c.value))}{unit if c.value is not None else ""}</td>',
+                         f'<td class="num nowrap">{_e(_figure_text(c.limit))}{unit if c.limit is not None else ""}</td>',
                          f"<td>{how}</td>"])
         out += [f"<h3>{_e(target.name)} ({_e(target.device)}, {_e(target.runtime)}): {verdict}</h3>",
                 _table(["check", "ok", "value", "limit", "how"], rows)]
@@ -263,7 +263,7 @@ def _provenance(card: Scorecard) -> str:
     rows = [[f"<td>{_e(k)}</td>", f"<td>{_e(v)}</td>"] for k, v in facts]
     out = ['<section id="provenance"><h2>Provenance</h2>']
     if rows:
-        out.append(_table(["", ""], rows))
+        out.append(_table(["field", "value"], rows))
     for key, title in (("versions", "package versions"), ("config", "configuration")):
         if key in prov:
             out.append(f"<details><summary>{title}</summary><pre>"

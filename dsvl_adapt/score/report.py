@@ -442,7 +442,8 @@ def render_report_html(report: Report, out_dir: Path) -> str:
     else:
         parts.append('<section id="best"><p><span class="verdict bad">no finished run to compare</span></p></section>')
     header = ["#", "run", "status", *map(e, report.varying), e(report.metric or "metric"), "retention",
-              "student p90 ms", f"student {report.size_unit[1]}", "targets fit", "feasible", "Pareto (latency / size)", "why / failure"]
+              "student p90 ms", f"student {report.size_unit[1]}", "targets fit", "feasible", "Pareto (latency / size)",
+              "why / failure"]
     rows = []
     for run in report.runs:
         card = run.card
@@ -510,7 +511,8 @@ def _print_table(report: Report) -> None:
 
     console = Console()
     table = Table(title=f"{report.vertical or 'runs'}: student {report.metric or 'metric'} across "
-                        f"{len(report.runs)} runs", box=box.SIMPLE_HEAD)
+                        f"{len(report.runs)} runs", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("run", overflow="fold")
     short = _short_keys(report.varying)

@@ -89,9 +89,13 @@ class Scorecard(_Model):
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     def write(self, directory: Path) -> None:
+        """``scorecard.json``, ``scorecard.md`` and a self-contained ``scorecard.html`` with plots."""
+        from .html import write_html
+
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "scorecard.json").write_text(self.model_dump_json(indent=2))
         (directory / "scorecard.md").write_text(render_markdown(self))
+        write_html(self, directory)
 
 
 def load_scorecard(path: str | Path) -> Scorecard:

@@ -102,6 +102,10 @@ class ScoreStage:
                         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         )
         card.write(context.work_dir)
+        if "student" in context.artifacts and card.accuracy:
+            from .modelcard import write_model_card
+
+            write_model_card(card, context.artifacts["student"])
         return StageResult(artifacts={"scorecard": "scorecard.json"},
                            figures={"accuracy": accuracy, "retention": retention})
 
