@@ -12,17 +12,19 @@ from .schemas import MetricSpec
 
 CORE_STAGES = (
     LazyStage("load", "load the base model (a local checkpoint, or a reference preset with an offline tokenizer)",
-              "dsvl_adapt.models.stage:LoadStage"),
+              "dsvl_adapt.models.stage:LoadStage", config_keys=()),
     LazyStage("finetune", "fine-tune on the vertical's data (full phase for random-init presets, then LoRA) -> teacher",
-              "dsvl_adapt.inject.finetune:FinetuneStage", distributed=True),
+              "dsvl_adapt.inject.finetune:FinetuneStage", distributed=True, config_keys=("finetune",)),
     LazyStage("prune.structural", "structural pruning with torch-pruning: LM MLP channels and heads (GQA-aware), "
-              "vision tower", "dsvl_adapt.compress.stages:StructuralPruneStage"),
+              "vision tower", "dsvl_adapt.compress.stages:StructuralPruneStage",
+              config_keys=("prune.structural", "prune.calibration_batch_size")),
     LazyStage("prune.weights", "weight pruning: unstructured magnitude (layer/global), Wanda, or 2:4",
-              "dsvl_adapt.compress.stages:WeightPruneStage"),
+              "dsvl_adapt.compress.stages:WeightPruneStage",
+              config_keys=("prune.weights", "prune.calibration_batch_size")),
     LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
-              "dsvl_adapt.inject.distill:DistillStage", distributed=True),
+              "dsvl_adapt.inject.distill:DistillStage", distributed=True, config_keys=("distill",)),
     LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
-              "dsvl_adapt.score.stage:ScoreStage"),
+              "dsvl_adapt.score.stage:ScoreStage", cacheable=False),
 )
 
 

@@ -154,6 +154,9 @@ class RunConfig(Section):
     seed: int = Field(0, ge=0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     run_dir: Path | None = Field(None, description="where the run writes; the same dir resumes")
+    cache_dir: Path | None = Field(
+        None, description="share completed stages between runs with the same inputs (sweeps); null = off"
+    )
 
 
 def conf_dir() -> Path:

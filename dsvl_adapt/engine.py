@@ -14,10 +14,11 @@ import platform
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 from .config import RunConfig
 from .errors import ConfigError, DsvlAdaptError, StageError
@@ -44,8 +45,13 @@ class Stage(Protocol):
 
     name: str
     description: str
-    # Optional: ``distributed = True`` runs the stage on every process of a multi-process launch
-    # (training stages); otherwise only the main process runs it.
+    # Optional attributes:
+    #   distributed = True   runs on every process of a multi-process launch (training stages);
+    #                        otherwise only the main process runs it.
+    #   config_keys = (...)  the config sections the stage reads (dotted); with ``cache_dir`` set, a
+    #                        stage whose inputs match an earlier run's is copied from the cache.
+    #                        Without it, the whole config is the key.
+    #   cacheable = False    never taken from the cache (e.g. timing measurements).
 
     def run(self, context: "RunContext") -> StageResult:
         """Do the work, writing only under ``context.work_dir``; return artifacts and figures."""
@@ -176,11 +182,14 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
         log = _silent
     context = RunContext(config, raw_config, run_dir, manager)
     stages_dir = run_dir / "stages"
+    chain = StageKeys(raw_config)
+    cache = StageCache(config.cache_dir)
     for name in config.pipeline.stages:
         stage = manager.registry.stages.get(name)
         final = stages_dir / name
         record_path = final / STAGE_RECORD
         if record_path.is_file():
+            chain.add(stage)
             record = json.loads(record_path.read_text())
             _adopt(context, final, name, record["artifacts"], record["figures"])
             log(f"[{name}] complete, skipped ({record['seconds']:.1f} s when it ran)")
@@ -192,15 +201,118 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
             partial.mkdir(exist_ok=True)
         processes.barrier()
         context.work_dir = partial
-        if processes.is_main or getattr(stage, "distributed", False):
-            log(f"[{name}] {stage.description}")
-            _run_stage(stage, context, processes, manager, log)
+        key = chain.add(stage)
+        with cache.claim(stage, key, enabled=processes.is_main) as cached:
+            if cached is not None and processes.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+                cache.restore(cached, final)
+                log(f"[{name}] taken from the cache ({cached})")
+            else:
+                if processes.is_main or getattr(stage, "distributed", False):
+                    log(f"[{name}] {stage.description}")
+                    _run_stage(stage, context, processes, manager, log)
+                processes.barrier()
+                if processes.is_main:
+                    cache.store(stage, key, final)
         processes.barrier()
         record = json.loads(record_path.read_text())
         _adopt(context, final, name, record["artifacts"], record["figures"])
         manager.notify("dsvl_adapt_after_stage", stage=stage, context=context,
                        result=StageResult(record["artifacts"], record["figures"]))
     return context
+
+
+BASE_KEYS = ("vertical", "model", "data", "seed", "device")
+
+
+class StageKeys:
+    """Content keys of the stages of one run: each hashes its own config sections and every earlier key."""
+
+    def __init__(self, raw_config: dict[str, Any]) -> None:
+        self.raw = raw_config
+        self.previous = _digest({key: raw_config.get(key) for key in BASE_KEYS})
+
+    def add(self, stage: Stage) -> str:
+        keys = getattr(stage, "config_keys", None)
+        if keys is None:
+            section: Any = {k: v for k, v in self.raw.items() if k not in ("run_dir", "cache_dir")}
+        else:
+            section = {key: _lookup(self.raw, key) for key in keys}
+        self.previous = _digest({"stage": stage.name, "config": section, "upstream": self.previous})
+        return self.previous
+
+
+def _lookup(raw: dict[str, Any], dotted: str) -> Any:
+    value: Any = raw
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class StageCache:
+    """Completed stages shared between runs (a sweep's trials), keyed by content, safe across processes.
+
+    The first process to claim a key holds a file lock while it computes; others wait for it and
+    then copy the result. Files are hard-linked where the file system allows.
+    """
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = Path(directory) if directory else None
+
+    def _usable(self, stage: Stage) -> bool:
+        return self.directory is not None and getattr(stage, "cacheable", True)
+
+    @contextmanager
+    def claim(self, stage: Stage, key: str, enabled: bool = True) -> Iterator[Path | None]:
+        if not enabled or not self._usable(stage):
+            yield None
+            return
+        import fcntl
+
+        assert self.directory is not None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        entry = self.directory / f"{stage.name}-{key}"
+        with open(self.directory / f"{stage.name}-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield entry if (entry / STAGE_RECORD).is_file() else None
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def store(self, stage: Stage, key: str, final: Path) -> None:
+        if not self._usable(stage) or not (final / STAGE_RECORD).is_file():
+            return
+        assert self.directory is not None
+        entry = self.directory / f"{stage.name}-{key}"
+        if entry.exists():
+            return
+        partial = entry.with_name(entry.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        _link_tree(final, partial)
+        os.replace(partial, entry)
+
+    @staticmethod
+    def restore(entry: Path, final: Path) -> None:
+        partial = final.with_name(final.name + ".restoring")
+        shutil.rmtree(partial, ignore_errors=True)
+        _link_tree(entry, partial)
+        os.replace(partial, final)
+
+
+def _link_tree(source: Path, destination: Path) -> None:
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, destination, copy_function=link)
 
 
 def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager: PluginManager, log: Any) -> None:
@@ -239,10 +351,10 @@ def _adopt(context: RunContext, stage_dir: Path, name: str, artifacts: dict[str,
 
 def _write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: PluginManager) -> None:
     path = run_dir / MANIFEST
-    comparable = {k: v for k, v in raw.items() if k != "run_dir"}
+    comparable = {k: v for k, v in raw.items() if k not in ("run_dir", "cache_dir")}
     if path.is_file():
         previous = json.loads(path.read_text())["config"]
-        previous = {k: v for k, v in previous.items() if k != "run_dir"}
+        previous = {k: v for k, v in previous.items() if k not in ("run_dir", "cache_dir")}
         differences = sorted(_diff(previous, comparable))
         if differences:
             raise ConfigError(
@@ -302,11 +414,14 @@ class LazyStage:
         register(LazyStage("finetune", "fine-tune -> teacher", "dsvl_adapt.inject.finetune:FinetuneStage"))
     """
 
-    def __init__(self, name: str, description: str, target: str, distributed: bool = False) -> None:
+    def __init__(self, name: str, description: str, target: str, *, distributed: bool = False,
+                 config_keys: tuple[str, ...] | None = None, cacheable: bool = True) -> None:
         self.name = name
         self.description = description
         self.target = target
         self.distributed = distributed
+        self.config_keys = config_keys
+        self.cacheable = cacheable
 
     def load(self) -> Stage:
         import importlib
