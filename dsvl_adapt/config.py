@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .compress.configs import StructuralPruneConfig, WeightPruneConfig
+from .compress.quantize import QuantizeConfig
 from .errors import ConfigError
 
 CONF_DIR_CANDIDATES = (
@@ -132,6 +133,22 @@ class DistillSection(Section):
         return self
 
 
+class QuantizeSection(QuantizeConfig):
+    """The quantize stage: a QuantizeConfig plus how the backend is chosen."""
+
+    follow_target: bool = Field(
+        True, description="quantize for the target's runtime (torch or onnxruntime) instead of `backend`"
+    )
+
+
+class ExportSection(Section):
+    graphs: Literal["auto", "full", "split"] = Field(
+        "auto", description="split = vision+aligner and LM on inputs_embeds (no NonZero/ScatterND); auto = split "
+                            "when the target's op list lacks an op the full graph needs"
+    )
+    opset: int | None = Field(None, ge=13, le=23, description="null = the exporter's default (dynamo: 20)")
+
+
 class ScoreSection(Section):
     batch_size: int = Field(16, ge=1)
     latency_warmup: int = Field(2, ge=0)
@@ -150,6 +167,8 @@ class RunConfig(Section):
     finetune: FinetuneSection
     prune: PruneSection = Field(default_factory=PruneSection)
     distill: DistillSection
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+    export: ExportSection = Field(default_factory=ExportSection)
     score: ScoreSection
     seed: int = Field(0, ge=0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"

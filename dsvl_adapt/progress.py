@@ -45,7 +45,9 @@ def quiet_libraries() -> None:
     """Keep the console for dsvl-adapt's own progress: libraries log warnings and errors only."""
     import logging
 
-    for name in ("accelerate", "transformers", "torch_pruning", "peft", "nncf", "onnxruntime"):
+    logging.getLogger().setLevel(logging.WARNING)  # ONNX Runtime's quantizer logs at INFO on the root logger
+    for name in ("accelerate", "transformers", "torch_pruning", "peft", "nncf", "onnxruntime", "onnx_ir", "onnxscript",
+                 "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:

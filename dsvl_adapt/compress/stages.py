@@ -8,7 +8,6 @@ reloads to the same outputs, and records figures for the scorecard.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -95,3 +94,69 @@ class WeightPruneStage:
             "validation_accuracy": validation_accuracy(context, model, processor),
             **model_figures(model, directory),
         })
+
+
+def target_backend(context: RunContext) -> str:
+    """The quantization backend: the target's runtime when it is one we quantize for, else the config's."""
+    cfg = context.config.quantize
+    target = context.target()
+    if cfg.follow_target and target is not None and target.runtime in ("torch", "onnxruntime"):
+        return target.runtime
+    return cfg.backend
+
+
+def export_graphs(context: RunContext) -> str:
+    """``full`` or ``split``: split when the target's op list lacks what the full graph needs."""
+    choice = context.config.export.graphs
+    if choice != "auto":
+        return choice
+    target = context.target()
+    if target is not None and target.supported_ops is not None:
+        if not {"NonZero", "ScatterND"} <= set(target.supported_ops):
+            return "split"
+    return "full"
+
+
+class QuantizeStage:
+    name = "quantize"
+    description = "quantize the student for the target's runtime: PyTorch int8, or ONNX Runtime int8/int4"
+
+    def run(self, context: RunContext) -> StageResult:
+        from .quantize import load_quantized, quantize_onnx, quantize_torch_dynamic, save_quantized
+
+        backend = target_backend(context)
+        cfg = context.config.quantize.model_copy(update={"backend": backend})
+        cfg = type(cfg).model_validate(cfg.model_dump())  # mode/bits checked against the chosen backend
+        model, processor = context.load_model("student")
+        calibration = calibration_batches(context, processor, count=cfg.calibration_batches,
+                                          batch_size=context.config.prune.calibration_batch_size)
+        if backend == "torch":
+            quantized = quantize_torch_dynamic(model, cfg)
+            directory = context.work_dir / "student-int8"
+            save_quantized(quantized, directory, cfg)
+            processor.save_pretrained(directory)
+            reloaded = load_quantized(directory)
+            probe = {k: v for k, v in calibration[0].items() if k != "labels"}
+            with torch.no_grad():
+                diff = float((quantized(**probe).logits - reloaded(**probe).logits).abs().max())
+            if diff != 0.0:
+                raise StageError(f"{directory} does not reload to identical outputs (max abs diff {diff:.3g})")
+            figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "reload_max_abs_diff": diff,
+                       "size_bytes": _dir_bytes(directory)}
+            return StageResult(artifacts={"deploy": "student-int8"}, figures=figures)
+        from ..export.onnx import export_onnx
+
+        fp32_dir = context.work_dir / "onnx-fp32"
+        export = export_onnx(model, fp32_dir, calibration[0], split=export_graphs(context) == "split",
+                             opset=context.config.export.opset)
+        processor.save_pretrained(fp32_dir)
+        directory = context.work_dir / "onnx-int8" if cfg.bits == 8 else context.work_dir / "onnx-int4"
+        report = quantize_onnx(fp32_dir, directory, cfg, calibration)
+        processor.save_pretrained(directory)
+        figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "export": export.model_dump(mode="json"),
+                   **report.model_dump(mode="json"), "size_bytes": report.bytes}
+        return StageResult(artifacts={"deploy": directory.name, "onnx": directory.name}, figures=figures)
+
+
+def _dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())

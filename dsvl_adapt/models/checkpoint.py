@@ -143,7 +143,8 @@ def load_checkpoint(
     """Load a local checkpoint directory exactly: model and processor.
 
     Pruned checkpoints whose shapes no config field can express (vision-tower heads) are
-    rebuilt by :func:`dsvl_adapt.models.exact_load.load_exact`; others load with plain
+    rebuilt by :func:`dsvl_adapt.models.exact_load.load_exact`; torch-quantized ones by
+    :func:`dsvl_adapt.compress.quantize.load_quantized`; others load with plain
     ``from_pretrained``. ``ignore_mismatched_sizes`` is never used.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -151,7 +152,9 @@ def load_checkpoint(
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory} is not a Hugging Face checkpoint directory (no config.json)")
-    check_weights_are_safe(directory, allow_pickle)
+    quantized = (directory / "quantization.json").is_file()
+    if not quantized:
+        check_weights_are_safe(directory, allow_pickle)
     if trust_remote_code:
         warnings.warn("model.trust_remote_code=true: code from the checkpoint directory will run", stacklevel=2)
     common: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code)
@@ -164,7 +167,11 @@ def load_checkpoint(
         ) from exc
     from .exact_load import load_exact, needs_exact_load
 
-    if needs_exact_load(directory):
+    if quantized:  # a torch-quantized student: rebuilt from its recipe (save_pretrained cannot write it)
+        from ..compress.quantize import load_quantized
+
+        model = load_quantized(directory)
+    elif needs_exact_load(directory):
         model = load_exact(directory, dtype=dtype)
     else:
         model = AutoModelForImageTextToText.from_pretrained(

@@ -7,8 +7,6 @@ against memory bandwidth) and marked ``estimated`` with its inputs.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,9 +118,3 @@ def check_target(
                                    note=f"batch {target.batch_size} / latency; {how}"))
     fits = all(c.ok is not False for c in checks)
     return TargetFit(name=target.name, device=target.device, runtime=target.runtime, fits=fits, checks=checks)
-
-
-def read_inventory(path: Path | None) -> dict[str, Any] | None:
-    if path is None or not path.is_file():
-        return None
-    return json.loads(path.read_text())

@@ -66,6 +66,17 @@ class ObjectiveCheck(_Model):
     limit: float
 
 
+class RuntimeScore(_Model):
+    """The student as one runtime runs it: accuracy measured through that artifact, its speed and size."""
+
+    runtime: str
+    dtype: str
+    path: str
+    metrics: dict[str, float]
+    latency: Latency | None = None
+    size_bytes: int
+
+
 class Scorecard(_Model):
     schema_version: int = SCHEMA_VERSION
     vertical: str
@@ -76,6 +87,9 @@ class Scorecard(_Model):
     metrics: dict[str, dict[str, float]] = Field(description="every metric of the vertical, per model")
     general: dict[str, float] = Field(default_factory=dict, description="general-capability accuracy per model")
     latency: dict[str, Latency] = Field(default_factory=dict)
+    runtimes: dict[str, RuntimeScore] = Field(
+        default_factory=dict, description="the student through each runtime artifact the run produced"
+    )
     size: dict[str, Size] = Field(default_factory=dict)
     params: dict[str, int] = Field(default_factory=dict)
     peak_rss_bytes: int | None = None
@@ -138,18 +152,25 @@ def render_markdown(card: Scorecard) -> str:
         for m in models:
             lat = card.latency.get(m)
             size = card.size.get(m)
+            params = card.params.get(m)
             lines.append(
-                f"| {m} | {_fmt(lat and lat.p50_ms, 1)} | {_fmt(lat and lat.p90_ms, 1)} | "
-                f"{_fmt(lat and lat.p99_ms, 1)} | {_fmt(lat and lat.decode_ms_per_token, 1)} | "
-                f"{lat.runtime if lat else '—'} | {card.params.get(m, '—'):,} | {_mib(size and size.bytes)} |"
-                if isinstance(card.params.get(m), int) else
-                f"| {m} | — | — | — | — | — | — | {_mib(size and size.bytes)} |"
+                f"| {m} | {_fmt(lat and lat.p50_ms, 1)} | {_fmt(lat and lat.p90_ms, 1)} | {_fmt(lat and lat.p99_ms, 1)} "
+                f"| {_fmt(lat and lat.decode_ms_per_token, 1)} | {lat.runtime if lat else '—'} "
+                f"| {f'{params:,}' if params is not None else '—'} | {_mib(size and size.bytes)} |"
             )
         some = next(iter(card.latency.values()), None)
         if some:
             lines += ["", f"Measured on {some.cpu}, {some.threads} threads, batch {some.batch_size}, "
                           f"{some.warmup} warm-up + {some.repeats} timed runs (latency = one forward over image + "
                           "prompt)."]
+        lines.append("")
+    if card.runtimes:
+        lines += ["## The student on each runtime", "",
+                  f"| artifact | {card.metric} | p50 ms | p90 ms | size |", "|---|---|---|---|---|"]
+        for label, r in card.runtimes.items():
+            lat = r.latency
+            lines.append(f"| {label} | {_fmt(r.metrics.get(card.metric))} | {_fmt(lat and lat.p50_ms, 1)} | "
+                         f"{_fmt(lat and lat.p90_ms, 1)} | {_mib(r.size_bytes)} |")
         lines.append("")
     if card.targets:
         lines += ["## Hardware targets", ""]

@@ -1,7 +1,13 @@
-"""The ``score`` stage: measures every model the run produced and writes the scorecard."""
+"""The ``score`` stage: measures every model the run produced and writes the scorecard.
+
+``base`` and ``teacher`` are scored in PyTorch. The ``student`` is scored through its deployable
+artifact (the quantized model or ONNX graphs made for the target's runtime) when the run made
+one; the uncompressed-runtime student is listed beside it under ``runtimes``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,14 +17,11 @@ import torch
 from ..data.batches import BatchEncoder
 from ..engine import RunContext, StageResult, git_revision, package_versions
 from ..errors import PluginError
-from ..models.figures import model_figures
 from ..schemas import MetricSpec, Row
-from .generate import generate_answers
-from .hardware import check_target, count_linear_macs, read_inventory
-from .scorecard import Latency, ObjectiveCheck, Scorecard, Size
-from .timing import measure_torch_latency, peak_rss_bytes
-
-TORCH_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+from .hardware import check_target, count_linear_macs
+from .runners import Runner, open_runner
+from .scorecard import Latency, ObjectiveCheck, RuntimeScore, Scorecard, Size, TargetFit
+from .timing import peak_rss_bytes
 
 
 def compute_metrics(specs: list[MetricSpec], predictions: list[str], rows: list[Row]) -> dict[str, float]:
@@ -42,84 +45,134 @@ class ScoreStage:
         vertical = context.vertical
         specs = [context.registry.metrics.get(name) for name in vertical.metrics]
         primary = specs[0]
-        card_metrics: dict[str, dict[str, float]] = {}
-        latency: dict[str, Latency] = {}
-        sizes: dict[str, Size] = {}
-        params: dict[str, int] = {}
-        notes: list[str] = []
-        scored: dict[Path, str] = {}
-        probes: dict[str, dict[str, Any]] = {}  # per model: what the hardware checks need
-        for name in cfg.models:
-            if name not in context.artifacts:
-                notes.append(f"{name}: not produced by this pipeline, not scored")
-                continue
-            path = context.artifacts[name].resolve()
-            if path in scored:  # e.g. no compression stage ran: the student is the teacher
-                other = scored[path]
-                card_metrics[name] = card_metrics[other]
-                for table in (latency, sizes, params, probes):
-                    if other in table:
-                        table[name] = table[other]  # type: ignore[index]
-                notes.append(f"{name} is the same model as {other} (no stage changed it)")
-                continue
-            model, processor = context.load_model(name)
-            encoder = BatchEncoder(processor, context.prompt)
-            image_size = processor.image_processor.size["height"]
-            rows = context.split("test", image_size).rows
+        plan = _plan(context)
+        results: dict[Path, dict[str, Any]] = {}
+        rows: list[Row] = []
+        for path, label in plan.items():
+            runner = open_runner(path, load_torch=_loader(context), threads=cfg.threads)
+            encoder = BatchEncoder(runner.processor, context.prompt)
+            rows = context.split("test", runner.processor.image_processor.size["height"]).rows
             items = encoder.encode_all(rows)
-            answers = generate_answers(model, encoder, items, batch_size=cfg.batch_size,
-                                       max_new_tokens=vertical.max_answer_tokens, label=f"score {name}")
-            card_metrics[name] = compute_metrics(specs, answers, rows)
-            figures = model_figures(model, path)
-            params[name] = figures["params"]
-            sizes[name] = Size(bytes=figures["size_bytes"],
-                               weight_bytes=sum(figures["weight_bytes_by_component"].values()),
-                               by_component=figures["weight_bytes_by_component"])
-            one = encoder.generation_batch(items[:1])
-            if name in ("teacher", "student"):
-                latency[name] = Latency(**measure_torch_latency(
-                    model, one, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats, threads=cfg.threads))
-            if name != "base":
-                probes[name] = {"model": model, "batch": one, "weight_bytes": sizes[name].weight_bytes}
-            _write_predictions(context.work_dir / f"predictions-{name}.jsonl", rows, answers)
-            scored[path] = name
-        accuracy = {m: values[primary.name] for m, values in card_metrics.items()}
-        retention = None
-        if "teacher" in accuracy and "student" in accuracy and accuracy["teacher"] > 0:
-            retention = round(accuracy["student"] / accuracy["teacher"], 6)
-        targets = self._targets(context, probes.get("student", {}), latency)
-        probes.clear()
-        objectives = _objectives(vertical.objectives, accuracy, retention)
-        card = Scorecard(
-            vertical=vertical.name, metric=primary.name, higher_is_better=primary.higher_is_better,
-            accuracy=accuracy, retention=retention, metrics=card_metrics, latency=latency, size=sizes,
-            params=params, peak_rss_bytes=peak_rss_bytes(), targets=targets, objectives=objectives,
-            verdict=all(o.ok for o in objectives) if objectives else None,
-            skipped_rows=context.skipped_rows(), test_rows=len(rows) if card_metrics else 0,
-            stages=dict(context.figures), notes=notes,
-            provenance={"config": context.raw_config, "seed": context.config.seed, "versions": package_versions(),
-                        "git_revision": git_revision(), "run_dir": str(context.run_dir),
-                        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
-        )
+            answers = runner.answers(encoder, items, batch_size=cfg.batch_size,
+                                     max_new_tokens=vertical.max_answer_tokens, label=f"score {label}")
+            _write_predictions(context.work_dir / f"predictions-{label}.jsonl", rows, answers)
+            result: dict[str, Any] = {"runner": runner, "metrics": compute_metrics(specs, answers, rows)}
+            if label != "base":
+                one = encoder.generation_batch(items[:1])
+                result["latency"] = Latency(**runner.latency(one, warmup=cfg.latency_warmup,
+                                                             repeats=cfg.latency_repeats, threads=cfg.threads))
+                if runner.torch_model is not None and runner.dtype == "fp32":
+                    result["macs"] = count_linear_macs(runner.torch_model, one)
+            results[path] = result
+            if label not in ("student", "teacher"):
+                runner.torch_model = runner.onnx_model = None  # free memory early
+        card = self._card(context, specs, primary, plan, results, len(rows))
         card.write(context.work_dir)
         if "student" in context.artifacts and card.accuracy:
             from .modelcard import write_model_card
 
             write_model_card(card, context.artifacts["student"])
         return StageResult(artifacts={"scorecard": "scorecard.json"},
-                           figures={"accuracy": accuracy, "retention": retention})
+                           figures={"accuracy": card.accuracy, "retention": card.retention})
 
-    @staticmethod
-    def _targets(context: RunContext, student: dict[str, Any], latency: dict[str, Latency]) -> list:
-        if not student:
-            return []
-        model = student["model"]
-        dtype = TORCH_DTYPES.get(next(model.parameters()).dtype, "fp32")
-        macs = count_linear_macs(model, student["batch"])
-        measured = {"torch": latency["student"]} if "student" in latency else {}
-        inventory = read_inventory(context.artifacts.get("onnx_inventory"))
-        return [check_target(t, model_dtype=dtype, weight_bytes=student["weight_bytes"], config=model.config,
-                             macs=macs, measured=measured, inventory=inventory) for t in context.targets()]
+    def _card(self, context: RunContext, specs: list[MetricSpec], primary: MetricSpec, plan: dict[Path, str],
+              results: dict[Path, dict[str, Any]], test_rows: int) -> Scorecard:
+        roles = _roles(context)
+        metrics, latency, sizes, params, notes = {}, {}, {}, {}, []
+        for role, path in roles.items():
+            result = results[path]
+            runner: Runner = result["runner"]
+            metrics[role] = result["metrics"]
+            if "latency" in result:
+                latency[role] = result["latency"]
+            sizes[role] = Size(bytes=runner.size_bytes, weight_bytes=runner.weight_bytes,
+                               by_component=runner.by_component)
+            if runner.params is not None:
+                params[role] = runner.params
+            if plan[path] != role:
+                notes.append(f"{role} is the same model as {plan[path]} (no stage changed it)")
+        runtimes = {}
+        for path in _student_paths(context):
+            result = results[path]
+            runner = result["runner"]
+            runtimes[runner.label] = RuntimeScore(runtime=runner.runtime, dtype=runner.dtype, path=str(path),
+                                                  metrics=result["metrics"], latency=result.get("latency"),
+                                                  size_bytes=runner.size_bytes)
+        accuracy = {role: values[primary.name] for role, values in metrics.items()}
+        retention = None
+        if "teacher" in accuracy and "student" in accuracy and accuracy["teacher"] > 0:
+            retention = round(accuracy["student"] / accuracy["teacher"], 6)
+        objectives = _objectives(context.vertical.objectives, accuracy, retention)
+        return Scorecard(
+            vertical=context.vertical.name, metric=primary.name, higher_is_better=primary.higher_is_better,
+            accuracy=accuracy, retention=retention, metrics=metrics, latency=latency, runtimes=runtimes, size=sizes,
+            params=params, peak_rss_bytes=peak_rss_bytes(), targets=_targets(context, results),
+            objectives=objectives, verdict=all(o.ok for o in objectives) if objectives else None,
+            skipped_rows=context.skipped_rows(), test_rows=test_rows, stages=dict(context.figures), notes=notes,
+            provenance={"config": context.raw_config, "seed": context.config.seed, "versions": package_versions(),
+                        "git_revision": git_revision(), "run_dir": str(context.run_dir),
+                        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+        )
+
+
+def _loader(context: RunContext) -> Any:
+    from ..models.checkpoint import load_checkpoint
+
+    model_cfg = context.config.model
+    return lambda path: load_checkpoint(path, allow_pickle=model_cfg.allow_pickle,
+                                        trust_remote_code=model_cfg.trust_remote_code)
+
+
+def _roles(context: RunContext) -> dict[str, Path]:
+    """base / teacher / student -> the directory scored for it (the student's deployable artifact first)."""
+    roles = {}
+    for role in context.config.score.models:
+        source = "deploy" if role == "student" and "deploy" in context.artifacts else role
+        if source in context.artifacts:
+            roles[role] = context.artifacts[source].resolve()
+    return roles
+
+
+def _student_paths(context: RunContext) -> list[Path]:
+    paths = [context.artifacts[name].resolve() for name in ("student", "deploy") if name in context.artifacts]
+    return list(dict.fromkeys(paths)) if "student" in context.config.score.models else []
+
+
+def _plan(context: RunContext) -> dict[Path, str]:
+    """Each distinct directory once, with the first role that uses it."""
+    plan: dict[Path, str] = {}
+    for role, path in _roles(context).items():
+        plan.setdefault(path, role)
+    for path in _student_paths(context):
+        plan.setdefault(path, "student-" + path.name)
+    return plan
+
+
+def _targets(context: RunContext, results: dict[Path, dict[str, Any]]) -> list[TargetFit]:
+    roles = _roles(context)
+    if "student" not in roles:
+        return []
+    deployed = results[roles["student"]]
+    runner: Runner = deployed["runner"]
+    measured = {r["runner"].runtime: r["latency"] for path, r in results.items()
+                if path in _student_paths(context) and "latency" in r}
+    macs = next((r["macs"] for path, r in results.items() if path in _student_paths(context) and "macs" in r), 0)
+    inventory = _inventory(context.artifacts.get("onnx"))
+    return [check_target(t, model_dtype=runner.dtype, weight_bytes=runner.weight_bytes, config=runner.config,
+                         macs=macs, measured=measured, inventory=inventory) for t in context.targets()]
+
+
+def _inventory(directory: Path | None) -> dict[str, Any] | None:
+    """Op types and opset over every graph of an ONNX export directory."""
+    if directory is None or not (directory / "export.json").is_file():
+        return None
+    from ..export.onnx import read_report
+
+    report = read_report(directory)
+    op_types: set[str] = set()
+    for path in report.inventories.values():
+        op_types |= set(json.loads(Path(path).read_text())["op_types"])
+    return {"opset": report.opset, "op_types": sorted(op_types)}
 
 
 def _objectives(objectives: Any, accuracy: dict[str, float], retention: float | None) -> list[ObjectiveCheck]:
@@ -135,8 +188,6 @@ def _objectives(objectives: Any, accuracy: dict[str, float], retention: float | 
 
 
 def _write_predictions(path: Path, rows: list[Row], answers: list[str]) -> None:
-    import json
-
     with path.open("w") as handle:
         for row, answer in zip(rows, answers):
             handle.write(json.dumps({"id": row.id, "question": row.question, "reference": row.answer,

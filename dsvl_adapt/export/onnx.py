@@ -1,0 +1,459 @@
+"""ONNX export of DeepSeek-VL models (plain and hybrid), with a numerical check and an op/dtype inventory.
+
+Layouts written into ``directory``::
+
+    full  (split=False)  model.onnx      input_ids, attention_mask, pixel_values[, high_res_pixel_values] -> logits
+    split (split=True)   vision.onnx     pixel_values[, high_res_pixel_values] -> image_embeds (B, N, hidden), aligned
+                         lm.onnx         inputs_embeds, attention_mask -> logits
+                         embed_tokens.npy  the (vocab, hidden) fp32 embedding table, for the caller's lookup
+    both                 <graph>.inventory.json, config.json (the HF config), export.json (the ExportReport)
+
+Batch and sequence axes are dynamic. The full graph inserts image features with NonZero/ScatterND (that is how
+``masked_scatter`` lowers); the split graphs have neither: the caller embeds ``input_ids`` with ``embed_tokens.npy``
+and writes the image embeddings row by row at the ``image_token_id`` positions (``OnnxRuntimeModel`` does this).
+
+Position ids are computed inside the graphs from ``attention_mask`` (``cumsum - 1``), so left-padded batches - what
+generation needs - get the same positions as ``generate`` gives them; without padding this equals the model's default.
+
+Exporter: the torch.export-based ("dynamo") exporter, for every opset it supports (>= 18; default the exporter's
+own). Why: the TorchScript exporter is deprecated and warns on every call, stores the tied ``lm_head``/embedding
+twice, and names folded weights ``onnx::MatMul_123``; the dynamo exporter records every node's module path
+(``pkg.torch.onnx.name_scopes``), which the ONNX Runtime quantizer uses to honour the per-module skip policy. Its two
+costs: transformers' runtime checks must be off while tracing (``TRANSFORMERS_DISABLE_TORCH_CHECK=1``, set only for
+the call) and it is slow (~7 s for the tiny preset). Only when a target asks for ``opset < 18`` is the TorchScript
+exporter used (it then also needs the explicit ``attention_mask``, which these graphs always take).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "MIN_DYNAMO_OPSET",
+    "REPORT_FILE",
+    "ExportReport",
+    "GraphInfo",
+    "export_onnx",
+    "graph_inventory",
+    "read_report",
+    "write_inventory",
+]
+
+REPORT_FILE = "export.json"
+EMBED_FILE = "embed_tokens.npy"
+MIN_DYNAMO_OPSET = 18
+WRAPPER_ATTR = "hf"  # module paths inside the graphs start with "hf." (the wrapper's attribute)
+_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GiB
+
+
+class GraphInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+    inventory: str
+    bytes: int = Field(description="graph file plus its external data")
+
+
+class ExportReport(BaseModel):
+    """What ``export_onnx`` wrote and how closely ONNX Runtime reproduces PyTorch. Saved as ``export.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str
+    mode: Literal["full", "split"]
+    exporter: Literal["dynamo", "torchscript"]
+    opset: int
+    graphs: dict[str, GraphInfo]
+    inventories: dict[str, str] = Field(description="graph name -> inventory JSON path")
+    max_abs_diff: dict[str, float] = Field(default_factory=dict,
+                                           description="ORT vs PyTorch logits per check (valid positions only)")
+    tolerance: float
+    within_tolerance: bool | None = Field(description="max_abs_diff <= tolerance; None for quantized graphs")
+    model_class: str
+    hybrid: bool
+    image_token_id: int
+    num_image_tokens: int
+    embed_file: str | None = None
+    config_file: str = "config.json"
+    quantization: dict[str, Any] | None = Field(None, description="set on graphs quantized by ONNX Runtime")
+
+    def graph_path(self, name: str) -> Path:
+        return Path(self.directory) / self.graphs[name].file
+
+    @property
+    def bytes(self) -> int:
+        extra = (Path(self.directory) / self.embed_file).stat().st_size if self.embed_file else 0
+        return sum(g.bytes for g in self.graphs.values()) + extra
+
+
+def read_report(directory: str | Path) -> ExportReport:
+    """The ``ExportReport`` saved in an export directory, with ``directory`` pointing where it now lies."""
+    directory = Path(directory)
+    report = ExportReport.model_validate_json((directory / REPORT_FILE).read_text())
+    inventories = {name: str(directory / g.inventory) for name, g in report.graphs.items()}
+    return report.model_copy(update={"directory": str(directory), "inventories": inventories})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# inventory
+
+
+def _dtype_name(elem_type: int) -> str:
+    import onnx
+
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _value_info(v) -> dict[str, Any]:
+    t = v.type.tensor_type
+    dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None) for d in t.shape.dim]
+    return {"name": v.name, "dtype": _dtype_name(t.elem_type), "shape": dims}
+
+
+def _tensor_bytes(t) -> int:
+    import onnx
+
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        entries = {e.key: e.value for e in t.external_data}
+        if "length" in entries:
+            return int(entries["length"])
+    if t.raw_data:
+        return len(t.raw_data)
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):  # pragma: no cover - exotic dtypes
+        itemsize = 1
+    if _dtype_name(t.data_type) in ("int4", "uint4", "float4e2m1"):
+        return (n + 1) // 2
+    return n * itemsize
+
+
+def graph_files_bytes(path: str | Path) -> int:
+    """Size on disk of an ONNX file plus the external-data files it names."""
+    import onnx
+
+    path = Path(path)
+    total = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location"}
+    return total + sum((path.parent / loc).stat().st_size for loc in locations)
+
+
+def graph_inventory(path: str | Path) -> dict[str, Any]:
+    """Op types with counts, opsets, and the dtypes of inputs, outputs and initializers of one ONNX graph."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    ops: Counter[str] = Counter()
+
+    def walk(graph) -> None:
+        for node in graph.node:
+            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+            ops[f"{domain}.{node.op_type}" if domain else node.op_type] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        walk(g)
+
+    walk(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            ops[f"{fn.domain}.{fn.name}/{node.op_type}"] += 1
+    init_dtypes: dict[str, dict[str, int]] = {}
+    total_elems = 0
+    for t in model.graph.initializer:
+        entry = init_dtypes.setdefault(_dtype_name(t.data_type), {"count": 0, "elements": 0, "bytes": 0})
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        entry["count"] += 1
+        entry["elements"] += n
+        entry["bytes"] += _tensor_bytes(t)
+        total_elems += n
+    opsets = {(imp.domain or "ai.onnx"): int(imp.version) for imp in model.opset_import}
+    return {
+        "graph": path.name,
+        "ir_version": int(model.ir_version),
+        "opset": opsets.get("ai.onnx"),
+        "opsets": opsets,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "node_count": int(sum(ops.values())),
+        "op_types": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "inputs": [_value_info(v) for v in model.graph.input],
+        "outputs": [_value_info(v) for v in model.graph.output],
+        "initializers": {
+            "count": len(model.graph.initializer),
+            "elements": total_elems,
+            "bytes": int(sum(d["bytes"] for d in init_dtypes.values())),
+            "dtypes": dict(sorted(init_dtypes.items())),
+        },
+        "external_data": any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer),
+        "file_bytes": graph_files_bytes(path),
+    }
+
+
+def write_inventory(path: str | Path) -> Path:
+    """Write ``<name>.inventory.json`` beside the graph ``<name>.onnx``; returns its path."""
+    path = Path(path)
+    out = path.with_name(f"{path.stem}.inventory.json")
+    out.write_text(json.dumps(graph_inventory(path), indent=2) + "\n")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# wrappers: the functions that become graphs
+
+
+def _wrappers():
+    import torch
+
+    from dsvl_adapt.runtimes import position_ids_from_mask
+
+    class FullGraph(torch.nn.Module):
+        def __init__(self, model, hybrid: bool):
+            super().__init__()
+            setattr(self, WRAPPER_ATTR, model)
+            self.hybrid = hybrid
+
+        def forward(self, input_ids, attention_mask, pixel_values, high_res_pixel_values=None):
+            extra = {"high_res_pixel_values": high_res_pixel_values} if self.hybrid else {}
+            out = getattr(self, WRAPPER_ATTR)(
+                input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False, **extra)
+            return out.logits
+
+    class VisionGraph(torch.nn.Module):
+        def __init__(self, model, hybrid: bool):
+            super().__init__()
+            setattr(self, WRAPPER_ATTR, model)
+            self.hybrid = hybrid
+
+        def forward(self, pixel_values, high_res_pixel_values=None):
+            inner = getattr(self, WRAPPER_ATTR).model
+            if self.hybrid:
+                out = inner.get_image_features(pixel_values, high_res_pixel_values, return_dict=True)
+            else:
+                out = inner.get_image_features(pixel_values, return_dict=True)
+            return out.pooler_output
+
+    class LMGraph(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            setattr(self, WRAPPER_ATTR, model)
+
+        def forward(self, inputs_embeds, attention_mask):
+            out = getattr(self, WRAPPER_ATTR)(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                              position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            return out.logits
+
+    return FullGraph, VisionGraph, LMGraph
+
+
+@contextlib.contextmanager
+def _export_environment():
+    """transformers' data-dependent checks off (dynamo cannot trace them), exporter chatter down."""
+    old = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
+    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration",
+                                            "torch._export", "torch.export")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
+        if old is None:
+            os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
+        else:
+            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = old
+
+
+def _export_one(module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                dynamic: dict[str, dict[int, str]], opset: int | None, exporter: str, est_bytes: int) -> None:
+    import torch
+
+    external = est_bytes > _EXTERNAL_DATA_BYTES
+    with _export_environment(), torch.no_grad():
+        if exporter == "torchscript":
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
+                              output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True)
+            return
+        dims: dict[str, Any] = {}
+        shapes = []
+        for name in input_names:
+            axes = dynamic.get(name, {})
+            shapes.append({ax: dims.setdefault(label, torch.export.Dim(label)) for ax, label in axes.items()})
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=tuple(shapes), optimize=True,
+                                    verbose=False, external_data=external)
+        for node in program.model.graph.all_nodes():  # local source paths; useless beyond this machine
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
+        program.save(str(path), external_data=external)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# export
+
+
+def _as_tensor(x):
+    import torch
+
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _prepare_batch(batch: dict[str, Any], hybrid: bool) -> dict[str, Any]:
+
+    names = ["input_ids", "attention_mask", "pixel_values"] + (["high_res_pixel_values"] if hybrid else [])
+    missing = [n for n in names if n not in batch]
+    if missing:
+        raise ValueError(f"example_batch lacks {missing}; the graphs take {names}")
+    out = {n: _as_tensor(batch[n]) for n in names}
+    out["input_ids"] = out["input_ids"].long()
+    out["attention_mask"] = out["attention_mask"].long()
+    for n in names[2:]:
+        out[n] = out[n].float()
+    return out
+
+
+def _other_length_batch(batch: dict[str, Any], image_token_id: int, extra: int = 3) -> dict[str, Any]:
+    """First row only, ``extra`` text tokens longer: exercises both dynamic axes."""
+    import torch
+
+    ids = batch["input_ids"][:1]
+    text = ids[ids != image_token_id]
+    token = int(text[0]) if text.numel() else (image_token_id + 1)
+    out = {k: v[:1] for k, v in batch.items()}
+    out["input_ids"] = torch.cat([ids, torch.full((1, extra), token, dtype=ids.dtype)], dim=1)
+    out["attention_mask"] = torch.cat([out["attention_mask"], torch.ones(1, extra, dtype=torch.long)], dim=1)
+    return out
+
+
+def _masked_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    valid = mask.astype(bool)
+    return float(np.abs(a[valid] - b[valid]).max()) if valid.any() else 0.0
+
+
+def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: dict[str, Any], *, split: bool = False,
+                opset: int | None = None, tolerance: float = 1e-4, threads: int | None = None) -> ExportReport:
+    """Export ``model`` (a DeepSeek-VL or DeepSeek-VL-Hybrid ``...ForConditionalGeneration``) to ONNX.
+
+    ``example_batch`` holds ``input_ids``, ``attention_mask``, ``pixel_values`` (and ``high_res_pixel_values`` for
+    hybrid); other keys (``labels``) are ignored. The graphs are checked with ``onnx.checker`` and run in ONNX Runtime
+    on the example batch and on a batch of another size and length; ``max_abs_diff`` holds the largest logit
+    difference to PyTorch over the attended positions, ``within_tolerance`` whether it stays under ``tolerance``
+    (a warning is issued otherwise). ``opset=None`` takes the exporter's default; below 18 the TorchScript exporter
+    is used. The model is exported in its own dtype (fp32 expected) on CPU and left unchanged.
+    """
+    import onnx
+    import torch
+
+    from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    hybrid = getattr(config, "high_res_vision_config", None) is not None
+    image_token_id = int(config.image_token_id)
+    batch = _prepare_batch(example_batch, hybrid)
+    exporter = "torchscript" if opset is not None and opset < MIN_DYNAMO_OPSET else "dynamo"
+    # torch.export specialises axes of size 1: trace with at least two rows.
+    trace = batch if batch["input_ids"].shape[0] > 1 else {k: torch.cat([v, v]) for k, v in batch.items()}
+    pixel_names = ["pixel_values"] + (["high_res_pixel_values"] if hybrid else [])
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    FullGraph, VisionGraph, LMGraph = _wrappers()
+
+    was_training = model.training
+    model.eval()
+    try:
+        graphs: dict[str, GraphInfo] = {}
+        with torch.no_grad():
+            image_embeds = None
+            if not split:
+                names = ["input_ids", "attention_mask", *pixel_names]
+                dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                           **{n: {0: "batch"} for n in pixel_names}}
+                _export_one(FullGraph(model, hybrid), tuple(trace[n] for n in names), directory / "model.onnx",
+                            names, ["logits"], dynamic, opset, exporter, param_bytes)
+                graphs["model"] = GraphInfo(file="model.onnx", inputs=names, outputs=["logits"], inventory="", bytes=0)
+            else:
+                _export_one(VisionGraph(model, hybrid), tuple(trace[n] for n in pixel_names),
+                            directory / "vision.onnx", pixel_names, ["image_embeds"],
+                            {n: {0: "images"} for n in pixel_names}, opset, exporter, param_bytes)
+                graphs["vision"] = GraphInfo(file="vision.onnx", inputs=pixel_names, outputs=["image_embeds"],
+                                             inventory="", bytes=0)
+                embed = model.get_input_embeddings()
+                feats = VisionGraph(model, hybrid)(*(trace[n] for n in pixel_names))
+                embeds = embed(trace["input_ids"])
+                mask = trace["input_ids"] == image_token_id
+                embeds[mask] = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
+                names = ["inputs_embeds", "attention_mask"]
+                _export_one(LMGraph(model), (embeds, trace["attention_mask"]), directory / "lm.onnx", names,
+                            ["logits"], {"inputs_embeds": {0: "batch", 1: "sequence"},
+                                         "attention_mask": {0: "batch", 1: "sequence"}}, opset, exporter, param_bytes)
+                graphs["lm"] = GraphInfo(file="lm.onnx", inputs=names, outputs=["logits"], inventory="", bytes=0)
+                np.save(directory / EMBED_FILE, embed.weight.detach().float().cpu().numpy())
+                image_embeds = feats
+
+        inventories: dict[str, str] = {}
+        versions: set[int] = set()
+        for name, info in graphs.items():
+            path = directory / info.file
+            onnx.checker.check_model(str(path), full_check=False)
+            inv_path = write_inventory(path)
+            inventory = json.loads(inv_path.read_text())
+            versions.add(int(inventory["opset"]))
+            graphs[name] = info.model_copy(update={"inventory": inv_path.name, "bytes": inventory["file_bytes"]})
+            inventories[name] = str(inv_path)
+        config.save_pretrained(directory)
+
+        num_image_tokens = int((batch["input_ids"][0] == image_token_id).sum())
+        report = ExportReport(
+            directory=str(directory), mode="split" if split else "full", exporter=exporter, opset=max(versions),
+            graphs=graphs, inventories=inventories, tolerance=tolerance, within_tolerance=True,
+            model_class=type(model).__name__, hybrid=hybrid, image_token_id=image_token_id,
+            num_image_tokens=num_image_tokens, embed_file=EMBED_FILE if split else None)
+
+        # ONNX Runtime vs PyTorch: the example batch, then another batch size and length.
+        runtime = OnnxRuntimeModel(report, threads=threads)
+        reference = FullGraph(model, hybrid)
+        diffs: dict[str, float] = {}
+        for label, check in (("example", batch), ("other_length", _other_length_batch(batch, image_token_id))):
+            with torch.no_grad():
+                expected = reference(*(check[n] for n in ["input_ids", "attention_mask", *pixel_names])).numpy()
+            got = runtime.forward(check)
+            diffs[label] = _masked_diff(got, expected, check["attention_mask"].numpy())
+        if image_embeds is not None:
+            got = runtime.image_embeddings({n: trace[n] for n in pixel_names})
+            diffs["image_embeds"] = float(np.abs(got - image_embeds.numpy()).max())
+    finally:
+        model.train(was_training)
+
+    worst = max(diffs.values())
+    report = report.model_copy(update={"max_abs_diff": diffs, "within_tolerance": bool(worst <= tolerance)})
+    if not report.within_tolerance:
+        warnings.warn(f"ONNX Runtime differs from PyTorch by {worst:.3g} (> tolerance {tolerance:g}): {diffs}",
+                      stacklevel=2)
+    (directory / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n")
+    return report

@@ -1,0 +1,380 @@
+"""ONNX Runtime: run an export directory (:class:`OnnxRuntimeModel`) and quantize one (:func:`quantize_export`).
+
+Import this module only when ONNX Runtime is wanted; ``onnxruntime`` itself is imported on first use.
+
+Quantization recipes (all CPU-oriented, linear layers only - MatMul/Gemm with a constant weight):
+
+* ``dynamic`` int8: ``quantize_dynamic`` -> MatMulInteger; activations quantized per call.
+* ``static`` int8: ``quantize_static`` in QDQ format (the format ORT's CPU kernels are tuned for), uint8 activations,
+  int8 weights, MinMax calibration over ``calibration_batches`` batches. ``MatMulConstBOnly`` keeps the attention
+  matmuls (activation x activation) in fp32.
+* ``weight_only`` int4/int8: ``MatMulNBitsQuantizer`` -> MatMulNBits, blockwise (``block_size``), asymmetric.
+
+Every graph goes through ``quant_pre_process`` first (symbolic shape inference + basic optimisation): without it the
+tied ``lm_head`` - read through a Transpose of the embedding - stays fp32. The skip policy of ``QuantizeConfig`` is
+applied through the module path the exporter stored on each node (``pkg.torch.onnx.name_scopes``; TorchScript graphs:
+the node name), mapped to node names before pre-processing, which keeps those names.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from dsvl_adapt.export.onnx import (
+    REPORT_FILE,
+    WRAPPER_ATTR,
+    ExportReport,
+    graph_files_bytes,
+    read_report,
+    write_inventory,
+)
+from dsvl_adapt.runtimes import greedy_generate, to_numpy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dsvl_adapt.compress.quantize import QuantizeConfig
+
+__all__ = [
+    "BatchCalibrationReader",
+    "OnnxQuantizeReport",
+    "OnnxRuntimeModel",
+    "node_module_paths",
+    "quantize_export",
+]
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+class OnnxRuntimeModel:
+    """An export directory (full or split, fp32 or quantized) in ONNX Runtime, CPU by default."""
+
+    name = "onnxruntime"
+
+    def __init__(self, report: ExportReport, *, threads: int | None = None, providers: Sequence[str] | None = None):
+        ort = _ort()
+        self.report = report
+        self.directory = Path(report.directory)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.sessions = {name: ort.InferenceSession(str(report.graph_path(name)), sess_options=options,
+                                                    providers=providers)
+                         for name in report.graphs}
+        self.image_token_id = report.image_token_id
+        self.hybrid = report.hybrid
+        self._embed = (np.load(self.directory / report.embed_file, mmap_mode="r")
+                       if report.mode == "split" and report.embed_file else None)
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int | None = None,
+             providers: Sequence[str] | None = None) -> OnnxRuntimeModel:
+        """Open what ``export_onnx`` (or ``quantize_export``) wrote in ``directory``."""
+        return cls(read_report(directory), threads=threads, providers=providers)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.report.bytes
+
+    def _pixel_feeds(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        names = ["pixel_values"] + (["high_res_pixel_values"] if self.hybrid else [])
+        missing = [n for n in names if batch.get(n) is None]
+        if missing:
+            raise ValueError(f"batch lacks {missing}")
+        return {n: to_numpy(batch[n], np.float32) for n in names}
+
+    def image_embeddings(self, batch: dict[str, Any]) -> np.ndarray:
+        """Aligned image features (images, N, hidden); split graphs only."""
+        if "vision" not in self.sessions:
+            raise ValueError("image_embeddings needs a split export (vision.onnx)")
+        return self.sessions["vision"].run(["image_embeds"], self._pixel_feeds(batch))[0]
+
+    def inputs_embeds(self, input_ids: np.ndarray, image_embeds: np.ndarray | None) -> np.ndarray:
+        """Token embeddings with the image embeddings written at the image-token positions (split graphs)."""
+        if self._embed is None:
+            raise ValueError("inputs_embeds needs a split export (embed_tokens.npy)")
+        embeds = np.asarray(self._embed[input_ids], dtype=np.float32)
+        if image_embeds is not None:
+            where = input_ids == self.image_token_id
+            feats = image_embeds.reshape(-1, embeds.shape[-1])
+            if int(where.sum()) != feats.shape[0]:
+                raise ValueError(f"{int(where.sum())} image tokens in input_ids, {feats.shape[0]} image embeddings")
+            embeds[where] = feats  # row-major order, as masked_scatter
+        return embeds
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, pixels: dict[str, np.ndarray] | None,
+             image_embeds: np.ndarray | None) -> np.ndarray:
+        if "model" in self.sessions:
+            if pixels is None:
+                raise ValueError("the full graph needs pixel_values; export with split=True for text-only input")
+            return self.sessions["model"].run(["logits"], {"input_ids": ids, "attention_mask": mask, **pixels})[0]
+        embeds = self.inputs_embeds(ids, image_embeds)
+        return self.sessions["lm"].run(["logits"], {"inputs_embeds": embeds, "attention_mask": mask})[0]
+
+    def forward(self, batch: dict[str, Any]) -> np.ndarray:
+        """Logits (B, T, vocab), float32 numpy."""
+        ids = to_numpy(batch["input_ids"], np.int64)
+        mask = to_numpy(batch.get("attention_mask", np.ones_like(ids)), np.int64)
+        has_image = batch.get("pixel_values") is not None
+        pixels = self._pixel_feeds(batch) if has_image else None
+        image = self.image_embeddings(batch) if has_image and "vision" in self.sessions else None
+        return self._run(ids, mask, pixels, image)
+
+    __call__ = forward
+
+    def generate(self, batch: dict[str, Any], max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
+                 pad_token_id: int | None = None) -> np.ndarray:
+        """Greedy decoding without KV cache; returns the new token ids (B, steps). Prompts must be left-padded."""
+        has_image = batch.get("pixel_values") is not None
+        pixels = self._pixel_feeds(batch) if has_image else None
+        image = self.image_embeddings(batch) if has_image and "vision" in self.sessions else None
+
+        def step(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return self._run(ids, mask, pixels, image)[:, -1]
+
+        return greedy_generate(step, batch["input_ids"], batch.get("attention_mask"), max_new_tokens, eos_token_id,
+                               pad_token_id)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# quantization
+
+
+class BatchCalibrationReader:
+    """ONNX Runtime ``CalibrationDataReader`` over a list of feed dicts (ORT accepts it by its ``get_next``)."""
+
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]):
+        self._feeds = list(feeds)
+        self._it = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+
+class OnnxQuantizeReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str
+    source: str
+    config: dict[str, Any]
+    graphs: dict[str, str] = Field(description="graph name -> quantized file")
+    inventories: dict[str, str]
+    quantized_nodes: dict[str, int] = Field(description="per graph: MatMul/Gemm nodes quantized")
+    skipped_nodes: dict[str, int] = Field(description="per graph: MatMul/Gemm nodes kept fp32 by the skip policy")
+    bytes_fp32: int
+    bytes: int
+    max_abs_diff: float | None = Field(None, description="logits vs the fp32 export, attended positions")
+    top1_agreement: float | None = Field(None, description="share of attended positions with the same argmax")
+    seconds: float
+
+
+def _module_path(node) -> str | None:
+    """The torch module path a node came from (wrapper prefix removed), or None when unknown."""
+    prefix = f"{WRAPPER_ATTR}."
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            paths = [s for s in scopes if isinstance(s, str) and s.startswith(prefix)]
+            return paths[-1][len(prefix):] if paths else ""
+    if node.name.startswith(f"/{WRAPPER_ATTR}/"):  # TorchScript: /hf/model/language_model/layers.0/mlp/up_proj/MatMul
+        return ".".join(node.name.split("/")[2:-1])
+    return None
+
+
+def node_module_paths(path: str | Path) -> dict[str, str | None]:
+    """Node name -> module path for the MatMul/Gemm nodes of a graph written by ``export_onnx``."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {n.name: _module_path(n) for n in model.graph.node if n.op_type in ("MatMul", "Gemm")}
+
+
+def _graph_feeds(source: ExportReport, batches: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Inputs of each graph of ``source`` for each batch (split: the LM gets the merged fp32 embeddings)."""
+    runtime = OnnxRuntimeModel(source) if source.mode == "split" else None
+    pixel_names = ["pixel_values"] + (["high_res_pixel_values"] if source.hybrid else [])
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in source.graphs}
+    for batch in batches:
+        ids = to_numpy(batch["input_ids"], np.int64)
+        mask = to_numpy(batch.get("attention_mask", np.ones_like(ids)), np.int64)
+        pixels = {n: to_numpy(batch[n], np.float32) for n in pixel_names}
+        if runtime is None:
+            feeds["model"].append({"input_ids": ids, "attention_mask": mask, **pixels})
+        else:
+            feeds["vision"].append(pixels)
+            image = runtime.image_embeddings(pixels)
+            feeds["lm"].append({"inputs_embeds": runtime.inputs_embeds(ids, image), "attention_mask": mask})
+    return feeds
+
+
+_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps one file at 2 GiB
+
+
+def _copy_graph(src: Path, dst: Path, external: bool) -> None:
+    if not external:
+        shutil.copyfile(src, dst)
+        return
+    import onnx
+
+    onnx.save_model(onnx.load(str(src)), str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{dst.name}.data")
+
+
+def _quantize_graph(src: Path, dst: Path, config: QuantizeConfig, feeds: list[dict[str, np.ndarray]],
+                    work: Path) -> tuple[int, int]:
+    """Quantize one graph file; returns (quantized, skipped) MatMul/Gemm counts."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    paths = node_module_paths(src)
+    excluded = sorted(name for name, module in paths.items() if module is not None and config.skips(module))
+    external = graph_files_bytes(src) > _EXTERNAL_DATA_BYTES
+    pre = work / f"{src.stem}.pre.onnx"
+    quant_pre_process(str(src), str(pre), save_as_external_data=external, all_tensors_to_one_file=True)
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    # Linear layers only: a MatMul of two activations (attention scores, attention x values) stays fp32. The QDQ
+    # quantizer ignores MatMulConstBOnly, so these are excluded by name.
+    excluded_set = set(excluded)
+    excluded += [n.name for n in matmuls if n.name not in excluded_set and n.input[1] not in constants]
+    candidates = [n.name for n in matmuls if n.name not in set(excluded)]
+    skipped_by_policy = sum(1 for n in matmuls if n.name in excluded_set and n.input[1] in constants)
+    if not candidates:
+        _copy_graph(src, dst, external)  # nothing left to quantize (e.g. the vision graph under the default policy)
+        return 0, skipped_by_policy
+
+    if config.mode == "dynamic":
+        quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=config.per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded, use_external_data_format=external,
+                         extra_options={"MatMulConstBOnly": True})
+    elif config.mode == "static":
+        if not feeds:
+            raise ValueError("static quantization needs calibration batches")
+        quantize_static(str(pre), str(dst), BatchCalibrationReader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul", "Gemm"], per_channel=config.per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                        use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"MatMulConstBOnly": True})
+    else:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(pre)), bits=config.bits, block_size=config.block_size,
+                                         is_symmetric=False, nodes_to_exclude=excluded,
+                                         op_types_to_quantize=("MatMul",))
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=external)
+
+    quantized_ops = {"MatMulInteger", "MatMulNBits", "DynamicQuantizeMatMul", "QLinearMatMul"}
+    model = onnx.load(str(dst), load_external_data=False)
+    if config.mode == "static":
+        inits = {t.name for t in model.graph.initializer}
+        dq_inputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+        count = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+                    and n.input[1] in dq_inputs)
+    else:
+        count = sum(1 for n in model.graph.node if n.op_type in quantized_ops)
+    return count, skipped_by_policy
+
+
+def quantize_export(source: str | Path, destination: str | Path, config: QuantizeConfig,
+                    batches: Sequence[dict[str, Any]] | None = None, *, compare_batches: int = 2,
+                    threads: int | None = None) -> OnnxQuantizeReport:
+    """Quantize every graph of the export in ``source`` into ``destination`` (same layout, new ``export.json``).
+
+    ``batches``: model batches (``input_ids``, ``attention_mask``, ``pixel_values`` ...). Static mode calibrates on
+    the first ``config.calibration_batches``; the first ``compare_batches`` measure the drift from fp32.
+    """
+    if config.backend != "onnxruntime":
+        raise ValueError(f"quantize_export needs backend='onnxruntime', got {config.backend!r}")
+    t0 = time.perf_counter()
+    src = read_report(source)
+    destination = Path(destination)
+    if destination.resolve() == Path(src.directory).resolve():
+        raise ValueError("destination must differ from the source export directory")
+    destination.mkdir(parents=True, exist_ok=True)
+    batches = list(batches or [])
+    feeds = (_graph_feeds(src, batches[: config.calibration_batches]) if config.mode == "static"
+             else {name: [] for name in src.graphs})
+
+    quantized: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    graphs = {}
+    inventories: dict[str, str] = {}
+    noisy = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")  # "Unable to determine if NonZero..."
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="dsvl-ortq-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, info in src.graphs.items():
+            dst = destination / info.file
+            quantized[name], skipped[name] = _quantize_graph(src.graph_path(name), dst, config, feeds[name], Path(tmp))
+            inv = write_inventory(dst)
+            inventories[name] = str(inv)
+            graphs[name] = info.model_copy(update={"inventory": inv.name, "bytes": graph_files_bytes(dst)})
+    noisy.setLevel(level)
+    for extra in (src.embed_file, src.config_file):
+        if extra:
+            shutil.copyfile(Path(src.directory) / extra, destination / extra)
+    opsets = [json.loads(Path(p).read_text())["opset"] for p in inventories.values()]
+    report = src.model_copy(update={
+        "directory": str(destination), "graphs": graphs, "inventories": inventories, "opset": max(opsets),
+        "max_abs_diff": {}, "within_tolerance": None,
+        "quantization": {"backend": "onnxruntime", **config.model_dump(mode="json"), "source": str(source),
+                         "quantized_nodes": quantized, "skipped_nodes": skipped},
+    })
+
+    diff = agreement = None
+    checks = batches[:compare_batches]
+    if checks:
+        fp32, quant = OnnxRuntimeModel(src, threads=threads), OnnxRuntimeModel(report, threads=threads)
+        diffs, agree, total = [], 0, 0
+        for batch in checks:
+            a, b = fp32.forward(batch), quant.forward(batch)
+            valid = to_numpy(batch.get("attention_mask", np.ones(a.shape[:2])), np.int64).astype(bool)
+            diffs.append(float(np.abs(a[valid] - b[valid]).max()))
+            agree += int((a.argmax(-1) == b.argmax(-1))[valid].sum())
+            total += int(valid.sum())
+        diff, agreement = max(diffs), agree / max(total, 1)
+        report = report.model_copy(update={"max_abs_diff": {"vs_fp32_export": diff}, "within_tolerance": None})
+    (destination / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n")
+
+    return OnnxQuantizeReport(
+        directory=str(destination), source=str(source), config=config.model_dump(mode="json"),
+        graphs={name: g.file for name, g in graphs.items()}, inventories=inventories, quantized_nodes=quantized,
+        skipped_nodes=skipped, bytes_fp32=src.bytes, bytes=report.bytes, max_abs_diff=diff,
+        top1_agreement=agreement, seconds=time.perf_counter() - t0)

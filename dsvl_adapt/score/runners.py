@@ -1,0 +1,101 @@
+"""What the score stage measures, behind one interface: a PyTorch model or an ONNX Runtime export.
+
+Accuracy is always measured through the artifact itself, so export and quantization errors
+show up in the scorecard rather than being hidden behind the PyTorch model they came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data.batches import BatchEncoder, Encoded
+from ..models.figures import model_figures, size_on_disk
+from ..progress import progress_bar
+from .generate import generate_answers
+from .timing import cpu_model, percentiles, time_calls
+
+TORCH_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass
+class Runner:
+    """One scorable artifact: how to generate answers, time a request, and what it weighs."""
+
+    label: str  # e.g. torch-fp32, torch-int8, onnxruntime-int8
+    runtime: str  # the HardwareTarget runtime name: torch | onnxruntime
+    dtype: str
+    processor: Any
+    config: Any
+    size_bytes: int
+    weight_bytes: int
+    params: int | None
+    by_component: dict[str, int]
+    torch_model: Any = None
+    onnx_model: Any = None
+
+    def answers(self, encoder: BatchEncoder, items: Sequence[Encoded], *, batch_size: int, max_new_tokens: int,
+                label: str) -> list[str]:
+        if self.torch_model is not None:
+            return generate_answers(self.torch_model, encoder, items, batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens, label=label)
+        answers: list[str] = []
+        with progress_bar(label, total=len(items)) as advance:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start: start + batch_size]
+                batch = encoder.generation_batch(chunk)
+                new = self.onnx_model.generate(batch, max_new_tokens, eos_token_id=encoder.eos_id,
+                                               pad_token_id=encoder.pad_id)
+                answers += encoder.decode(torch.as_tensor(new))
+                advance(len(chunk))
+        return answers
+
+    def latency(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int, threads: int | None,
+                decode_tokens: int = 8) -> dict[str, Any]:
+        """Prefill latency percentiles and per-token decode time, warm-up then timed repeats."""
+        if self.torch_model is not None:
+            from .timing import measure_torch_latency
+
+            result = measure_torch_latency(self.torch_model, batch, warmup=warmup, repeats=repeats, threads=threads,
+                                           decode_tokens=decode_tokens)
+            return {**result, "runtime": f"torch-eager ({self.label})"}
+        model = self.onnx_model
+        prefill = time_calls(lambda: model.forward(batch), warmup=warmup, repeats=repeats)
+        whole = time_calls(lambda: model.generate(batch, decode_tokens), warmup=1, repeats=max(3, repeats // 3))
+        per_token = max(0.0, (float(np.median(whole)) - float(np.median(prefill))) / max(1, decode_tokens - 1))
+        return {**percentiles(prefill), "decode_ms_per_token": round(per_token, 3),
+                "runtime": f"onnxruntime ({self.label}; decode re-runs the prompt, no KV cache)",
+                "threads": threads or model.threads, "cpu": cpu_model(), "batch_size": int(batch["input_ids"].shape[0]),
+                "warmup": warmup, "repeats": repeats, "measured": True}
+
+
+def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None) -> Runner:
+    """A runner for a model directory: an ONNX export (``export.json``) or a PyTorch checkpoint."""
+    directory = Path(directory)
+    if (directory / "export.json").is_file():
+        from transformers import AutoConfig, AutoProcessor
+
+        from ..runtimes.onnxruntime import OnnxRuntimeModel
+
+        model = OnnxRuntimeModel.load(directory, threads=threads)
+        model.threads = threads or torch.get_num_threads()
+        quantization = model.report.quantization
+        dtype = f"int{quantization['bits']}" if quantization else "fp32"
+        return Runner(label=f"onnxruntime-{dtype}", runtime="onnxruntime", dtype=dtype,
+                      processor=AutoProcessor.from_pretrained(directory, local_files_only=True),
+                      config=AutoConfig.from_pretrained(directory, local_files_only=True),
+                      size_bytes=model.size_bytes, weight_bytes=model.size_bytes, params=None, by_component={},
+                      onnx_model=model)
+    model, processor = load_torch(directory)
+    quantized = (directory / "quantization.json").is_file()
+    figures = model_figures(model)
+    dtype = "int8" if quantized else TORCH_DTYPES.get(next(model.parameters()).dtype, "fp32")
+    weight_bytes = size_on_disk(directory) if quantized else sum(figures["weight_bytes_by_component"].values())
+    return Runner(label=f"torch-{dtype}", runtime="torch", dtype=dtype, processor=processor, config=model.config,
+                  size_bytes=size_on_disk(directory), weight_bytes=weight_bytes,
+                  params=None if quantized else figures["params"],
+                  by_component={} if quantized else figures["weight_bytes_by_component"], torch_model=model)
