@@ -27,6 +27,7 @@ from .schemas import DatasetRequest, HardwareTarget, PromptTemplate, Vertical
 
 MANIFEST = "manifest.json"
 STAGE_RECORD = "stage.json"
+CACHE_MARKER = "from-cache.txt"  # in a stage folder restored from the cache: the entry it came from
 TRACKED_PACKAGES = ("dsvl-adapt", "torch", "transformers", "peft", "torch-pruning", "onnx", "onnxruntime",
                     "openvino", "nncf", "accelerate", "hydra-core", "pydantic", "pluggy")
 
@@ -206,6 +207,7 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
             if cached is not None and processes.is_main:
                 shutil.rmtree(partial, ignore_errors=True)
                 cache.restore(cached, final)
+                (final / CACHE_MARKER).write_text(str(cached))
                 log(f"[{name}] taken from the cache ({cached})")
             else:
                 if processes.is_main or getattr(stage, "distributed", False):

@@ -214,6 +214,7 @@ def _check(manager: PluginManager, name: str, rows_per_split: int, image_size: i
     info = manager.info.get(name)
     for message in dict.fromkeys(info.errors if info else []):
         report.problem("", message)
+    _check_hook_names(report, manager, name, info.hooks if info else [])
     if info is not None and not info.hooks and not info.errors:
         report.problem("", f"plugin {name!r} implements no dsvl_adapt hooks (are its functions decorated with "
                            "@dsvl_adapt.hookimpl and named dsvl_adapt_...?)")
@@ -240,6 +241,25 @@ def _check(manager: PluginManager, name: str, rows_per_split: int, image_size: i
                       f"{len(prompts)} prompt(s)", f"{len(metrics)} metric(s)", f"{len(targets)} target(s)",
                       f"{len(stages)} stage(s)"]
     return report
+
+
+def _check_hook_names(report: CheckReport, manager: PluginManager, name: str, hooks: list[str]) -> None:
+    """Mistakes pluggy accepts silently: a misspelt hook name, a hook function without @hookimpl."""
+    import difflib
+
+    from . import hookspecs
+
+    for hook in hooks:
+        if hook not in hookspecs.HOOK_NAMES:
+            close = difflib.get_close_matches(hook, hookspecs.HOOK_NAMES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            report.problem(hook, f"is not a dsvl-adapt hook, so it is never called{hint}")
+    plugin = manager.pm.get_plugin(name)
+    for hook in hookspecs.HOOK_NAMES:
+        function = getattr(plugin, hook, None)
+        if callable(function) and not hasattr(function, "dsvl_adapt_impl"):
+            report.problem(hook, "is defined but not decorated with @hookimpl (from dsvl_adapt import hookimpl), "
+                                 "so it is never called")
 
 
 def _check_vertical_references(report: CheckReport, registry: Any, verticals: list[Any]) -> None:
@@ -285,7 +305,7 @@ def _check_dataset(report: CheckReport, spec: Any, size: int, image_size: int) -
             with contextlib.redirect_stderr(io.StringIO()):
                 loaded = load_split(spec, _request(split, size, image_size), on_bad_row="skip")
         except Exception as exc:
-            report.problem(DATASETS, f"{where}: {_first_line(exc)}")
+            report.problem(DATASETS, f"{where}: {_one_line(exc)}")
             continue
         prefix = f"{spec.name}/{split}["
         for message in loaded.skipped:
@@ -312,7 +332,7 @@ def _check_deterministic(report: CheckReport, spec: Any, split: str, size: int, 
         with contextlib.redirect_stderr(io.StringIO()):
             again = load_split(spec, _request(split, size, image_size), on_bad_row="skip").rows
     except Exception as exc:
-        report.problem(DATASETS, f"{where}: a second load with the same request failed: {_first_line(exc)}")
+        report.problem(DATASETS, f"{where}: a second load with the same request failed: {_one_line(exc)}")
         return
     for i, (a, b) in enumerate(zip(first, again)):
         if (a.id, a.question, a.answer) != (b.id, b.question, b.answer) or a.image.tobytes() != b.image.tobytes():
@@ -499,20 +519,23 @@ def _check_config(report: CheckReport, manager: PluginManager, name: str, vertic
         try:
             config, _raw = compose([f"vertical={vertical.name}"])
         except Exception as exc:
-            hint = "" if entries else (" (this plugin returns no search path: ship conf/vertical/<name>.yaml and "
-                                       "return 'pkg://<package>.conf')")
+            if "vertical.vertical" in str(exc):
+                hint = f" (is '# @package _global_' the first line of conf/vertical/{vertical.name}.yaml?)"
+            else:
+                hint = "" if entries else (" (this plugin returns no search path: ship conf/vertical/<name>.yaml "
+                                           "and return 'pkg://<package>.conf')")
             report.problem(SEARCH_PATH, f"vertical {vertical.name!r}: `vertical={vertical.name}` does not compose: "
-                                        f"{_first_line(exc)}{hint}")
+                                        f"{_one_line(exc)}{hint}")
             continue
         if config.vertical.name != vertical.name:
             report.problem(SEARCH_PATH, f"vertical {vertical.name!r}: conf/vertical/{vertical.name}.yaml sets "
-                                        f"vertical.name to {config.vertical.name!r} (is '# @package _global_' its "
-                                        "first line?)")
+                                        f"vertical.name to {config.vertical.name!r}; it must be {vertical.name!r}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _one_line(exc: BaseException) -> str:
+    """The whole message on one line (a config error lists one problem per line)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -527,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
-__all__ = ["CheckReport", "check_plugin", "main", "plugin_module", "registered_plugin",
+__all__ = ["CheckReport", "check_plugin", "plugin_module", "registered_plugin",
            *(["dsvl_plugin"] if pytest is not None else [])]
 
 if __name__ == "__main__":  # pragma: no cover

@@ -177,19 +177,38 @@ def test_e2e_the_generated_tests_pass(installed):
     assert " passed" in out.stdout and "failed" not in out.stdout
 
 
-def test_e2e_run_writes_a_scorecard(installed, tmp_path):
-    plugin, env, _how = installed
-    run_dir = tmp_path / "run"
+SMOKE = [f"vertical={NAME}", "model=reference-tiny", "finetune=fast", "data.train_size=32", "data.validation_size=8",
+         "data.test_size=8", "score.latency_repeats=3", "score.latency_warmup=1"]
+
+
+def _run(env: dict[str, str], run_dir: Path, *extra: str) -> dict:
     started = time.perf_counter()
-    out = subprocess.run([*_cli(), "run", f"vertical={NAME}", "model=reference-tiny", "finetune=fast",
-                          "data.train_size=32", "data.validation_size=8", "data.test_size=8", "score.latency_repeats=3",
-                          "score.latency_warmup=1", f"run_dir={run_dir}"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    out = subprocess.run([*_cli(), "run", *SMOKE, *extra, f"run_dir={run_dir}"], capture_output=True, text=True,
+                         env=env, cwd=run_dir.parent, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     card = json.loads((run_dir / "scorecard.json").read_text())
     assert card["vertical"] == NAME
     assert card["metric"] == f"{NAME}-accuracy"
     print(f"e2e run took {time.perf_counter() - started:.0f} s")
+    return card
+
+
+def test_e2e_run_writes_a_scorecard(installed, tmp_path):
+    """load -> finetune -> score (about 30 s on 2 cores)."""
+    _plugin, env, _how = installed
+    card = _run(env, tmp_path / "run", "pipeline=teacher")
+    assert set(card["accuracy"]) >= {"base", "teacher"}
+
+
+@pytest.mark.slow
+def test_e2e_full_default_pipeline(installed, tmp_path):
+    """The default pipeline (pruning and distillation included) on the new vertical: minutes."""
+    from dsvl_adapt.config import conf_dir
+
+    _plugin, env, _how = installed
+    fast_distill = ["distill=fast"] if (conf_dir() / "distill" / "fast.yaml").is_file() else []
+    card = _run(env, tmp_path / "run", *fast_distill)
+    assert "student" in card["accuracy"]
 
 
 @pytest.mark.skipif(not HAS_HATCHLING, reason=NO_HATCHLING)

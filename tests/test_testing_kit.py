@@ -213,3 +213,22 @@ def test_command_line_exit_status():
 
     assert main(["industrial"]) == 0
     assert main(["no-such-vertical"]) == 1
+
+
+def test_hook_mistakes_pluggy_accepts_silently_are_caught():
+    import types
+
+    from dsvl_adapt import hookimpl
+
+    def dsvl_adapt_register_prompts(register):  # not decorated: pluggy ignores it
+        register(PromptTemplate(name="kit-undecorated"))
+
+    module = types.ModuleType("kit_silent")
+    module.dsvl_adapt_register_metric = hookimpl(lambda register: None)  # misspelt: pluggy accepts it
+    module.dsvl_adapt_register_prompts = dsvl_adapt_register_prompts
+    report = check_plugin(module)
+    assert _has(report, "dsvl_adapt_register_metric: is not a dsvl-adapt hook", "did you mean "
+                        "dsvl_adapt_register_metrics?")
+    assert _has(report, "dsvl_adapt_register_prompts: is defined but not decorated with @hookimpl")
+    with pytest.raises(ValueError, match="not a dsvl-adapt hook"):
+        plugin_module("kit_bad", dsvl_adapt_register_metric=lambda register: None)

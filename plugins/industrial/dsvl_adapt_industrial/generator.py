@@ -35,7 +35,7 @@ QUESTIONS = (
     "Name the surface defect in this image.",
     "What is wrong with this surface?",
 )
-_TEX, _LIGHT, _TINT = 1.0, 1.0, 1.0
+_TEX, _LIGHT, _TINT = 0.6, 0.8, 0.5
 LOCATIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
 
@@ -99,13 +99,27 @@ def _poly_dist(x, y, pts) -> np.ndarray:
     return d
 
 
+def _walk(rng, start, heading: float, steps: int, step: tuple[float, float]) -> list[tuple[float, float]]:
+    """Jagged but directed random walk; turns back into the frame at the borders."""
+    p, pts, a = np.array(start, dtype=float), [tuple(start)], heading
+    for _ in range(steps):
+        a = heading + 0.5 * (a - heading) + rng.uniform(-0.75, 0.75)
+        q = p + rng.uniform(*step) * np.array([math.cos(a), math.sin(a)])
+        for k in (0, 1):  # reflect at the border
+            if not 0.05 <= q[k] <= 0.95:
+                q[k] = 2 * np.clip(q[k], 0.05, 0.95) - q[k]
+        p = q
+        pts.append(tuple(p))
+    return pts
+
+
 def _surface(rng, x, y, s: int):
     """Return (luminance HxW, tint RGB, surface name)."""
     kind = SURFACES[int(rng.integers(len(SURFACES)))]
     th = rng.uniform(0, math.pi)
     u = x * math.cos(th) + y * math.sin(th)
     v = -x * math.sin(th) + y * math.cos(th)
-    base = rng.uniform(0.38, 0.62)
+    base = rng.uniform(0.42, 0.58)
     if kind == "brushed metal":
         streak = _noise1d(rng, int(rng.integers(150, 400)), v, smooth=1)
         tex = 0.045 * streak + 0.02 * _smooth(rng, s, int(rng.integers(3, 7)))
@@ -151,7 +165,7 @@ def _render(rng, defect: str, s: int):
     meta: dict = {}
     if defect == "scratch":
         # a long, thin, bright, slightly curved line with a faint dark shadow beside it
-        length = rng.uniform(0.55, 0.85)
+        length = rng.uniform(0.65, 0.95)
         ang = rng.uniform(0, math.pi)
         cx, cy = rng.uniform(0.3, 0.7, 2)
         d = np.array([math.cos(ang), math.sin(ang)])
@@ -161,40 +175,31 @@ def _render(rng, defect: str, s: int):
         pts = [(cx + ti * length * d[0] + bend * (1 - 4 * ti * ti) * nrm[0],
                 cy + ti * length * d[1] + bend * (1 - 4 * ti * ti) * nrm[1]) for ti in t]
         dist = _poly_dist(x, y, pts)
-        w = rng.uniform(1.4, 2.2) * px
-        lum = lum + rng.uniform(0.35, 0.5) * np.exp(-(dist / w) ** 2)
+        w = rng.uniform(2.0, 3.0) * px
+        prof = np.exp(-(dist / w) ** 2)
         lum = lum - 0.08 * np.exp(-((dist - 2.2 * w) / w) ** 2)
+        lum = lum + (rng.uniform(0.92, 1.0) - lum) * prof
         mask = dist < 2 * w
         meta["length"] = round(float(length), 3)
     elif defect == "crack":
-        # a dark jagged random-walk line with 1-3 branches
-        ang = rng.uniform(0, 2 * math.pi)
-        p = np.array(rng.uniform(0.2, 0.8, 2))
-        p -= 0.25 * np.array([math.cos(ang), math.sin(ang)])
-        trunk = [tuple(p)]
-        for _ in range(int(rng.integers(9, 14))):
-            ang += rng.uniform(-0.7, 0.7)
-            p = np.clip(p + rng.uniform(0.035, 0.06) * np.array([math.cos(ang), math.sin(ang)]), 0.04, 0.96)
-            trunk.append(tuple(p))
+        # a dark, jagged line growing both ways from a centre point, with 2-3 branches
+        main = rng.uniform(0, 2 * math.pi)
+        c = rng.uniform(0.3, 0.7, 2)
+        half = [_walk(rng, c, main + k * math.pi, int(rng.integers(6, 9)), (0.04, 0.065)) for k in (0, 1)]
+        trunk = half[1][::-1] + half[0][1:]
         polys = [trunk]
-        for _ in range(int(rng.integers(1, 4))):
-            j = int(rng.integers(2, len(trunk) - 1))
-            q = np.array(trunk[j])
-            a = ang + rng.choice([-1, 1]) * rng.uniform(0.5, 1.2) + rng.uniform(-0.3, 0.3)
-            br = [tuple(q)]
-            for _ in range(int(rng.integers(3, 6))):
-                a += rng.uniform(-0.6, 0.6)
-                q = np.clip(q + rng.uniform(0.03, 0.05) * np.array([math.cos(a), math.sin(a)]), 0.04, 0.96)
-                br.append(tuple(q))
-            polys.append(br)
+        for _ in range(int(rng.integers(2, 4))):
+            j = int(rng.integers(2, len(trunk) - 2))
+            a = main + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1) + (math.pi if j < len(half[1]) else 0.0)
+            polys.append(_walk(rng, trunk[j], a, int(rng.integers(3, 6)), (0.03, 0.05)))
         dist = np.minimum.reduce([_poly_dist(x, y, pl) for pl in polys])
-        w = rng.uniform(1.4, 2.2) * px
-        lum = lum * (1 - rng.uniform(0.6, 0.8) * np.exp(-(dist / w) ** 2))
+        w = rng.uniform(2.0, 3.0) * px
+        lum = lum * (1 - rng.uniform(0.8, 0.9) * np.exp(-(dist / w) ** 2))
         mask = dist < 2 * w
         meta["branches"] = len(polys) - 1
     elif defect == "dent":
         # shaded circular depression: slope of h = (1 - r^2/R^2)^2, lit from a random side
-        R = rng.uniform(0.13, 0.2)
+        R = rng.uniform(0.17, 0.24)
         cx, cy = rng.uniform(0.25, 0.75, 2)
         la = rng.uniform(0, 2 * math.pi)
         dx, dy = (x - cx) / R, (y - cy) / R
@@ -202,7 +207,7 @@ def _render(rng, defect: str, s: int):
         inside = r2 < 1
         slope = np.where(inside, 4 * (1 - r2), 0.0)  # -dh/dr-ish magnitude profile
         shade = slope * (dx * math.cos(la) + dy * math.sin(la))
-        lum = lum + rng.uniform(0.16, 0.24) * shade
+        lum = lum + rng.uniform(0.22, 0.3) * shade
         # thin bright rim where the surface bends back up
         rim = np.exp(-((np.sqrt(r2) - 1.0) / (1.5 * px / R)) ** 2)
         lum = lum + 0.06 * rim - 0.05 * np.where(inside, 1 - r2, 0)
@@ -210,7 +215,7 @@ def _render(rng, defect: str, s: int):
         meta["radius"] = round(float(R), 3)
     elif defect == "stain":
         # irregular blob, discoloured (rust / oil / coolant), with a darker drying ring
-        R = rng.uniform(0.14, 0.22)
+        R = rng.uniform(0.17, 0.26)
         cx, cy = rng.uniform(0.28, 0.72, 2)
         r = np.hypot(x - cx, y - cy)
         th = np.arctan2(y - cy, x - cx)
@@ -222,12 +227,12 @@ def _render(rng, defect: str, s: int):
         alpha = alpha * (0.85 + 0.15 * _smooth(rng, s, 10).clip(-1, 1))
         ring = np.exp(-((rr - 0.95) / 0.08) ** 2)
         hue = rng.integers(3)
-        col = [np.array([1.0, 0.62, 0.38]), np.array([0.72, 0.62, 0.42]), np.array([0.55, 0.75, 0.95])][hue]
+        col = [np.array([1.0, 0.55, 0.3]), np.array([0.75, 0.5, 0.3]), np.array([1.0, 0.8, 0.35])][hue]
         col = col + rng.normal(0, 0.03, 3)
         color = 1 + alpha[..., None] * (col[None, None, :] - 1)
         lum = lum * (1 - 0.18 * alpha - 0.1 * ring)
         mask = alpha > 0.5
-        meta["stain"] = ("rust", "oil", "coolant")[hue]
+        meta["stain"] = ("rust", "oil", "water")[hue]
     else:
         mask = np.zeros((s, s), dtype=bool)
     rgb = lum[..., None] * tint[None, None, :] * color
