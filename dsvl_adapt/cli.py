@@ -79,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="DIR", help="where report.html goes (default: the folder given)")
     report.set_defaults(handler=_cmd_report)
 
+    new_plugin = sub.add_parser("new-plugin", help="scaffold a new vertical plugin package",
+                                description="Write a complete plugin package (hooks, example data generator, "
+                                            "JSONL loader, prompt, metric, hardware target, Hydra config, tests, "
+                                            "README) into DIR/dsvl-adapt-NAME. Then: pip install it, and "
+                                            "`dsvl-adapt run vertical=NAME`. See docs/plugins/tutorial.md.")
+    new_plugin.add_argument("name", help="the vertical's name: lowercase words joined by hyphens, e.g. legal-docs")
+    new_plugin.add_argument("--dir", default=".", help="parent folder (default: the current one)")
+    new_plugin.set_defaults(handler=_cmd_new_plugin)
+
+    check = sub.add_parser("check-plugin", help="validate everything a plugin supplies (the conformance kit)")
+    check.add_argument("names", nargs="+", metavar="NAME", help="entry-point or module names")
+    check.set_defaults(handler=_cmd_check_plugin)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the scorecard or the run config")
     schema.add_argument("which", choices=["scorecard", "config"])
     schema.set_defaults(handler=_cmd_schema)
@@ -117,24 +130,47 @@ def _hydra_main(overrides: list[str], multirun: bool, outcome: dict[str, Any]) -
     from .config import conf_dir, validate
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)
-    def job(cfg: DictConfig) -> None:
+    def job(cfg: DictConfig) -> Any:
+        """One run, or one trial of a multirun: returns the trial's objective values (for sweepers such as
+        Optuna; see dsvl_adapt.sweep), worst values when it fails (its failure.json says why)."""
         raw = OmegaConf.to_container(cfg, resolve=True)
-        run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
+        settings = raw.pop("sweep", None) or {}  # sweep presets' own settings, not part of the run config
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(cfg.run_dir or hydra_cfg.runtime.output_dir)
+        directions = None
+        if multirun:
+            from .sweep import objective_names, sweeper_directions
+
+            directions = sweeper_directions(hydra_cfg, len(objective_names(settings)))  # bad settings stop the sweep
         try:
             config = validate(raw)  # type: ignore[arg-type]
             context = execute(config, raw, run_dir)  # type: ignore[arg-type]
-        except DsvlAdaptError as exc:
+        except Exception as exc:
+            if not (multirun or isinstance(exc, DsvlAdaptError)):
+                raise
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "failure.json").write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-            outcome["error"] = str(exc)
-            if multirun:
-                print(f"trial failed: {exc}", file=sys.stderr)
-            return
-        from .score.scorecard import load_scorecard
+            failure = {"error": str(exc), "type": type(exc).__name__}
+            if not isinstance(exc, DsvlAdaptError):
+                import traceback
 
-        if (context.run_dir / "scorecard.json").is_file():
-            outcome["scorecard"] = load_scorecard(context.run_dir)
-        outcome["run_dir"] = context.run_dir
+                failure["traceback"] = traceback.format_exc()
+            (run_dir / "failure.json").write_text(json.dumps(failure))
+            outcome["error"] = str(exc)
+            if not multirun:
+                return None
+            print(f"trial failed: {exc}", file=sys.stderr)
+        else:
+            from .score.scorecard import load_scorecard
+
+            if (context.run_dir / "scorecard.json").is_file():
+                outcome["scorecard"] = load_scorecard(context.run_dir)
+            outcome["run_dir"] = context.run_dir
+            if not multirun:
+                return None
+        from .sweep import trial_objectives
+
+        return trial_objectives(run_dir, settings, directions, overrides=list(hydra_cfg.overrides.task),
+                                job_num=hydra_cfg.job.get("num"))
 
     saved = sys.argv
     sys.argv = ["dsvl-adapt", *(["--multirun"] if multirun else []), *overrides]
@@ -211,6 +247,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .score.report import report_main
 
     return report_main(args.dirs, args.json, args.out)
+
+
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import create_plugin, names_for
+
+    path = create_plugin(args.name, Path(args.dir))
+    vertical = names_for(args.name)["name"]
+    print(f"created {path}\nnext:\n  pip install -e {path}\n  dsvl-adapt plugins\n"
+          f"  dsvl-adapt run vertical={vertical} model=reference-tiny finetune=fast distill=fast\n"
+          f"  python -m pytest {path}/tests")
+    return 0
+
+
+def _cmd_check_plugin(args: argparse.Namespace) -> int:
+    from .testing import check_plugin
+
+    status = 0
+    for name in args.names:
+        report = check_plugin(name)
+        print(f"{name}: {'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+        for problem in report.problems:
+            print(f"  - {problem}")
+        status = status or (0 if report.ok else 1)
+    return status
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

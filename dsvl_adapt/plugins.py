@@ -46,7 +46,12 @@ class PluginInfo:
     version: str | None
     source: str  # "builtin" or "entry point"
     hooks: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    load_errors: list[str] = field(default_factory=list)  # import or registration failures
+    hook_errors: list[str] = field(default_factory=list)  # failures while building the registry (rebuilt each time)
+
+    @property
+    def errors(self) -> list[str]:
+        return self.load_errors + self.hook_errors
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "source": self.source, "hooks": self.hooks,
@@ -157,7 +162,7 @@ class PluginManager:
         try:
             self.pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
-            self.info[name] = PluginInfo(name, version, source, errors=[f"could not register: {exc}"])
+            self.info[name] = PluginInfo(name, version, source, load_errors=[f"could not register: {exc}"])
             return
         hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
         self.info[name] = PluginInfo(name, version, source, hooks=hooks)
@@ -182,7 +187,7 @@ class PluginManager:
             except Exception as exc:  # a broken plugin must not stop the others
                 self.info[ep.name] = PluginInfo(
                     ep.name, version, "entry point",
-                    errors=[f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"],
+                    load_errors=[f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"],
                 )
                 continue
             self.register(plugin, name=ep.name, source="entry point", version=version)
@@ -202,14 +207,14 @@ class PluginManager:
 
     def _record_failure(self, plugin: str, message: str) -> None:
         info = self.info.setdefault(plugin, PluginInfo(plugin, None, "registered"))
-        info.errors.append(message)
+        info.hook_errors.append(message)
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Fire an observer hook; an observer that raises is reported, the run goes on."""
-        before = {name: len(info.errors) for name, info in self.info.items()}
+        before = {name: len(info.hook_errors) for name, info in self.info.items()}
         self.call_each(hook_name, **kwargs)
         for name, info in self.info.items():
-            for message in info.errors[before.get(name, 0):]:
+            for message in info.hook_errors[before.get(name, 0):]:
                 print(f"warning: plugin {name!r}: {message}", file=sys.stderr)
 
     # -- the registry ------------------------------------------------------------------
@@ -220,6 +225,8 @@ class PluginManager:
         return self._registry
 
     def _build_registry(self) -> Registry:
+        for info in self.info.values():
+            info.hook_errors.clear()
         catalogs = {
             "verticals": (Catalog("vertical", _instance_of(Vertical), _vertical_hint), "dsvl_adapt_register_verticals"),
             "datasets": (Catalog("dataset", _instance_of(DatasetSpec)), "dsvl_adapt_register_datasets"),

@@ -104,20 +104,20 @@ def plugin_module(name: str, **hooks: Callable[..., Any]) -> types.ModuleType:
     return module
 
 
-if pytest is not None:
+def _dsvl_plugin() -> Iterator[Callable[..., PluginManager]]:
+    """Register plugins for one test: ``dsvl_plugin(module_or_object, name=None)``.
 
-    @pytest.fixture
-    def dsvl_plugin() -> Iterator[Callable[..., PluginManager]]:
-        """Register plugins for one test: ``dsvl_plugin(module_or_object, name=None)``.
+    Returns the process-wide manager; everything registered is unregistered after the test.
+    """
+    with contextlib.ExitStack() as stack:
 
-        Returns the process-wide manager; everything registered is unregistered after the test.
-        """
-        with contextlib.ExitStack() as stack:
+        def register(plugin: Any, name: str | None = None) -> PluginManager:
+            return stack.enter_context(registered_plugin(plugin, name))
 
-            def register(plugin: Any, name: str | None = None) -> PluginManager:
-                return stack.enter_context(registered_plugin(plugin, name))
+        yield register
 
-            yield register
+
+dsvl_plugin = pytest.fixture(_dsvl_plugin, name="dsvl_plugin") if pytest is not None else _dsvl_plugin
 
 
 # ------------------------------------------------------------------------------ the report
@@ -198,7 +198,7 @@ def _not_installed(manager: PluginManager, name: str) -> str:
 
     installed = sorted(n for n, info in manager.info.items() if info.source == "entry point")
     why = ""
-    if name in (os.environ.get("DSVL_ADAPT_BLOCK_PLUGINS") or "").split(","):
+    if name in [part.strip() for part in (os.environ.get("DSVL_ADAPT_BLOCK_PLUGINS") or "").split(",")]:
         why = " It is blocked by DSVL_ADAPT_BLOCK_PLUGINS."
     elif os.environ.get("DSVL_ADAPT_PLUGINS") is not None:
         why = " DSVL_ADAPT_PLUGINS is set and may leave it out."
@@ -334,7 +334,7 @@ def _check_deterministic(report: CheckReport, spec: Any, split: str, size: int, 
     except Exception as exc:
         report.problem(DATASETS, f"{where}: a second load with the same request failed: {_one_line(exc)}")
         return
-    for i, (a, b) in enumerate(zip(first, again)):
+    for i, (a, b) in enumerate(zip(first, again, strict=False)):
         if (a.id, a.question, a.answer) != (b.id, b.question, b.answer) or a.image.tobytes() != b.image.tobytes():
             report.problem(DATASETS, f"{where} row {i}: differs between two loads with the same split and seed; "
                                      "seed the generator from (request.split, request.seed, row index)")
@@ -394,6 +394,26 @@ def _metric_rows(metric: Any, verticals: list[Any], datasets: list[Any],
     return []
 
 
+def _call_metric(report: CheckReport, metric: Any, predictions: list[str], references: list[str],
+                 rows: list[Any], what: str) -> float | None:
+    """The metric's value, or None after reporting why it is unusable (raised, not a number, out of range)."""
+    where = f"metric {metric.name!r}"
+    try:
+        value = metric.compute(list(predictions), list(references), list(rows))
+    except Exception as exc:
+        report.problem(METRICS, f"{where} raised {type(exc).__name__} on {what}: {exc}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+        report.problem(METRICS, f"{where} returned {value!r} on {what}; it must return a number")
+        return None
+    value = float(value)
+    if not metric.lower - 1e-9 <= value <= metric.upper + 1e-9:
+        report.problem(METRICS, f"{where} returned {value:g} outside [{metric.lower:g}, {metric.upper:g}] on {what} "
+                                "(set lower/upper on the MetricSpec if the range is different)")
+        return None
+    return value
+
+
 def _check_metrics(report: CheckReport, metrics: list[Any], verticals: list[Any], datasets: list[Any],
                    rows_by_dataset: dict[str, dict[str, list[Any]]]) -> None:
     for metric in metrics:
@@ -405,47 +425,24 @@ def _check_metrics(report: CheckReport, metrics: list[Any], verticals: list[Any]
         rows = _metric_rows(metric, verticals, datasets, rows_by_dataset)
         references = [r.answer for r in rows] or ["yes", "no", "cat", "3"]
         best = metric.upper if metric.higher_is_better else metric.lower
-
-        failed: list[str] = []  # one report per metric is enough: later calls would repeat it
-
-        def call(predictions: list[str], what: str) -> float | None:
-            if failed:
-                return None
-            try:
-                value = metric.compute(predictions, list(references), list(rows))
-            except Exception as exc:
-                report.problem(METRICS, f"{where} raised {type(exc).__name__} on {what}: {exc}")
-                failed.append(what)
-                return None
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
-                report.problem(METRICS, f"{where} returned {value!r} on {what}; it must return a number")
-                failed.append(what)
-                return None
-            value = float(value)
-            if not metric.lower - 1e-9 <= value <= metric.upper + 1e-9:
-                report.problem(METRICS, f"{where} returned {value:g} outside {bounds} on {what} (set lower/upper "
-                                        "on the MetricSpec if the range is different)")
-                failed.append(what)
-                return None
-            return value
-
-        perfect = call(list(references), "predictions equal to the references")
-        if perfect is not None and not math.isclose(perfect, best, abs_tol=1e-9):
+        perfect = _call_metric(report, metric, references, references, rows, "predictions equal to the references")
+        if perfect is None:
+            continue  # one report per metric: the calls below would repeat it
+        if not math.isclose(perfect, best, abs_tol=1e-9):
             report.problem(METRICS, f"{where} gives {perfect:g} when every prediction equals its reference; the "
                                     f"best value is {best:g} (higher_is_better={metric.higher_is_better}, "
                                     f"range {bounds}): check higher_is_better and the formula")
-            perfect = None  # the direction checks below would only repeat this
         wrong_sets = {
             "empty predictions": [""] * len(references),
             "wrong predictions": [WRONG_ANSWER] * len(references),
-            "predictions shifted by one row": list(references[1:]) + list(references[:1]),
+            "predictions shifted by one row": references[1:] + references[:1],
         }
         for what, predictions in wrong_sets.items():
-            value = call(predictions, what)
-            if value is None or perfect is None:
-                continue
+            value = _call_metric(report, metric, predictions, references, rows, what)
+            if value is None:
+                break
             better = value > perfect if metric.higher_is_better else value < perfect
-            if better and not math.isclose(value, perfect, abs_tol=1e-9):
+            if better and not math.isclose(value, perfect, abs_tol=1e-9) and math.isclose(perfect, best):
                 report.problem(METRICS, f"{where} scores {what} ({value:g}) better than correct ones ({perfect:g}): "
                                         f"its direction is inconsistent with higher_is_better="
                                         f"{metric.higher_is_better}")
@@ -550,8 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
-__all__ = ["CheckReport", "check_plugin", "plugin_module", "registered_plugin",
-           *(["dsvl_plugin"] if pytest is not None else [])]
+__all__ = ["CheckReport", "check_plugin", "dsvl_plugin", "plugin_module", "registered_plugin"]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

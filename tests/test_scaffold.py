@@ -18,13 +18,17 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from dsvl_adapt.scaffold import ScaffoldError, create_plugin, names_for, render, validate_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 NAME = "legal-docs"
 PACKAGE = "dsvl_adapt_legal_docs"

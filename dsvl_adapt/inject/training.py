@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -164,6 +165,8 @@ class Trainer:
             history = meta["history"]
             best["loss"] = meta["best"] if meta["best"] is not None else math.inf
             resumed_from = step
+            if acc.is_main_process:
+                print(f"  {self.label}: resuming from the checkpoint at step {step}", file=sys.stderr, flush=True)
         micro = s.batch_size * s.grad_accum
         world, rank = acc.num_processes, acc.process_index
         self.model.train()
