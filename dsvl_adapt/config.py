@@ -44,10 +44,28 @@ class ModelSection(Section):
     allow_pickle: bool = Field(False, description="allow loading *.bin/*.pt pickled weights (unsafe)")
     tokenizer_vocab_size: int = Field(1024, ge=300, le=1_000_000, description="vocab of the offline-trained tokenizer")
 
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        from .models.presets import PRESETS
+
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _checkpoint_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "config.json").is_file():
+            what = "does not exist" if not value.exists() else "holds no config.json"
+            raise ValueError(f"{value} {what}; give a local Hugging Face DeepSeek-VL checkpoint directory")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSection":
         if (self.preset is None) == (self.path is None):
-            raise ValueError("set exactly one of model.preset (a reference preset) or model.path (a checkpoint dir)")
+            raise ValueError("set exactly one of model.preset (a reference preset) or model.path (a checkpoint dir); "
+                             "for your own checkpoint use: model=local model.path=DIR")
         return self
 
 
@@ -138,6 +156,10 @@ class QuantizeSection(QuantizeConfig):
 
     follow_target: bool = Field(
         True, description="quantize for the target's runtime (torch or onnxruntime) instead of `backend`"
+    )
+    precision: Literal["f32", "bf16"] = Field(
+        "f32", description="OpenVINO inference precision, pinned at load (the CPU plugin's own default is bf16 "
+                           "wherever the CPU has it); recorded in openvino.json and the runtime's label"
     )
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import DeepseekVLConfig, DeepseekVLHybridConfig
-
 
 @dataclass(frozen=True)
 class Preset:
@@ -126,6 +124,8 @@ def get_preset(name: str) -> Preset:
 def build_config(preset: Preset | str, *, vocab_size: int, image_token_id: int, pad_token_id: int | None = None,
                  bos_token_id: int | None = None, eos_token_id: int | None = None):
     """A transformers config for ``preset`` with the tokenizer's vocabulary and special ids."""
+    from transformers import DeepseekVLConfig, DeepseekVLHybridConfig
+
     if isinstance(preset, str):
         preset = get_preset(preset)
     text = dict(preset.text, vocab_size=vocab_size, pad_token_id=pad_token_id, bos_token_id=bos_token_id,

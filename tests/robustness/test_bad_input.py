@@ -1,0 +1,100 @@
+"""The bad-input catalogue, as a user meets it on the command line: a clear message, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+QUICK = ["model=reference-tiny", "finetune=fast", "distill=fast", "pipeline.stages=[load,finetune,score]",
+         "data.train_size=8", "data.validation_size=2", "data.test_size=2", "score.latency_repeats=1"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DSVL_ADAPT_NO_PROGRESS="1")
+    return subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def _dataset(root: Path, bad_line: bytes | None = None, bad_image: bytes | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, colour in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        Image.new("RGB", (32, 32), colour).save(root / f"{i}.png")
+    rows = [json.dumps({"image": f"{i % 3}.png", "question": "What defect?", "answer": "none"}).encode()
+            for i in range(4)]
+    if bad_image is not None:
+        (root / "bad.png").write_bytes(bad_image)
+        rows.append(json.dumps({"image": "bad.png", "question": "What defect?", "answer": "dent"}).encode())
+    if bad_line is not None:
+        rows.append(bad_line)
+    for split in ("train", "validation", "test"):
+        (root / f"{split}.jsonl").write_bytes(b"\n".join(rows) + b"\n")
+    return root
+
+
+@pytest.mark.parametrize(("case", "dataset_args", "needle"), [
+    ("truncated image", {"bad_image": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40}, "bad.png"),
+    ("zero-byte image", {"bad_image": b""}, "empty (0 bytes)"),
+    ("row missing answer", {"bad_line": b'{"image": "0.png", "question": "q"}'}, "missing 'answer'"),
+    ("non-UTF-8 line", {"bad_line": b'{"image": "0.png", "question": "\xff", "answer": "x"}'}, "UTF-8"),
+    ("path escaping the root", {"bad_line": b'{"image": "../../etc/passwd", "question": "q", "answer": "x"}'},
+     "outside the dataset folder"),
+])
+def test_bad_rows_fail_with_file_and_line_and_the_fix(tmp_path, case, dataset_args, needle):
+    data = _dataset(tmp_path / "data", **dataset_args)
+    result = _cli("run", *QUICK, f"data.source={data}", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert needle in result.stderr and "train.jsonl:5" in result.stderr and "on_bad_row=skip" in result.stderr
+
+
+def test_skip_policy_counts_skipped_rows_in_the_scorecard(tmp_path):
+    data = _dataset(tmp_path / "data", bad_line=b"{broken json")
+    result = _cli("run", *QUICK, f"data.source={data}", "data.on_bad_row=skip", f"run_dir={tmp_path / 'run'}",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = json.loads((tmp_path / "run" / "scorecard.json").read_text())
+    assert card["skipped_rows"]["train"] == 1 and card["skipped_rows"]["test"] == 1
+
+
+def test_empty_split_is_named(tmp_path):
+    data = _dataset(tmp_path / "data")
+    (data / "test.jsonl").write_text("")
+    result = _cli("run", *QUICK, f"data.source={data}", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and "'test'" in result.stderr and "no usable rows" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "run" / "stages" / "finetune" / "stage.json").is_file()  # what was produced is kept
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("finetune.full.lr=-1", "finetune.full.lr"),
+    ("vertical=nope", "installed verticals"),
+    ("pipeline.stages=[load,nope]", "unknown stage"),
+    ("model.path=/does/not/exist", "model"),
+])
+def test_bad_config_is_refused_before_any_work(tmp_path, override, needle):
+    result = _cli("run", *QUICK, override, f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_a_plugin_that_raises_is_reported_by_name(tmp_path):
+    plugin = tmp_path / "plug"
+    plugin.mkdir()
+    (plugin / "raising_plugin.py").write_text(
+        "from dsvl_adapt import hookimpl\n"
+        "@hookimpl\ndef dsvl_adapt_register_metrics(register):\n    raise RuntimeError('license server down')\n")
+    dist = plugin / "raising_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: raising-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[dsvl_adapt]\nraising = raising_plugin\n")
+    env = dict(os.environ, PYTHONPATH=f"{plugin}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    result = subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", "plugins"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0
+    assert "raising" in result.stdout and "license server down" in result.stdout and "industrial" in result.stdout
