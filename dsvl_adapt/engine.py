@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from .cache import CACHE_MARKER, StageCache, StageKeys
 from .config import RunConfig
 from .errors import ConfigError, DsvlAdaptError, StageError
+from .manifest import write_or_check_manifest
 from .plugins import PluginManager
 from .schemas import DatasetRequest, HardwareTarget, PromptTemplate, Vertical
 
-MANIFEST = "manifest.json"
 STAGE_RECORD = "stage.json"
-CACHE_MARKER = "from-cache.txt"  # in a stage folder restored from the cache: the entry it came from
-TRACKED_PACKAGES = ("dsvl-adapt", "torch", "transformers", "peft", "torch-pruning", "onnx", "onnxruntime",
-                    "openvino", "nncf", "accelerate", "hydra-core", "pydantic", "pluggy")
 
 
 @dataclass
@@ -176,7 +170,7 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
     processes = Processes(config.device)
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_or_check_manifest(run_dir, config, raw_config, manager)
+        write_or_check_manifest(run_dir, config, raw_config, manager)
         (run_dir / "stages").mkdir(exist_ok=True)
     processes.barrier()
     if not processes.is_main:
@@ -224,103 +218,11 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
     return context
 
 
-BASE_KEYS = ("vertical", "model", "data", "seed", "device")
-
-
-class StageKeys:
-    """Content keys of the stages of one run: each hashes its own config sections and every earlier key."""
-
-    def __init__(self, raw_config: dict[str, Any]) -> None:
-        self.raw = raw_config
-        self.previous = _digest({key: raw_config.get(key) for key in BASE_KEYS})
-
-    def add(self, stage: Stage) -> str:
-        keys = getattr(stage, "config_keys", None)
-        if keys is None:
-            section: Any = {k: v for k, v in self.raw.items() if k not in ("run_dir", "cache_dir")}
-        else:
-            section = {key: _lookup(self.raw, key) for key in keys}
-        self.previous = _digest({"stage": stage.name, "config": section, "upstream": self.previous})
-        return self.previous
-
-
-def _lookup(raw: dict[str, Any], dotted: str) -> Any:
-    value: Any = raw
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
-def _digest(value: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-class StageCache:
-    """Completed stages shared between runs (a sweep's trials), keyed by content, safe across processes.
-
-    The first process to claim a key holds a file lock while it computes; others wait for it and
-    then copy the result. Files are hard-linked where the file system allows.
-    """
-
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = Path(directory) if directory else None
-
-    def _usable(self, stage: Stage) -> bool:
-        return self.directory is not None and getattr(stage, "cacheable", True)
-
-    @contextmanager
-    def claim(self, stage: Stage, key: str, enabled: bool = True) -> Iterator[Path | None]:
-        if not enabled or not self._usable(stage):
-            yield None
-            return
-        import fcntl
-
-        assert self.directory is not None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        entry = self.directory / f"{stage.name}-{key}"
-        with open(self.directory / f"{stage.name}-{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield entry if (entry / STAGE_RECORD).is_file() else None
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def store(self, stage: Stage, key: str, final: Path) -> None:
-        if not self._usable(stage) or not (final / STAGE_RECORD).is_file():
-            return
-        assert self.directory is not None
-        entry = self.directory / f"{stage.name}-{key}"
-        if entry.exists():
-            return
-        partial = entry.with_name(entry.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        _link_tree(final, partial)
-        os.replace(partial, entry)
-
-    @staticmethod
-    def restore(entry: Path, final: Path) -> None:
-        partial = final.with_name(final.name + ".restoring")
-        shutil.rmtree(partial, ignore_errors=True)
-        _link_tree(entry, partial)
-        os.replace(partial, final)
-
-
-def _link_tree(source: Path, destination: Path) -> None:
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(source, destination, copy_function=link)
-
-
 def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager: PluginManager, log: Any) -> None:
     name = stage.name
     run_dir = context.run_dir
     manager.notify("dsvl_adapt_before_stage", stage=stage, context=context)
+    seed_everything(stage_seed(context.config.seed, name))
     started = time.perf_counter()
     try:
         result = stage.run(context)
@@ -339,6 +241,28 @@ def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager:
     log(f"[{name}] done in {seconds:.1f} s")
 
 
+def stage_seed(seed: int, stage_name: str) -> int:
+    """A per-stage seed: a stage's randomness does not depend on which stages ran before it in this process."""
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(stage_name.encode())) % 2**31
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def _silent(message: str) -> None:
     del message
 
@@ -349,63 +273,6 @@ def _adopt(context: RunContext, stage_dir: Path, name: str, artifacts: dict[str,
         path = Path(value)
         context.artifacts[key] = path if path.is_absolute() else stage_dir / path
     context.figures[name] = figures
-
-
-def _write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: PluginManager) -> None:
-    path = run_dir / MANIFEST
-    comparable = {k: v for k, v in raw.items() if k not in ("run_dir", "cache_dir")}
-    if path.is_file():
-        previous = json.loads(path.read_text())["config"]
-        previous = {k: v for k, v in previous.items() if k not in ("run_dir", "cache_dir")}
-        differences = sorted(_diff(previous, comparable))
-        if differences:
-            raise ConfigError(
-                f"{run_dir} holds a run made with a different configuration (differs at: "
-                f"{', '.join(differences[:8])}). Resume it with the same settings, or choose a new run_dir."
-            )
-        return
-    manifest = {
-        "config": raw,
-        "seed": config.seed,
-        "versions": package_versions(),
-        "plugins": [info.as_dict() for info in manager.plugins()],
-        "git_revision": git_revision(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    path.write_text(json.dumps(manifest, indent=2, default=str))
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: set[str] = set()
-        for key in a.keys() | b.keys():
-            out |= _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return set() if a == b else {prefix.rstrip(".")}
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_revision() -> str | None:
-    """The dsvl-adapt source revision, when running from a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 class LazyStage:

@@ -16,7 +16,7 @@ import torch
 
 from ..config import LoraSection
 from ..data.batches import BatchEncoder
-from ..engine import RunContext, StageResult
+from ..engine import RunContext, StageResult, seed_everything
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.figures import model_figures
 from .training import Trainer, on_main_process
@@ -77,6 +77,7 @@ class FinetuneStage:
                 on_main_process(save_full_phase)
 
         if cfg.lora.train.steps > 0:
+            seed_everything(seed + 1)  # LoRA's initialisation must not depend on whether phase 1 ran in this process
             model.requires_grad_(False)
             peft_model = lora_model(model, cfg.lora)
             trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

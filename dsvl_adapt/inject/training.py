@@ -131,7 +131,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------
     def _latest_checkpoint(self) -> tuple[int, Path] | None:
         found = []
-        for path in self.checkpoint_dir.glob("step-*"):
+        for path in self.checkpoint_dir.glob("step-*"):  # ".step-N.partial" (being written) never matches
             if (path / "complete.json").is_file():
                 found.append((int(path.name.split("-")[1]), path))
         return max(found) if found else None

@@ -188,6 +188,14 @@ def _speed_size(card: Scorecard, plots: dict[str, bytes]) -> str:
         out.append(f'<p class="how">Measured on {_e(some.cpu)}, {_e(some.threads)} threads, batch '
                    f"{some.batch_size}, {some.warmup} warm-up + {some.repeats} timed runs (latency = one forward "
                    f"over image + prompt).</p>")
+    if card.runtimes:
+        rows = [[f"<td>{_e(label)}</td>", _td(r.metrics.get(card.metric)), _td(r.latency and r.latency.p50_ms, 1),
+                 _td(r.latency and r.latency.p90_ms, 1), f'<td class="num">{_e(_size(r.size_bytes, unit))}</td>']
+                for label, r in card.runtimes.items()]
+        out += ["<h3>The student on each runtime</h3>",
+                '<p class="how">Accuracy measured through each artifact itself, not through the PyTorch model '
+                "it came from.</p>",
+                _table(["artifact", _e(card.metric), "p50 ms", "p90 ms", "size"], rows)]
     if card.peak_rss_bytes:
         out.append(f'<p class="how">Peak resident memory of the scoring process: {_e(_mib(card.peak_rss_bytes))}.</p>')
     if "latency_size" in plots:

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from ..data.batches import BatchEncoder
-from ..engine import RunContext, StageResult, git_revision, package_versions
+from ..engine import RunContext, StageResult
 from ..errors import PluginError
+from ..manifest import git_revision, package_versions
 from ..schemas import MetricSpec, Row
 from .hardware import check_target, count_linear_macs
 from .runners import Runner, open_runner

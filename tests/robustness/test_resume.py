@@ -86,12 +86,28 @@ def test_kill_inside_every_stage_then_resume_gives_the_uninterrupted_result(tiny
     assert finetune["full"]["resumed_from"] is not None and distill["resumed_from"] is not None
 
 
-def test_same_config_and_seed_give_identical_results(tiny_run, tiny_overrides, tmp_path):
-    import dsvl_adapt
+OFFLINE_RUN = """
+import socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network access attempted during an offline run")
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+import dsvl_adapt
+dsvl_adapt.run(sys.argv[2:], run_dir=sys.argv[1])
+"""
 
-    again = dsvl_adapt.run(tiny_overrides, run_dir=tmp_path / "again")
-    reference = dsvl_adapt.load_scorecard(tiny_run)
-    assert again.metrics == reference.metrics
-    teacher_a = (tiny_run / "stages" / "finetune" / "teacher" / "model.safetensors").read_bytes()
-    teacher_b = (tmp_path / "again" / "stages" / "finetune" / "teacher" / "model.safetensors").read_bytes()
-    assert teacher_a == teacher_b
+
+def test_same_config_and_seed_give_identical_results_with_the_network_blocked(tiny_run, tiny_overrides, tmp_path):
+    """Determinism (a second run equals the first) and offline operation (sockets refused) in one run."""
+    env = dict(os.environ, DSVL_ADAPT_NO_PROGRESS="1")
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run([sys.executable, "-c", OFFLINE_RUN, str(tmp_path / "again"), *tiny_overrides],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "scorecard.json").read_text())
+    reference = json.loads((tiny_run / "scorecard.json").read_text())
+    assert again["metrics"] == reference["metrics"]
+    for artifact in ("finetune/teacher/model.safetensors", "distill/student/model.safetensors"):
+        assert (tmp_path / "again" / "stages" / artifact).read_bytes() == (tiny_run / "stages" / artifact).read_bytes()

@@ -1,0 +1,88 @@
+"""Does distillation recover what pruning takes? Side by side on the industrial vertical.
+
+One teacher (fine-tuned ``reference-small`` by default), computed once and shared through the
+stage cache, then at an equal training budget:
+
+  teacher                 the fine-tuned, uncompressed model
+  pruned                  50% structural pruning, no recovery
+  pruned+finetune         pruned, then trained on labels only (distill with kl_weight=0, ce_weight=1)
+  pruned+distill          pruned, then distilled from the teacher (KL x T^2 + CE)
+  teacher-ort-int8        the teacher alone, ONNX Runtime dynamic int8
+
+Prints JSON: accuracy and retention of each (against the teacher), p50 latency of the quantized
+ones, and the run directories. Usage::
+
+    python benchmarks/recovery.py --out runs/recovery [--preset reference-small] [--steps 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import dsvl_adapt
+
+PRUNE_50 = ["prune.structural.lm_mlp_ratio=0.5", "prune.structural.lm_head_ratio=0.5",
+            "prune.structural.vision_mlp_ratio=0.5", "prune.weights.sparsity=0"]
+
+
+def variants(steps: int) -> dict[str, list[str]]:
+    train = [f"distill.train.steps={steps}"]
+    return {
+        "teacher": ["pipeline.stages=[load,finetune,score]", "score.models=[teacher]"],
+        "pruned": [*PRUNE_50, "pipeline.stages=[load,finetune,prune.structural,score]"],
+        "pruned+finetune": [*PRUNE_50, *train, "distill.kl_weight=0", "distill.ce_weight=1",
+                            "pipeline.stages=[load,finetune,prune.structural,distill,score]"],
+        "pruned+distill": [*PRUNE_50, *train, "pipeline.stages=[load,finetune,prune.structural,distill,score]"],
+        "teacher-ort-int8": ["prune=none", "quantize.backend=onnxruntime", "quantize.follow_target=false",
+                             "pipeline.stages=[load,finetune,quantize,score]"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/recovery"), help="folder for the runs")
+    parser.add_argument("--preset", default="reference-small", help="model preset of the teacher")
+    parser.add_argument("--steps", type=int, default=120, help="training budget after pruning (both recoveries)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. finetune=fast)")
+    args = parser.parse_args(argv)
+    common = ["vertical=industrial", f"model={args.preset}", f"cache_dir={args.out / 'cache'}", *args.overrides]
+    results: dict[str, dict] = {}
+    teacher_accuracy = None
+    for name, overrides in variants(args.steps).items():
+        print(f"== {name}", file=sys.stderr)
+        card = dsvl_adapt.run([*common, *overrides], run_dir=args.out / name.replace("+", "-"))
+        assert card is not None
+        role = "teacher" if name == "teacher" else "student"
+        accuracy = card.accuracy[role]
+        if name == "teacher":
+            teacher_accuracy = accuracy
+        latency = card.latency.get(role)
+        results[name] = {
+            "accuracy": accuracy,
+            "retention": None if not teacher_accuracy else round(accuracy / teacher_accuracy, 4),
+            "params": card.params.get(role),
+            "size_bytes": card.size[role].bytes,
+            "p50_ms": latency.p50_ms if latency and name.endswith("int8") else None,
+            "runtime": latency.runtime if latency else None,
+            "run_dir": str(args.out / name.replace("+", "-")),
+        }
+    teacher_latency = dsvl_adapt.load_scorecard(args.out / "teacher").latency.get("teacher")
+    summary = {
+        "benchmark": "recovery",
+        "vertical": "industrial",
+        "preset": args.preset,
+        "recovery_steps": args.steps,
+        "teacher_p50_ms_torch": teacher_latency.p50_ms if teacher_latency else None,
+        "results": results,
+        "distill_beats_finetune": results["pruned+distill"]["accuracy"] >= results["pruned+finetune"]["accuracy"],
+        "distill_retention_at_least_0.95": (results["pruned+distill"]["retention"] or 0) >= 0.95,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

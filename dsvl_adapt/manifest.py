@@ -1,0 +1,76 @@
+"""The run manifest: what a run was made with (config, versions, plugins, seed, git revision)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ConfigError
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = ("dsvl-adapt", "torch", "transformers", "peft", "torch-pruning", "onnx", "onnxruntime",
+                    "openvino", "nncf", "accelerate", "hydra-core", "pydantic", "pluggy")
+NOT_COMPARED = ("run_dir", "cache_dir")  # may change between a run and its resumption
+
+
+def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: Any) -> None:
+    path = run_dir / MANIFEST
+    comparable = {k: v for k, v in raw.items() if k not in NOT_COMPARED}
+    if path.is_file():
+        previous = json.loads(path.read_text())["config"]
+        previous = {k: v for k, v in previous.items() if k not in NOT_COMPARED}
+        differences = sorted(_diff(previous, comparable))
+        if differences:
+            raise ConfigError(
+                f"{run_dir} holds a run made with a different configuration (differs at: "
+                f"{', '.join(differences[:8])}). Resume it with the same settings, or choose a new run_dir."
+            )
+        return
+    manifest = {
+        "config": raw,
+        "seed": config.seed,
+        "versions": package_versions(),
+        "plugins": [info.as_dict() for info in manager.plugins()],
+        "git_revision": git_revision(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for key in a.keys() | b.keys():
+            out |= _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision() -> str | None:
+    """The dsvl-adapt source revision, when running from a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
