@@ -1,0 +1,48 @@
+"""Fine-tune and distill on several processes: `accelerate launch --cpu --num_processes 2` (DDP over gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+LEARNING = ["model=reference-tiny", "pipeline.stages=[load,finetune,prune.structural,distill,score]",
+            "finetune.full.steps=300", "finetune.full.eval_every=100", "finetune.lora.train.steps=20",
+            "distill.train.steps=60", "prune.structural.vision_mlp_ratio=0", "data.test_size=100",
+            "score.models=[teacher,student]", "score.latency_repeats=2"]
+
+
+def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DSVL_ADAPT_NO_PROGRESS="1")
+    if processes == 1:
+        command = [sys.executable, "-m", "dsvl_adapt.cli", "run", *args]
+    else:
+        accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+        command = [accelerate, "launch", "--cpu", "--num_processes", str(processes), "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dsvl_adapt.cli", "run", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def test_two_processes_run_the_whole_pipeline(tiny_overrides, tmp_path):
+    result = _launch([*tiny_overrides, "pipeline.stages=[load,finetune,prune.structural,distill,score]",
+                      f"run_dir={tmp_path / 'ddp'}"], processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads((tmp_path / "ddp" / "scorecard.json").read_text())
+    assert set(card["accuracy"]) == {"base", "teacher", "student"}
+    finetune = json.loads((tmp_path / "ddp" / "stages" / "finetune" / "stage.json").read_text())["figures"]
+    assert finetune["full"]["steps"] == 20
+
+
+@pytest.mark.slow
+def test_two_processes_reach_the_quality_of_one(tmp_path):
+    one = _launch([*LEARNING, f"run_dir={tmp_path / 'one'}"], processes=1)
+    two = _launch([*LEARNING, f"run_dir={tmp_path / 'two'}"], processes=2)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    a = json.loads((tmp_path / "one" / "scorecard.json").read_text())["accuracy"]
+    b = json.loads((tmp_path / "two" / "scorecard.json").read_text())["accuracy"]
+    assert a["teacher"] > 0.5  # it learnt something: chance is 0.2
+    assert abs(a["student"] - b["student"]) <= 0.02, (a, b)
