@@ -1,0 +1,1 @@
+"""Hydra config groups of the finance vertical (found through ``pkg://dsvl_adapt_finance.conf``)."""

@@ -1,0 +1,1 @@
+"""Hydra config groups of the medical vertical (found through ``pkg://dsvl_adapt_medical.conf``)."""
