@@ -6,12 +6,12 @@ import re
 from typing import Sequence
 
 _SPACES = re.compile(r"\s+")
-_TRAILING = re.compile(r"[.!?,;:]+$")
+_TRAILING = re.compile(r"[\s.!?,;:]+$")
 
 
 def normalize_answer(text: str) -> str:
-    """Lowercase, collapse whitespace, drop trailing punctuation."""
-    return _TRAILING.sub("", _SPACES.sub(" ", text.strip().lower()))
+    """Lowercase, collapse whitespace, drop trailing punctuation (idempotent)."""
+    return _TRAILING.sub("", _SPACES.sub(" ", text.strip().lower())).strip()
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str], rows: Sequence[object] = ()) -> float:
