@@ -23,7 +23,8 @@ CORE_STAGES = (
               config_keys=("prune.weights", "prune.calibration_batch_size")),
     LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
               "dsvl_adapt.inject.distill:DistillStage", distributed=True, config_keys=("distill",)),
-    LazyStage("quantize", "quantize the student for the target's runtime: PyTorch int8, or ONNX Runtime int8/int4",
+    LazyStage("quantize", "quantize the student for the target's runtime: PyTorch int8, ONNX Runtime int8/int4, "
+                          "or OpenVINO int8/int4 (NNCF)",
               "dsvl_adapt.compress.stages:QuantizeStage", config_keys=("quantize", "vertical.target")),
     LazyStage("export", "export the student to ONNX (full graph, or vision + LM graphs for restricted op sets)",
               "dsvl_adapt.export.stage:ExportStage", config_keys=("export", "vertical.target")),

@@ -95,3 +95,16 @@ def test_failing_stage_keeps_earlier_outputs(tmp_path, tiny_overrides):
         manager.unregister("exploding")
     assert (tmp_path / "run" / "stages" / "load" / "stage.json").is_file()
     assert not (tmp_path / "run" / "stages" / "explode").exists()
+
+
+def test_a_local_checkpoint_directory_runs_through_the_pipeline(tiny_run, tmp_path):
+    """`model=local model.path=DIR`: no full-parameter phase (the weights are trained), LoRA only."""
+    teacher = tiny_run / "stages" / "finetune" / "teacher"
+    card = dsvl_adapt.run(["model=local", f"model.path={teacher}", "finetune=fast", "data.train_size=16",
+                           "data.validation_size=4", "data.test_size=4", "score.latency_repeats=1",
+                           "pipeline.stages=[load,finetune,score]"], run_dir=tmp_path / "local")
+    record = json.loads((tmp_path / "local" / "stages" / "finetune" / "stage.json").read_text())["figures"]
+    assert "full" not in record and record["lora"]["steps"] == 6
+    load = json.loads((tmp_path / "local" / "stages" / "load" / "stage.json").read_text())
+    assert load["artifacts"]["base"] == str(teacher.resolve())
+    assert card.params["base"] == card.params["teacher"]

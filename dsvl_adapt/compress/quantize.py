@@ -1,4 +1,5 @@
-"""Quantization of DeepSeek-VL models: PyTorch int8 dynamic, and ONNX Runtime int8/int4 on exported graphs.
+"""Quantization of DeepSeek-VL models: PyTorch int8 dynamic, ONNX Runtime int8/int4 on exported graphs, and
+OpenVINO int8/int4 (NNCF) on IR converted from those graphs.
 
 Policy
 ------
@@ -20,6 +21,10 @@ backend    bits  mode
 torch      8     dynamic (``nn.Linear`` -> int8 weights, activations quantized per batch at run time)
 onnxruntime 8    dynamic (MatMulInteger), static (QDQ, calibrated on batches), weight_only (MatMulNBits)
 onnxruntime 4    weight_only (MatMulNBits, blockwise ``block_size``)
+openvino   8     weight_only (``nncf.compress_weights`` INT8_ASYM, activations in the inference precision),
+                 dynamic (the same int8 weights + the CPU plugin's per-call activation quantization),
+                 static (``nncf.quantize`` post-training quantization, calibrated on batches)
+openvino   4     weight_only, dynamic (INT4_ASYM weights in groups of ``block_size``)
 ========== ===== ===========================================================
 
 Saved form of a torch-quantized model (``save_pretrained`` cannot write quantized modules)::
@@ -56,6 +61,7 @@ __all__ = [
     "QuantizeConfig",
     "load_quantized",
     "quantize_onnx",
+    "quantize_openvino",
     "quantize_torch_dynamic",
     "quantized_module_names",
     "save_quantized",
@@ -67,6 +73,7 @@ DEFAULT_SKIP: tuple[str, ...] = (r"^model\.vision_model\.", r"^model\.high_res_v
 SUPPORTED: dict[str, dict[str, tuple[int, ...]]] = {
     "torch": {"dynamic": (8,)},
     "onnxruntime": {"dynamic": (8,), "static": (8,), "weight_only": (8, 4)},
+    "openvino": {"dynamic": (8, 4), "static": (8,), "weight_only": (8, 4)},
 }
 
 RECIPE_FILE = "quantization.json"
@@ -84,7 +91,7 @@ class QuantizeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    backend: Literal["torch", "onnxruntime", "openvino"] = "torch"
     mode: Literal["dynamic", "static", "weight_only"] = "dynamic"
     bits: Literal[8, 4] = 8
     per_channel: bool = Field(True, description="per-output-channel weight scales (int8 modes); int4 is blockwise")
@@ -341,3 +348,22 @@ def quantize_onnx(source: str | Path, destination: str | Path, config: QuantizeC
     from dsvl_adapt.runtimes.onnxruntime import quantize_export
 
     return quantize_export(source, destination, config, batches=batches, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# OpenVINO
+
+
+def quantize_openvino(source: str | Path, destination: str | Path, config: QuantizeConfig,
+                      batches: list[dict[str, Any]] | None = None, *, precision: str = "f32", **kwargs: Any):
+    """Convert an ONNX export directory to OpenVINO IR and compress it with NNCF (``config.backend='openvino'``).
+
+    Writes IR + ``openvino.json`` (``OpenVinoModel.load`` reads it) and returns the ``OpenVinoReport``.
+    ``precision`` (f32 | bf16) is the inference precision pinned at every load. See
+    :func:`dsvl_adapt.runtimes.openvino.convert_export` for the details.
+    """
+    from dsvl_adapt.runtimes.openvino import convert_export
+
+    if config.backend != "openvino":
+        raise ValueError(f"quantize_openvino needs backend='openvino', got {config.backend!r}")
+    return convert_export(source, destination, precision=precision, quantize=config, batches=batches, **kwargs)

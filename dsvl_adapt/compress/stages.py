@@ -100,7 +100,7 @@ def target_backend(context: RunContext) -> str:
     """The quantization backend: the target's runtime when it is one we quantize for, else the config's."""
     cfg = context.config.quantize
     target = context.target()
-    if cfg.follow_target and target is not None and target.runtime in ("torch", "onnxruntime"):
+    if cfg.follow_target and target is not None and target.runtime in ("torch", "onnxruntime", "openvino"):
         return target.runtime
     return cfg.backend
 
@@ -119,12 +119,17 @@ def export_graphs(context: RunContext) -> str:
 
 class QuantizeStage:
     name = "quantize"
-    description = "quantize the student for the target's runtime: PyTorch int8, or ONNX Runtime int8/int4"
+    description = ("quantize the student for the target's runtime: PyTorch int8, ONNX Runtime int8/int4, or "
+                   "OpenVINO int8/int4 (NNCF)")
 
     def run(self, context: RunContext) -> StageResult:
         from .quantize import load_quantized, quantize_onnx, quantize_torch_dynamic, save_quantized
 
         backend = target_backend(context)
+        if backend == "openvino":  # before any work: a missing extra is a setup error with its install command
+            from ..runtimes.openvino import require_openvino
+
+            require_openvino()
         cfg = context.config.quantize.model_copy(update={"backend": backend})
         cfg = type(cfg).model_validate(cfg.model_dump())  # mode/bits checked against the chosen backend
         model, processor = context.load_model("student")
@@ -150,12 +155,36 @@ class QuantizeStage:
         export = export_onnx(model, fp32_dir, calibration[0], split=export_graphs(context) == "split",
                              opset=context.config.export.opset)
         processor.save_pretrained(fp32_dir)
+        if backend == "openvino":
+            return self._openvino(context, cfg, fp32_dir, export, calibration, processor)
         directory = context.work_dir / "onnx-int8" if cfg.bits == 8 else context.work_dir / "onnx-int4"
         report = quantize_onnx(fp32_dir, directory, cfg, calibration)
         processor.save_pretrained(directory)
         figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "export": export.model_dump(mode="json"),
                    **report.model_dump(mode="json"), "size_bytes": report.bytes}
         return StageResult(artifacts={"deploy": directory.name, "onnx": directory.name}, figures=figures)
+
+    @staticmethod
+    def _openvino(context: RunContext, cfg, fp32_dir: Path, export, calibration, processor) -> StageResult:
+        """ONNX fp32 export -> OpenVINO IR -> NNCF compression, at the precision the config pins."""
+        from .quantize import quantize_openvino
+
+        precision = context.config.quantize.precision
+        directory = context.work_dir / f"openvino-int{cfg.bits}"
+        try:
+            report = quantize_openvino(fp32_dir, directory, cfg, calibration, precision=precision)
+        except ValueError as e:  # e.g. the saved IR does not reload to the same logits
+            raise StageError(f"OpenVINO conversion failed: {e}") from e
+        processor.save_pretrained(directory)
+        figures = {"backend": "openvino", "bits": cfg.bits, "mode": cfg.mode, "precision": precision,
+                   "label": report.label, "export": export.model_dump(mode="json"),
+                   "openvino": report.model_dump(mode="json"), "size_bytes": report.bytes,
+                   "reload_max_abs_diff": report.reload_max_abs_diff, "max_abs_diff": report.max_abs_diff,
+                   "top1_agreement": report.top1_agreement}
+        # deploy: the IR; onnx: the fp32 graphs it was converted from (the export stage reuses them, and the
+        # scorecard's opset/op checks read their inventory).
+        return StageResult(artifacts={"deploy": directory.name, "openvino": directory.name, "onnx": fp32_dir.name},
+                           figures=figures)
 
 
 def _dir_bytes(directory: Path) -> int:

@@ -4,13 +4,15 @@ runtime a target will use.
 
 * :class:`TorchRuntimeModel` - a transformers model (fp32, or torch-quantized) in PyTorch;
 * :class:`dsvl_adapt.runtimes.onnxruntime.OnnxRuntimeModel` - an ONNX export directory (full or split graphs,
-  fp32 or quantized) in ONNX Runtime.
+  fp32 or quantized) in ONNX Runtime;
+* :class:`dsvl_adapt.runtimes.openvino.OpenVinoModel` - OpenVINO IR converted from such an export (fp32, or int8/int4
+  compressed with NNCF), at an explicitly pinned inference precision (f32 or bf16).
 
-Both decode with :func:`greedy_generate`: no KV cache, the whole growing sequence is run again each step (fine for
+All decode with :func:`greedy_generate`: no KV cache, the whole growing sequence is run again each step (fine for
 short answers), image features are computed once. Generation needs left padding (rows end with real tokens); position
 ids come from the attention mask (:func:`position_ids_from_mask`), as in the exported graphs.
 
-Heavy libraries (torch, onnxruntime) are imported lazily.
+Heavy libraries (torch, onnxruntime, openvino) are imported lazily.
 """
 
 from __future__ import annotations

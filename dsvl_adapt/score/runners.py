@@ -1,4 +1,4 @@
-"""What the score stage measures, behind one interface: a PyTorch model or an ONNX Runtime export.
+"""What the score stage measures, behind one interface: a PyTorch model, an ONNX Runtime export or OpenVINO IR.
 
 Accuracy is always measured through the artifact itself, so export and quantization errors
 show up in the scorecard rather than being hidden behind the PyTorch model they came from.
@@ -26,8 +26,8 @@ TORCH_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 class Runner:
     """One scorable artifact: how to generate answers, time a request, and what it weighs."""
 
-    label: str  # e.g. torch-fp32, torch-int8, onnxruntime-int8
-    runtime: str  # the HardwareTarget runtime name: torch | onnxruntime
+    label: str  # e.g. torch-fp32, torch-int8, onnxruntime-int8, openvino-int8-f32 (weights, inference precision)
+    runtime: str  # the HardwareTarget runtime name: torch | onnxruntime | openvino
     dtype: str
     processor: Any
     config: Any
@@ -36,7 +36,8 @@ class Runner:
     params: int | None
     by_component: dict[str, int]
     torch_model: Any = None
-    onnx_model: Any = None
+    onnx_model: Any = None  # a numpy runtime model: OnnxRuntimeModel or OpenVinoModel (forward / generate)
+    note: str = ""  # what the latency entry should say about the runtime (e.g. the pinned precision)
 
     def answers(self, encoder: BatchEncoder, items: Sequence[Encoded], *, batch_size: int, max_new_tokens: int,
                 label: str) -> list[str]:
@@ -68,14 +69,32 @@ class Runner:
         whole = time_calls(lambda: model.generate(batch, decode_tokens), warmup=1, repeats=max(3, repeats // 3))
         per_token = max(0.0, (float(np.median(whole)) - float(np.median(prefill))) / max(1, decode_tokens - 1))
         return {**percentiles(prefill), "decode_ms_per_token": round(per_token, 3),
-                "runtime": f"onnxruntime ({self.label}; decode re-runs the prompt, no KV cache)",
+                "runtime": f"{self.runtime} ({self.label}{self.note}; decode re-runs the prompt, no KV cache)",
                 "threads": threads or model.threads, "cpu": cpu_model(), "batch_size": int(batch["input_ids"].shape[0]),
                 "warmup": warmup, "repeats": repeats, "measured": True}
 
 
 def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None) -> Runner:
-    """A runner for a model directory: an ONNX export (``export.json``) or a PyTorch checkpoint."""
+    """A runner for a model directory: OpenVINO IR (``openvino.json``), an ONNX export (``export.json``) or a
+    PyTorch checkpoint."""
     directory = Path(directory)
+    if (directory / "openvino.json").is_file():
+        from transformers import AutoConfig, AutoProcessor
+
+        from ..runtimes.openvino import OpenVinoModel
+
+        model = OpenVinoModel.load(directory, threads=threads)  # the precision the artifact was made for, pinned
+        model.threads = threads or model.properties.get("INFERENCE_NUM_THREADS") or torch.get_num_threads()
+        report = model.report
+        dtype = report.dtype if report.dtype != "fp32" or model.precision == "f32" else "bf16"
+        dq = model.properties.get("DYNAMIC_QUANTIZATION_GROUP_SIZE")
+        note = (f"; precision {model.properties.get('INFERENCE_PRECISION_HINT', model.precision)}"
+                f"{f', dynamic activation quantization group {dq}' if dq else ''}")
+        return Runner(label=f"openvino-{report.dtype}-{model.precision}", runtime="openvino", dtype=dtype,
+                      processor=AutoProcessor.from_pretrained(directory, local_files_only=True),
+                      config=AutoConfig.from_pretrained(directory, local_files_only=True),
+                      size_bytes=model.size_bytes, weight_bytes=model.size_bytes, params=None, by_component={},
+                      onnx_model=model, note=note)
     if (directory / "export.json").is_file():
         from transformers import AutoConfig, AutoProcessor
 

@@ -42,7 +42,7 @@ def dsvl_adapt_register_verticals(register):
         dataset="industrial-surfaces",
         prompt="industrial-inspection",
         metrics=["accuracy", "miss_rate", "overkill_rate"],
-        targets=["cpu-box", "edge-npu"],
+        targets=["cpu-box", "edge-npu", "cpu-box-openvino"],
         objectives=Objectives(min_retention=0.95),
         max_answer_tokens=6,
     ))
@@ -89,6 +89,11 @@ def dsvl_adapt_register_hardware_targets(register):
                        "ReduceMean", "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
                        "Tanh", "Transpose", "Unsqueeze", "Where", "DynamicQuantizeLinear", "QuantizeLinear",
                        "DequantizeLinear", "Cos", "Sin", "Greater", "Less", "Max", "Min", "Trilu"],
+    ))
+    register(HardwareTarget(
+        name="cpu-box-openvino", description="x86 industrial PC beside the line, OpenVINO on CPU (int8 via NNCF)",
+        device="cpu", runtime="openvino", memory_gb=8, dtypes=["fp32", "int8"],
+        peak_tops={"fp32": 0.2, "int8": 0.8}, memory_bandwidth_gbps=25, latency_p90_ms=200,
     ))
 
 

@@ -35,7 +35,6 @@ QUESTIONS = (
     "Name the surface defect in this image.",
     "What is wrong with this surface?",
 )
-_TEX, _LIGHT, _TINT = 0.6, 0.8, 0.5
 LOCATIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
 
@@ -122,27 +121,27 @@ def _surface(rng, x, y, s: int):
     base = rng.uniform(0.42, 0.58)
     if kind == "brushed metal":
         streak = _noise1d(rng, int(rng.integers(150, 400)), v, smooth=1)
-        tex = 0.045 * streak + 0.02 * _smooth(rng, s, int(rng.integers(3, 7)))
-        tint = np.array([1.0, 1.0, 1.0]) + rng.normal(0, 0.015, 3)
+        tex = 0.022 * streak + 0.01 * _smooth(rng, s, int(rng.integers(3, 7)))
+        tint = 1 + rng.normal(0, 0.006, 3)
     elif kind == "fabric":
         f = rng.uniform(12, 22)
         weave = np.sin(2 * math.pi * f * u) * np.sin(2 * math.pi * f * v)
-        tex = 0.05 * weave + 0.03 * _smooth(rng, s, int(rng.integers(4, 9)))
-        tint = np.array([1.0, 1.0, 1.0]) + rng.normal(0, 0.04, 3)
+        tex = 0.025 * weave + 0.015 * _smooth(rng, s, int(rng.integers(4, 9)))
+        tint = 1 + rng.normal(0, 0.016, 3)
     elif kind == "wood":
         f = rng.uniform(5, 12)
         warp = _smooth(rng, s, int(rng.integers(2, 5)))
         grain = np.sin(2 * math.pi * (f * v + rng.uniform(0.2, 0.6) * warp))
-        tex = 0.06 * grain + 0.02 * _noise1d(rng, 300, v, smooth=1)
-        tint = np.array([1.08, 0.98, 0.85]) + rng.normal(0, 0.02, 3)
+        tex = 0.03 * grain + 0.01 * _noise1d(rng, 300, v, smooth=1)
+        tint = np.array([1.032, 0.992, 0.94]) + rng.normal(0, 0.008, 3)
     else:  # cast metal: mottled, speckled
-        tex = 0.04 * _smooth(rng, s, int(rng.integers(6, 14))) + 0.025 * _smooth(rng, s, int(rng.integers(20, 32)))
-        tint = np.array([1.0, 1.0, 1.02]) + rng.normal(0, 0.015, 3)
-    # lighting: linear gradient in a random direction plus a soft vignette
+        tex = 0.02 * _smooth(rng, s, int(rng.integers(6, 14))) + 0.0125 * _smooth(rng, s, int(rng.integers(20, 32)))
+        tint = np.array([1.0, 1.0, 1.008]) + rng.normal(0, 0.006, 3)
+    # lighting (a diffuse inspection light): mild linear gradient plus a soft vignette
     la = rng.uniform(0, 2 * math.pi)
-    light = rng.uniform(0.05, 0.18) * ((x - 0.5) * math.cos(la) + (y - 0.5) * math.sin(la))
-    light -= rng.uniform(0.0, 0.12) * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
-    return (base + _TEX * tex + _LIGHT * light).astype(np.float32), 1 + _TINT * (tint - 1), kind
+    light = rng.uniform(0.025, 0.09) * ((x - 0.5) * math.cos(la) + (y - 0.5) * math.sin(la))
+    light -= rng.uniform(0.0, 0.06) * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
+    return (base + tex + light).astype(np.float32), tint, kind
 
 
 def _bbox(mask: np.ndarray, s: int) -> list[int]:
@@ -175,7 +174,7 @@ def _render(rng, defect: str, s: int):
         pts = [(cx + ti * length * d[0] + bend * (1 - 4 * ti * ti) * nrm[0],
                 cy + ti * length * d[1] + bend * (1 - 4 * ti * ti) * nrm[1]) for ti in t]
         dist = _poly_dist(x, y, pts)
-        w = rng.uniform(2.0, 3.0) * px
+        w = rng.uniform(2.4, 3.2) * px
         prof = np.exp(-(dist / w) ** 2)
         lum = lum - 0.08 * np.exp(-((dist - 2.2 * w) / w) ** 2)
         lum = lum + (rng.uniform(0.92, 1.0) - lum) * prof
@@ -193,13 +192,13 @@ def _render(rng, defect: str, s: int):
             a = main + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1) + (math.pi if j < len(half[1]) else 0.0)
             polys.append(_walk(rng, trunk[j], a, int(rng.integers(3, 6)), (0.03, 0.05)))
         dist = np.minimum.reduce([_poly_dist(x, y, pl) for pl in polys])
-        w = rng.uniform(2.0, 3.0) * px
-        lum = lum * (1 - rng.uniform(0.8, 0.9) * np.exp(-(dist / w) ** 2))
+        w = rng.uniform(2.8, 3.4) * px
+        lum = lum * (1 - rng.uniform(0.88, 0.94) * np.exp(-(dist / w) ** 2))
         mask = dist < 2 * w
         meta["branches"] = len(polys) - 1
     elif defect == "dent":
         # shaded circular depression: slope of h = (1 - r^2/R^2)^2, lit from a random side
-        R = rng.uniform(0.17, 0.24)
+        R = rng.uniform(0.19, 0.25)
         cx, cy = rng.uniform(0.25, 0.75, 2)
         la = rng.uniform(0, 2 * math.pi)
         dx, dy = (x - cx) / R, (y - cy) / R
@@ -215,7 +214,7 @@ def _render(rng, defect: str, s: int):
         meta["radius"] = round(float(R), 3)
     elif defect == "stain":
         # irregular blob, discoloured (rust / oil / coolant), with a darker drying ring
-        R = rng.uniform(0.17, 0.26)
+        R = rng.uniform(0.19, 0.27)
         cx, cy = rng.uniform(0.28, 0.72, 2)
         r = np.hypot(x - cx, y - cy)
         th = np.arctan2(y - cy, x - cx)
@@ -230,13 +229,13 @@ def _render(rng, defect: str, s: int):
         col = [np.array([1.0, 0.55, 0.3]), np.array([0.75, 0.5, 0.3]), np.array([1.0, 0.8, 0.35])][hue]
         col = col + rng.normal(0, 0.03, 3)
         color = 1 + alpha[..., None] * (col[None, None, :] - 1)
-        lum = lum * (1 - 0.18 * alpha - 0.1 * ring)
+        lum = lum * (1 - 0.22 * alpha - 0.1 * ring)
         mask = alpha > 0.5
         meta["stain"] = ("rust", "oil", "water")[hue]
     else:
         mask = np.zeros((s, s), dtype=bool)
     rgb = lum[..., None] * tint[None, None, :] * color
-    rgb = rgb + rng.normal(0, rng.uniform(0.01, 0.025), (s, s, 1))  # sensor noise (grey)
+    rgb = rgb + rng.normal(0, rng.uniform(0.008, 0.02), (s, s, 1))  # sensor noise (grey)
     img = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), mode="RGB")
     if defect == "none":
         meta.update(bbox=None, location=None)

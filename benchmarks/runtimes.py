@@ -1,0 +1,317 @@
+"""CPU runtimes side by side: PyTorch, ONNX Runtime and OpenVINO, fp32 and int8, on one model and on its
+structurally pruned student.
+
+    PYTHONPATH=. python benchmarks/runtimes.py                        # reference-base, random weights: speed only
+    PYTHONPATH=. python benchmarks/runtimes.py runs/industrial/<run>  # + the run's trained teacher: accuracy too
+    options: --preset reference-base --threads 1 --rounds 5 --repeats 3 --text 32 --prune 0.5 --test-rows 48
+             --batch-size 8 --work DIR (keep the artifacts) --no-pruned --int4
+
+Variants of each model (the pruned student gets the same set, prefixed ``pruned/``):
+
+* ``torch-fp32`` eager; ``torch-int8`` (``torch.ao`` dynamic, Linear layers);
+* ``onnxruntime-fp32`` (dynamo export, full graph); ``onnxruntime-int8`` (``quantize_dynamic``, per channel);
+* ``openvino-fp32-f32`` (IR from that export, precision pinned to f32); ``openvino-fp32-bf16`` (the same IR at bf16,
+  which is what OpenVINO picks by itself on a CPU with AVX512-BF16/AMX); ``openvino-int8w-f32``
+  (``nncf.compress_weights`` INT8_ASYM, activations f32); ``openvino-int8dyn-f32`` (the same weights plus the CPU
+  plugin's dynamic activation quantization - OpenVINO's default for compressed weights); ``openvino-int8ptq-f32``
+  (``nncf.quantize``, calibrated); with ``--int4`` also ``openvino-int4dyn-f32``.
+
+Every quantized variant uses the library's default skip policy (vision tower and aligner in fp32), so the runtimes
+compress the same layers. The pruned student: ``prune_structural`` with ``--prune`` of the LM MLP channels, LM query
+heads, vision MLP channels and vision heads (magnitude importance; untrained after pruning, so its accuracy drops).
+
+Timing: batch 1 prefill (one forward over image + prompt), every variant warmed up, then ``--rounds`` rounds in which
+each variant runs ``--repeats`` calls in turn (A B A B ...), so drift from other tenants hits all alike. Speed-ups are
+the median over rounds of (baseline median / variant median) within the same round, against PyTorch fp32 and against
+ONNX Runtime fp32 (PyTorch fp32 matmuls take MKL's generic path on AMD CPUs, which flatters everyone against it).
+Accuracy (with a run directory): greedy answers (no KV cache, ``greedy_generate``) through each variant on the test
+split, scored with the vertical's metrics. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Variant:
+    name: str
+    runtime: str
+    model: Any  # forward(batch) / generate(batch, n, eos, pad)
+    size_bytes: int
+    info: dict[str, Any] = field(default_factory=dict)
+    samples: list[float] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------------ inputs
+
+
+def random_setup(preset: str, text: int, calibration: int):
+    """A random-weight model of ``preset`` with synthetic batches (64 image + ``text`` text tokens)."""
+    from transformers import AutoModelForImageTextToText
+
+    from dsvl_adapt.models.presets import build_config, get_preset
+
+    vocab, image, pad, bos, eos = 1024, 1023, 0, 1, 2
+    torch.manual_seed(0)
+    config = build_config(preset, vocab_size=vocab, image_token_id=image, pad_token_id=pad, bos_token_id=bos,
+                          eos_token_id=eos)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    p = get_preset(preset)
+
+    def batch(rows: int, seed: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        n = p.num_image_tokens
+        ids = torch.randint(3, vocab - 1, (rows, text + n), generator=g)
+        ids[:, 0] = bos
+        ids[:, 2: 2 + n] = image
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "pixel_values": torch.randn(rows, 3, p.image_size, p.image_size, generator=g)}
+
+    return model, batch(1, 0), batch(2, 1), [batch(2, 10 + i) for i in range(calibration)], None
+
+
+def run_setup(run_dir: Path, calibration: int, test_rows: int):
+    """The run's trained teacher, the vertical's calibration batches (train split) and test rows."""
+    from dsvl_adapt.config import RunConfig
+    from dsvl_adapt.data.batches import BatchEncoder
+    from dsvl_adapt.engine import RunContext
+    from dsvl_adapt.models.checkpoint import load_checkpoint
+    from dsvl_adapt.plugins import get_manager
+
+    raw = json.loads((run_dir / "manifest.json").read_text())["config"]
+    config = RunConfig.model_validate(raw)
+    context = RunContext(config, raw, run_dir, get_manager())
+    teacher = run_dir / "stages" / "finetune" / "teacher"
+    model, processor = load_checkpoint(teacher)
+    model.eval()
+    encoder = BatchEncoder(processor, context.prompt)
+    size = processor.image_processor.size["height"]
+    train = encoder.encode_all(context.split("train", size).rows[: calibration * 2])
+    calib = [{k: v for k, v in encoder.training_batch(train[i: i + 2]).items() if k != "labels"}
+             for i in range(0, len(train), 2)]
+    rows = context.split("test", size).rows[:test_rows]
+    items = encoder.encode_all(rows)
+    one = encoder.generation_batch(items[:1])
+    scoring = {"context": context, "encoder": encoder, "rows": rows, "items": items, "teacher": str(teacher)}
+    return model, one, calib[0], calib, scoring
+
+
+# ------------------------------------------------------------------------------------------------------------ variants
+
+
+def build_variants(model, prefix: str, example, calib, work: Path, threads: int, int4: bool) -> list[Variant]:
+    from dsvl_adapt.compress.quantize import (
+        QuantizeConfig,
+        quantize_onnx,
+        quantize_openvino,
+        quantize_torch_dynamic,
+        save_quantized,
+    )
+    from dsvl_adapt.export.onnx import export_onnx
+    from dsvl_adapt.runtimes import TorchRuntimeModel
+    from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
+    from dsvl_adapt.runtimes.openvino import OpenVinoModel, convert_export
+
+    out: list[Variant] = []
+    work.mkdir(parents=True, exist_ok=True)
+
+    def step(what: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        log(f"{prefix}{what}: {time.perf_counter() - t0:.1f} s")
+        return result
+
+    fp32_dir = work / "torch-fp32"
+    step("save torch fp32", lambda: model.save_pretrained(fp32_dir))
+    out.append(Variant(f"{prefix}torch-fp32", "torch", TorchRuntimeModel(model), dir_bytes(fp32_dir)))
+    qconfig = QuantizeConfig()
+    qmodel = step("torch int8", lambda: quantize_torch_dynamic(model, qconfig)).eval()
+    save_quantized(qmodel, work / "torch-int8", qconfig)
+    out.append(Variant(f"{prefix}torch-int8", "torch", TorchRuntimeModel(qmodel), dir_bytes(work / "torch-int8")))
+
+    onnx_dir = work / "onnx-fp32"
+    report = step("onnx export", lambda: export_onnx(model, onnx_dir, example, threads=threads))
+    out.append(Variant(f"{prefix}onnxruntime-fp32", "onnxruntime", OnnxRuntimeModel.load(onnx_dir, threads=threads),
+                       report.bytes, {"max_abs_diff_vs_torch": max(report.max_abs_diff.values())}))
+    ort_cfg = QuantizeConfig(backend="onnxruntime", mode="dynamic")
+    ort = step("onnxruntime int8", lambda: quantize_onnx(onnx_dir, work / "onnx-int8", ort_cfg, calib[:2],
+                                                         threads=threads))
+    out.append(Variant(f"{prefix}onnxruntime-int8", "onnxruntime",
+                       OnnxRuntimeModel.load(work / "onnx-int8", threads=threads), ort.bytes,
+                       {"top1_agreement_vs_fp32": ort.top1_agreement}))
+
+    ov = step("openvino fp32", lambda: convert_export(onnx_dir, work / "openvino-fp32", batches=calib[:1],
+                                                      threads=threads))
+    for precision in ("f32", "bf16"):
+        runtime = OpenVinoModel.load(ov.directory, threads=threads, precision=precision)
+        out.append(Variant(f"{prefix}openvino-fp32-{precision}", "openvino", runtime, ov.bytes,
+                           {"effective_precision": runtime.properties.get("INFERENCE_PRECISION_HINT")}))
+    cases = [("int8w", "weight_only", 8), ("int8dyn", "dynamic", 8), ("int8ptq", "static", 8)]
+    if int4:
+        cases.append(("int4dyn", "dynamic", 4))
+    for tag, mode, bits in cases:
+        cfg = QuantizeConfig(backend="openvino", mode=mode, bits=bits, calibration_batches=len(calib),
+                             block_size=64)
+        directory = work / f"openvino-{tag}"
+        rep = step(f"openvino {tag}", lambda cfg=cfg, directory=directory: quantize_openvino(
+            onnx_dir, directory, cfg, calib, threads=threads))
+        out.append(Variant(f"{prefix}openvino-{tag}-f32", "openvino", OpenVinoModel.load(directory, threads=threads),
+                           rep.bytes, {"top1_agreement_vs_fp32": rep.top1_agreement,
+                                       "dynamic_quantization_group": rep.runtime_properties[
+                                           "DYNAMIC_QUANTIZATION_GROUP_SIZE"]}))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------ measuring
+
+
+def time_rounds(variants: list[Variant], batch, rounds: int, repeats: int) -> None:
+    for v in variants:  # warm-up: first-call allocations, lazy kernels
+        for _ in range(2):
+            v.model.forward(batch)
+    for r in range(rounds):
+        for v in variants:
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                v.model.forward(batch)
+                times.append((time.perf_counter() - t0) * 1000.0)
+            v.samples += times
+            v.rounds.append(statistics.median(times))
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{v.name} {v.rounds[-1]:.1f}" for v in variants))
+
+
+def paired_speedup(variant: Variant, baseline: Variant | None) -> float | None:
+    if baseline is None:
+        return None
+    return round(statistics.median(b / v for b, v in zip(baseline.rounds, variant.rounds, strict=True)), 3)
+
+
+def accuracy(variant: Variant, scoring: dict[str, Any], batch_size: int) -> dict[str, float]:
+    from dsvl_adapt.score.stage import compute_metrics
+
+    context, encoder, items = scoring["context"], scoring["encoder"], scoring["items"]
+    specs = [context.registry.metrics.get(name) for name in context.vertical.metrics]
+    answers: list[str] = []
+    for start in range(0, len(items), batch_size):
+        batch = encoder.generation_batch(items[start: start + batch_size])
+        new = variant.model.generate(batch, context.vertical.max_answer_tokens, eos_token_id=encoder.eos_id,
+                                     pad_token_id=encoder.pad_id)
+        answers += encoder.decode(torch.as_tensor(new))
+    return compute_metrics(specs, answers, scoring["rows"])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", nargs="?", type=Path, help="a finished run: its teacher is benchmarked, with "
+                                                              "accuracy on its test split")
+    parser.add_argument("--preset", default="reference-base", help="random-weight preset when no run is given")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--text", type=int, default=32, help="text tokens of the random batch")
+    parser.add_argument("--calibration", type=int, default=10, help="calibration batches of 2 (PTQ)")
+    parser.add_argument("--prune", type=float, default=0.5, help="structural ratio for the pruned student")
+    parser.add_argument("--no-pruned", action="store_true")
+    parser.add_argument("--int4", action="store_true", help="also OpenVINO int4 weights (+ dynamic activations)")
+    parser.add_argument("--test-rows", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--work", type=Path, help="keep the artifacts here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    if args.run_dir is not None:
+        model, one, example, calib, scoring = run_setup(args.run_dir, args.calibration, args.test_rows)
+        source = {"run_dir": str(args.run_dir), "teacher": scoring["teacher"], "test_rows": len(scoring["rows"])}
+    else:
+        model, one, example, calib, scoring = random_setup(args.preset, args.text, args.calibration)
+        source = {"preset": args.preset, "weights": "random (speed only)"}
+
+    def params(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    with tempfile.TemporaryDirectory(prefix="dsvl-bench-") as tmp:
+        work = args.work or Path(tmp)
+        variants = build_variants(model, "", example, calib, work / "base", args.threads, args.int4)
+        pruned_info = None
+        if not args.no_pruned:
+            from dsvl_adapt.compress.structural import StructuralPruneConfig, prune_structural
+
+            student = copy.deepcopy(model)
+            r = args.prune
+            report = prune_structural(student, StructuralPruneConfig(lm_mlp_ratio=r, lm_head_ratio=r,
+                                                                     vision_mlp_ratio=r, vision_head_ratio=r),
+                                      [example])
+            student.eval()
+            pruned_info = {"ratio": r, "params_before": report.params_before, "params_after": report.params_after,
+                           "dims": report.dims}
+            variants += build_variants(student, "pruned/", example, calib, work / "pruned", args.threads,
+                                       args.int4)
+        log(f"timing {len(variants)} variants: {args.rounds} rounds x {args.repeats} calls, batch 1, "
+            f"{int(one['input_ids'].shape[1])} tokens")
+        time_rounds(variants, one, args.rounds, args.repeats)
+        by_name = {v.name: v for v in variants}
+        scores = {}
+        if scoring is not None:
+            for v in variants:
+                t0 = time.perf_counter()
+                scores[v.name] = accuracy(v, scoring, args.batch_size)
+                log(f"accuracy {v.name}: {scores[v.name]} ({time.perf_counter() - t0:.0f} s)")
+
+    result: dict[str, Any] = {
+        "source": source,
+        "params": params(model),
+        "pruned": pruned_info,
+        "setup": {"threads": args.threads, "rounds": args.rounds, "repeats": args.repeats, "batch_size": 1,
+                  "tokens": int(one["input_ids"].shape[1]), "cpu": platform.machine(),
+                  "timing": "prefill (one forward), A B A B rounds; speedups = median over rounds of paired ratios"},
+        "variants": {},
+    }
+    from importlib import metadata
+
+    from dsvl_adapt.score.timing import cpu_model
+
+    result["setup"]["cpu"] = cpu_model()
+    result["versions"] = {name: metadata.version(name) for name in ("torch", "onnxruntime", "openvino", "nncf")}
+    for v in variants:
+        torch_base, ort_base = by_name["torch-fp32"], by_name.get("onnxruntime-fp32")  # the unpruned baselines
+        entry = {"runtime": v.runtime, "size_mib": round(v.size_bytes / 2**20, 1),
+                 "p50_ms": round(float(np.percentile(v.samples, 50)), 2),
+                 "p90_ms": round(float(np.percentile(v.samples, 90)), 2),
+                 "speedup_vs_torch_fp32": paired_speedup(v, torch_base),
+                 "speedup_vs_onnxruntime_fp32": paired_speedup(v, ort_base), **v.info}
+        if v.name.startswith("pruned/"):
+            entry["speedup_vs_pruned_torch_fp32"] = paired_speedup(v, by_name.get("pruned/torch-fp32"))
+        if v.name in scores:
+            entry["metrics"] = scores[v.name]
+        result["variants"][v.name] = entry
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
