@@ -67,7 +67,7 @@ def test_decompression_bomb_is_refused(tmp_path):
 @pytest.mark.parametrize("mode", ["CMYK", "P", "RGBA", "LA", "1", "I;16", "F"])
 def test_image_modes_convert_to_rgb(tmp_path, mode):
     if mode == "I;16":
-        image = Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200, mode="I;16")
+        image = Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200)  # mode I;16
     else:
         image = Image.new(mode, (16, 16))
     converted = open_image(image, source="s")
@@ -76,7 +76,9 @@ def test_image_modes_convert_to_rgb(tmp_path, mode):
 
 def test_sixteen_bit_keeps_its_contrast():
     array = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 250)
-    converted = np.asarray(open_image(Image.fromarray(array, mode="I;16"), source="s"))
+    sixteen = Image.fromarray(array)
+    assert sixteen.mode == "I;16"
+    converted = np.asarray(open_image(sixteen, source="s"))
     assert converted.min() == 0 and converted.max() == 255
 
 
