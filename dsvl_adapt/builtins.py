@@ -8,7 +8,7 @@ from __future__ import annotations
 from .engine import LazyStage
 from .metrics import exact_match
 from .plugins import hookimpl
-from .schemas import MetricSpec
+from .schemas import DatasetRequest, DatasetSpec, MetricSpec, PromptTemplate
 
 CORE_STAGES = (
     LazyStage("load", "load the base model (a local checkpoint, or a reference preset with an offline tokenizer)",
@@ -37,6 +37,30 @@ CORE_STAGES = (
 def dsvl_adapt_register_stages(register):
     for stage in CORE_STAGES:
         register(stage)
+
+
+GENERAL_PROMPT = PromptTemplate(
+    name="general-vqa", system="You are a helpful visual assistant. Answer with one word.", user="{question}",
+    answer_format="a colour, a shape, a count (1-4) or left/right",
+)
+
+
+def _general_rows(request: DatasetRequest):
+    from .data.general import generate_rows
+
+    return generate_rows(request.split, request.size, seed=request.seed, image_size=request.image_size)
+
+
+@hookimpl
+def dsvl_adapt_register_datasets(register):
+    register(DatasetSpec(name="general-vqa", load=_general_rows,
+                         description="general visual questions (colours, shapes, counting, left/right): the "
+                                     "scorecard's check for forgetting"))
+
+
+@hookimpl
+def dsvl_adapt_register_prompts(register):
+    register(GENERAL_PROMPT)
 
 
 @hookimpl

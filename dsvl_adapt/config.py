@@ -173,6 +173,9 @@ class ExportSection(Section):
 
 class ScoreSection(Section):
     batch_size: int = Field(16, ge=1)
+    general_size: int = Field(
+        32, ge=0, description="rows of the general-capability check (colours, shapes, counts, left/right); 0 = off"
+    )
     latency_warmup: int = Field(2, ge=0)
     latency_repeats: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1, description="CPU threads for latency; null = torch default")

@@ -24,6 +24,8 @@ def test_tiny_run_writes_every_stage_and_the_scorecard(tiny_run):
     card = dsvl_adapt.load_scorecard(tiny_run)
     assert set(card.accuracy) == {"base", "teacher", "student"}
     assert card.metric == "accuracy" and set(card.metrics["teacher"]) == {"accuracy", "miss_rate", "overkill_rate"}
+    assert set(card.general) == {"base", "teacher", "student"}  # the general-capability (forgetting) check
+    assert all(0.0 <= v <= 1.0 for v in card.general.values())
     assert card.latency["teacher"].p50_ms > 0 and card.latency["teacher"].runtime.startswith("torch-eager")
     assert card.size["teacher"].bytes > 0 and card.params["teacher"] > 0
     assert (tiny_run / "scorecard.md").read_text().startswith("# Scorecard — industrial")

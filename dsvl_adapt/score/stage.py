@@ -57,7 +57,8 @@ class ScoreStage:
             answers = runner.answers(encoder, items, batch_size=cfg.batch_size,
                                      max_new_tokens=vertical.max_answer_tokens, label=f"score {label}")
             _write_predictions(context.work_dir / f"predictions-{label}.jsonl", rows, answers)
-            result: dict[str, Any] = {"runner": runner, "metrics": compute_metrics(specs, answers, rows)}
+            result: dict[str, Any] = {"runner": runner, "metrics": compute_metrics(specs, answers, rows),
+                                      "general": _general_accuracy(context, runner, label)}
             if label != "base":
                 one = encoder.generation_batch(items[:1])
                 result["latency"] = Latency(**runner.latency(one, warmup=cfg.latency_warmup,
@@ -100,13 +101,18 @@ class ScoreStage:
                                                   metrics=result["metrics"], latency=result.get("latency"),
                                                   size_bytes=runner.size_bytes)
         accuracy = {role: values[primary.name] for role, values in metrics.items()}
+        general = {role: results[path]["general"] for role, path in roles.items()
+                   if results[path]["general"] is not None}
+        if "base" in general and "teacher" in general and general["teacher"] < general["base"] - 0.1:
+            notes.append(f"forgetting: general-capability accuracy fell from {general['base']:.2f} (base) to "
+                         f"{general['teacher']:.2f} (teacher) with fine-tuning")
         retention = None
         if "teacher" in accuracy and "student" in accuracy and accuracy["teacher"] > 0:
             retention = round(accuracy["student"] / accuracy["teacher"], 6)
         objectives = _objectives(context.vertical.objectives, accuracy, retention)
         return Scorecard(
             vertical=context.vertical.name, metric=primary.name, higher_is_better=primary.higher_is_better,
-            accuracy=accuracy, retention=retention, metrics=metrics, latency=latency, runtimes=runtimes, size=sizes,
+            accuracy=accuracy, retention=retention, metrics=metrics, general=general, latency=latency, runtimes=runtimes, size=sizes,
             params=params, peak_rss_bytes=peak_rss_bytes(), targets=_targets(context, results),
             objectives=objectives, verdict=all(o.ok for o in objectives) if objectives else None,
             skipped_rows=context.skipped_rows(), test_rows=test_rows, stages=dict(context.figures), notes=notes,
@@ -114,6 +120,25 @@ class ScoreStage:
                         "git_revision": git_revision(), "run_dir": str(context.run_dir),
                         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         )
+
+
+def _general_accuracy(context: RunContext, runner: Runner, label: str) -> float | None:
+    """Exact match on the core's general visual questions: flags what fine-tuning made the model forget."""
+    size = context.config.score.general_size
+    if size == 0:
+        return None
+    from ..data.loading import load_split
+    from ..metrics import exact_match
+    from ..schemas import DatasetRequest
+
+    registry = context.registry
+    image_size = runner.processor.image_processor.size["height"]
+    rows = load_split(registry.datasets.get("general-vqa"),
+                      DatasetRequest(split="test", size=size, seed=context.config.seed, image_size=image_size)).rows
+    encoder = BatchEncoder(runner.processor, registry.prompts.get("general-vqa"))
+    answers = runner.answers(encoder, encoder.encode_all(rows), batch_size=context.config.score.batch_size,
+                             max_new_tokens=4, label=f"general {label}")
+    return round(exact_match(answers, [row.answer for row in rows]), 6)
 
 
 def _loader(context: RunContext) -> Any:
