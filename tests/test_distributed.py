@@ -11,7 +11,8 @@ import sys
 import pytest
 
 LEARNING = ["model=reference-tiny", "pipeline.stages=[load,finetune,prune.structural,distill,score]",
-            "finetune.full.steps=300", "finetune.full.eval_every=100", "finetune.lora.train.steps=20",
+            "finetune.full.steps=300", "finetune.full.lr=1e-3", "finetune.full.eval_every=100",
+            "finetune.lora.train.steps=20",
             "distill.train.steps=60", "prune.structural.vision_mlp_ratio=0", "data.test_size=100",
             "score.models=[teacher,student]", "score.latency_repeats=2"]
 
