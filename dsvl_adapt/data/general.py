@@ -4,13 +4,16 @@ Simple scenes of flat coloured shapes on a plain background, asking one of four 
 of question. A vertical fine-tune that forgets these is losing general visual skills, so
 the scorecard tracks accuracy here next to the vertical's own metric.
 
-* ``colour``   "What colour is the shape?"                 -> one of ``COLOURS``
-* ``shape``    "What shape is this?"                       -> one of ``SHAPES``
-* ``count``    "How many circles are there?"               -> "1" .. "4"
-* ``position`` "Is the shape on the left or the right?"    -> "left" | "right"
+* ``colour``   "What colour is the shape?"                   -> one of ``COLOURS``
+* ``shape``    "What shape is this?"                         -> one of ``SHAPES``
+* ``count``    "How many black dots are there?"              -> "1" .. "4"
+* ``position`` "Is the black shape on the left or the right?" -> "left" | "right"
 
-Position uses halves of the image (not quadrants) and a large shape that sits well inside
-its half, so it stays learnable for a small model with an 8x8 token grid.
+Colour and shape scenes hold one large coloured shape. Counting and position scenes use
+black shapes, so the count or the side is the only thing that changes (with random
+colours a small model needs far more steps for either). Position uses halves of the image
+(not quadrants) and a large shape well inside its half. Colour needs few examples, so the
+other question types get two or three times its share of rows (``QUESTION_WEIGHTS``).
 
     rows = generate_rows("test", 200, seed=0, image_size=128)
 """
@@ -32,12 +35,13 @@ COUNTS = ("1", "2", "3", "4")
 POSITIONS = ("left", "right")
 QUESTION_TYPES = ("colour", "shape", "count", "position")
 ANSWERS = {"colour": COLOURS, "shape": SHAPES, "count": COUNTS, "position": POSITIONS}
+ANSWER_SPACE = ANSWERS  # question type -> possible answers
 QUESTIONS = {
     "colour": ("What colour is the shape?", "What color is the object?", "Which colour is the shape in the picture?"),
     "shape": ("What shape is this?", "What shape is shown?", "Name the shape in the image."),
-    "count": ("How many circles are there?", "How many dots are in the image?", "Count the circles."),
-    "position": ("Is the shape on the left or the right?", "Which side of the image is the object on?",
-                 "Is the object in the left or right half?"),
+    "count": ("How many black dots are there?", "How many dots are in the image?", "Count the black circles."),
+    "position": ("Is the black shape on the left or the right?", "Which side of the image is the black shape on?",
+                 "Is the black object in the left or right half?"),
 }
 _RGB = {
     "red": (220, 30, 35),
@@ -51,7 +55,7 @@ _RGB = {
 
 # Share of rows per question type: colour is learnt from a handful of examples, the
 # others need more, so they get twice as many rows.
-QUESTION_WEIGHTS = {"colour": 1, "shape": 2, "count": 2, "position": 2}
+QUESTION_WEIGHTS = {"colour": 1, "shape": 2, "count": 2, "position": 3}
 
 
 def _slots() -> tuple:
@@ -62,6 +66,7 @@ def _slots() -> tuple:
 
 
 _SLOTS = _slots()
+BALANCE_BLOCK = len(_SLOTS)  # rows are exactly balanced in every consecutive block of this many
 
 
 # --------------------------------------------------------------------------- seeding
@@ -132,21 +137,30 @@ def _render(rng, asked: str, answer: str, s: int):
     else:
         side = answer
     if asked == "count":
-        shape, r = "circle", 0.1  # counting dots: the count is the only thing that varies
+        shape, r = "circle", 0.12  # counting dots: the count is the only thing that varies
         centres = _place(rng, count, r, (0.04, 0.04, 0.96, 0.96))
     elif asked == "position":
-        r = rng.uniform(0.2, 0.22)
-        cx = (0.25 if side == "left" else 0.75) + rng.uniform(-0.02, 0.02)
-        centres = [(cx, 0.5 + rng.uniform(-0.1, 0.1))]
+        r = rng.uniform(0.21, 0.23)
+        cx = (0.25 if side == "left" else 0.75) + rng.uniform(-0.01, 0.01)
+        centres = [(cx, 0.5 + rng.uniform(-0.06, 0.06))]
     else:
         r = rng.uniform(0.25, 0.28)
         centres = [(0.5 + rng.uniform(-0.04, 0.04), 0.5 + rng.uniform(-0.04, 0.04))]
     ss = 2
     S = s * ss
-    bg = tuple(int(c) for c in np.clip(rng.uniform(200, 245) + rng.normal(0, 6, 3), 0, 255))
+    bg = tuple(int(c) for c in np.clip(rng.uniform(236, 244) + rng.normal(0, 2, 3), 0, 255))
     img = Image.new("RGB", (S, S), bg)
     d = ImageDraw.Draw(img)
-    fill = tuple(int(c) for c in np.clip(np.array(_RGB[colour]) + rng.integers(-15, 16, 3), 0, 255))
+    if asked in ("count", "position"):
+        # counting and position use black shapes: with one consistent look, "how many" and
+        # "where" are what varies (with random colours a small model needs far more steps)
+        colour, rgb = "black", (40, 40, 45)
+    else:
+        rgb = _RGB[colour]
+    jitter = rng.integers(-15, 16, 3)
+    if colour == "black":  # stays a neutral near-black
+        jitter = np.full(3, jitter[0] // 2)
+    fill = tuple(int(c) for c in np.clip(np.array(rgb) + jitter, 0, 255))
     rot = rng.uniform(-0.1, 0.1)
     for cx, cy in centres:
         d.polygon([(x * S, y * S) for x, y in _polygon(shape, cx, cy, r, rot)], fill=fill)

@@ -46,6 +46,7 @@ DOC_TYPES = ("invoice", "receipt")
 PAID_ANSWERS = ("yes", "no")
 QUESTION_TYPES = ("vendor", "doc_type", "paid")
 ANSWERS = {"vendor": VENDOR_ANSWERS, "doc_type": DOC_TYPES, "paid": PAID_ANSWERS}
+ANSWER_SPACE = ANSWERS  # question type -> possible answers
 QUESTIONS = {
     "vendor": (
         "Which vendor issued this document?",
@@ -78,6 +79,7 @@ def _slots() -> tuple:
 
 
 _SLOTS = _slots()
+BALANCE_BLOCK = len(_SLOTS)  # rows are exactly balanced in every consecutive block of this many
 
 
 # --------------------------------------------------------------------------- seeding
@@ -163,7 +165,7 @@ def _logo(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fi
 
 
 def _font(px: float):
-    return ImageFont.load_default(size=max(6, int(round(px))))
+    return ImageFont.load_default(size=max(6, round(px)))
 
 
 def _invoice(rng, f: dict, brand, shape: str, S: int) -> Image.Image:
@@ -267,7 +269,7 @@ def _receipt(rng, f: dict, brand, shape: str, S: int) -> Image.Image:
 def _render(rng, f: dict, s: int) -> Image.Image:
     ss = 3
     S = s * ss
-    name, brand, shape = next(v for v in VENDORS if v[0] == f["vendor"])
+    _, brand, shape = next(v for v in VENDORS if v[0] == f["vendor"])
     brand = tuple(int(c) for c in np.clip(np.array(brand) + rng.integers(-12, 13, 3), 0, 255))
     img = _invoice(rng, f, brand, shape, S) if f["doc_type"] == "invoice" else _receipt(rng, f, brand, shape, S)
     img = img.resize((s, s), Image.LANCZOS)

@@ -11,12 +11,13 @@ not content. Defects are sized for a 128 px image seen through 16 px patches (an
 token grid): every defect spans several patches.
 
     rows = generate_rows("train", 1000, seed=0, image_size=128)
-    rows[0]["question"], rows[0]["answer"]  # 'What defect is visible on this surface?', 'dent'
+    rows[0]["question"], rows[0]["answer"]  # e.g. 'What defect is visible on this surface?', 'dent'
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 
 import numpy as np
@@ -27,6 +28,7 @@ SPLITS = ("train", "validation", "test")
 DEFECTS = ("scratch", "dent", "stain", "crack", "none")
 SURFACES = ("brushed metal", "fabric", "wood", "cast metal")
 QUESTION_TYPES = ("defect",)
+ANSWER_SPACE = {"defect": DEFECTS}  # question type -> possible answers
 QUESTIONS = (
     "What defect is visible on this surface?",
     "What kind of defect does this part have?",
@@ -35,6 +37,7 @@ QUESTIONS = (
     "Name the surface defect in this image.",
     "What is wrong with this surface?",
 )
+BALANCE_BLOCK = len(DEFECTS)  # rows are exactly balanced in every consecutive block of this many
 LOCATIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
 
@@ -93,7 +96,7 @@ def _seg_dist(x, y, p0, p1) -> np.ndarray:
 
 def _poly_dist(x, y, pts) -> np.ndarray:
     d = np.full(x.shape, np.inf, dtype=np.float32)
-    for a, b in zip(pts[:-1], pts[1:]):
+    for a, b in itertools.pairwise(pts):
         d = np.minimum(d, _seg_dist(x, y, a, b))
     return d
 
@@ -228,8 +231,9 @@ def _render(rng, defect: str, s: int):
         hue = rng.integers(3)
         col = [np.array([1.0, 0.55, 0.3]), np.array([0.75, 0.5, 0.3]), np.array([1.0, 0.8, 0.35])][hue]
         col = col + rng.normal(0, 0.03, 3)
+        col = col / (0.3 * col[0] + 0.59 * col[1] + 0.11 * col[2])  # a hue shift, not a darkening
         color = 1 + alpha[..., None] * (col[None, None, :] - 1)
-        lum = lum * (1 - 0.22 * alpha - 0.1 * ring)
+        lum = lum * (1 - 0.08 * alpha - 0.08 * ring)
         mask = alpha > 0.5
         meta["stain"] = ("rust", "oil", "water")[hue]
     else:

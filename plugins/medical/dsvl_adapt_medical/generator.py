@@ -59,6 +59,8 @@ def format_answer(finding: str, side: str | None) -> str:
 
 
 ANSWERS = tuple(dict.fromkeys(format_answer(f, s) for f, s in _SLOTS))
+ANSWER_SPACE = {"report": ANSWERS}  # question type -> possible answers
+BALANCE_BLOCK = len(_SLOTS)  # rows are exactly balanced in every consecutive block of this many
 
 
 def parse_answer(text: str) -> dict:
@@ -116,24 +118,21 @@ def _soft(f: np.ndarray, edge: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip((f - 1.0) / edge, -30, 30)))
 
 
-def _lung(x, y, cx, top, bottom, half_w, medial_flat, dome):
-    """Implicit lung field (values < 1 inside) and its diaphragm line."""
+def _lung(x, y, cx, top, bottom, half_w, medial, dome):
+    """Implicit lung field: < 1 inside. Elliptic apex; below mid-height bounded by the diaphragm dome."""
     t = np.clip((y - top) / (bottom - top), 0, 1)
     w = half_w * (0.45 + 0.55 * np.sqrt(t))  # narrow apex, wide base
     fx = (x - cx) / w
-    fx = np.where(fx * medial_flat > 0, fx * 1.15, fx)  # flatter medial border
+    fx = np.where(fx * medial > 0, fx * 1.15, fx)  # flatter medial border
     cy = (top + bottom) / 2
     fy = (y - cy) / ((bottom - top) / 2)
-    f = fx ** 2 + np.maximum(fy, -10) ** 2 * (fy < 0) + 0.0
-    # below the centre the field is bounded by the dome of the diaphragm instead of an ellipse
     dome_y = bottom - dome * (1 - np.clip(((x - cx) / half_w) ** 2, 0, 1))
-    f = np.where(fy < 0, f, fx ** 2 + np.clip((y - cy) / (dome_y - cy + 1e-6), 0, None) ** 6)
-    return f, dome_y
+    lower = fx ** 2 + np.clip((y - cy) / (dome_y - cy + 1e-6), 0, None) ** 6
+    return np.where(fy < 0, fx ** 2 + fy ** 2, lower)
 
 
 def _render(rng, finding: str, side: str | None, s: int):
     x, y = _grid(s)
-    px = 1.0 / s
     # patient positioning / scale jitter: transform the sampling grid
     sc = rng.uniform(0.96, 1.03)
     rot = rng.uniform(-0.025, 0.025)
@@ -156,8 +155,8 @@ def _render(rng, finding: str, side: str | None, s: int):
     gap = rng.uniform(0.17, 0.19)
     lungs = {}
     for sd, cx, bot, medial in (("right", 0.5 - gap, bottom_r, 1.0), ("left", 0.5 + gap, bottom_l, -1.0)):
-        f, dome = _lung(X, Y, cx, top, bot, hw, medial, rng.uniform(0.05, 0.08))
-        lungs[sd] = dict(f=f, mask=_soft(f, 0.08), cx=cx, bottom=bot, dome=dome)
+        f = _lung(X, Y, cx, top, bot, hw, medial, rng.uniform(0.05, 0.08))
+        lungs[sd] = {"f": f, "mask": _soft(f, 0.08), "cx": cx, "bottom": bot}
     lung_mask = np.maximum(lungs["right"]["mask"], lungs["left"]["mask"])
 
     # heart shadow: bulges into the image-right (patient's left) lower field
