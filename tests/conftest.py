@@ -30,9 +30,16 @@ def tiny_overrides() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One complete tiny run (load -> finetune -> score), shared read-only by many tests."""
-    import dsvl_adapt
+    """One complete tiny run of the default pipeline, shared read-only by many tests.
+
+    Run as a user would, in a fresh process: tests elsewhere change torch's thread count, and a
+    different thread count changes float reductions, which the determinism tests would see.
+    """
+    import subprocess
+    import sys
 
     run_dir = tmp_path_factory.mktemp("tiny-run")
-    dsvl_adapt.run(TINY, run_dir=run_dir)
+    result = subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", "run", *TINY, f"run_dir={run_dir}"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
