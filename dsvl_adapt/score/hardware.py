@@ -114,7 +114,8 @@ def check_target(
             rps = None if not p90 else 1000.0 / p90 * target.batch_size
             checks.append(FitCheck(name="throughput", ok=None if rps is None else rps >= target.throughput_rps,
                                    value=None if rps is None else round(rps, 2), limit=target.throughput_rps,
-                                   unit="req/s", estimated=estimated,
-                                   note=f"batch {target.batch_size} / latency; {how}"))
+                                   unit="req/s", estimated=True,
+                                   note=f"batch {target.batch_size} / batch-1 p90 latency (assumes a batch costs "
+                                        f"what one request does); latency {how}"))
     fits = all(c.ok is not False for c in checks)
     return TargetFit(name=target.name, device=target.device, runtime=target.runtime, fits=fits, checks=checks)
