@@ -23,11 +23,12 @@ Each vendor has its own brand colour and logo shape, and its name is printed.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from dsvl_adapt.data.synthetic import balanced_order, check_request, split_stream
 
 NAME = "finance"
 SPLITS = ("train", "validation", "test")
@@ -84,27 +85,14 @@ BALANCE_BLOCK = len(_SLOTS)  # rows are exactly balanced in every consecutive bl
 
 # --------------------------------------------------------------------------- seeding
 def _stream(split: str) -> int:
-    """Stable 32-bit id of a split's random stream (not Python's salted ``hash``)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return int.from_bytes(hashlib.sha256(f"dsvl-adapt/{NAME}/{split}".encode()).digest()[:4], "little")
+    return split_stream(NAME, split)
 
 
-def _check(n: int, seed: int, image_size: int) -> None:
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    if seed < 0:
-        raise ValueError("seed must be >= 0")
-    if image_size < 32:
-        raise ValueError("image_size must be >= 32")
+_check = check_request
 
 
 def _balanced(slots: tuple, split: str, seed: int, n: int) -> list:
-    out, k = [], len(slots)
-    for b in range(-(-n // k)):
-        perm = np.random.default_rng([_stream(split), seed, 2, b]).permutation(k)
-        out.extend(slots[j] for j in perm)
-    return out[:n]
+    return balanced_order(slots, NAME, split, seed, n)
 
 
 # --------------------------------------------------------------------------- content

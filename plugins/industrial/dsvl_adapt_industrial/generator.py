@@ -16,12 +16,13 @@ token grid): every defect spans several patches.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 
 import numpy as np
 from PIL import Image
+
+from dsvl_adapt.data.synthetic import check_request, split_stream
 
 NAME = "industrial"
 SPLITS = ("train", "validation", "test")
@@ -43,19 +44,10 @@ LOCATIONS = ("top left", "top", "top right", "left", "center", "right", "bottom 
 
 # --------------------------------------------------------------------------- seeding
 def _stream(split: str) -> int:
-    """Stable 32-bit id of a split's random stream (not Python's salted ``hash``)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return int.from_bytes(hashlib.sha256(f"dsvl-adapt/{NAME}/{split}".encode()).digest()[:4], "little")
+    return split_stream(NAME, split)
 
 
-def _check(n: int, seed: int, image_size: int) -> None:
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    if seed < 0:
-        raise ValueError("seed must be >= 0")
-    if image_size < 32:
-        raise ValueError("image_size must be >= 32")
+_check = check_request
 
 
 def _balanced(slots: tuple, split: str, seed: int, n: int) -> list:
