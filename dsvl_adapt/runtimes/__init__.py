@@ -17,12 +17,13 @@ Heavy libraries (torch, onnxruntime, openvino) are imported lazily.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TorchRuntimeModel", "greedy_generate", "position_ids_from_mask", "to_numpy"]
+__all__ = ["GraphRuntimeModel", "TorchRuntimeModel", "greedy_generate", "position_ids_from_mask", "to_numpy"]
 
 
 def position_ids_from_mask(attention_mask):
@@ -142,3 +143,84 @@ class TorchRuntimeModel:
         image = self.image_embeddings(batch) if batch.get("pixel_values") is not None else None
         return greedy_generate(lambda ids, mask: self._logits(ids, mask, image, last_only=True), batch["input_ids"],
                                batch.get("attention_mask"), max_new_tokens, eos_token_id, pad_token_id)
+
+
+class GraphRuntimeModel(ABC):
+    """What ONNX Runtime and OpenVINO models share: exported graphs, full (``model``) or split (``vision`` +
+    ``lm`` on ``inputs_embeds`` with ``embed_tokens.npy``). A subclass sets ``image_token_id``, ``hybrid``,
+    ``_embed`` and ``graph_suffix`` (e.g. ``.onnx``), and provides ``graphs`` (the loaded graphs by name) and
+    ``_infer(name, feeds)`` returning a graph's single output."""
+
+    image_token_id: int
+    hybrid: bool
+    _embed: Any
+    graph_suffix = ""
+
+    @property
+    @abstractmethod
+    def graphs(self) -> dict[str, Any]:
+        """The loaded graphs by name: ``model``, or ``vision`` and ``lm``."""
+
+    @abstractmethod
+    def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run graph ``name`` on ``feeds``; its single output as numpy."""
+
+    def _pixel_feeds(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        names = ["pixel_values"] + (["high_res_pixel_values"] if self.hybrid else [])
+        missing = [n for n in names if batch.get(n) is None]
+        if missing:
+            raise ValueError(f"batch lacks {missing}")
+        return {n: to_numpy(batch[n], np.float32) for n in names}
+
+    def image_embeddings(self, batch: dict[str, Any]) -> np.ndarray:
+        """Aligned image features (images, N, hidden); split graphs only."""
+        if "vision" not in self.graphs:
+            raise ValueError(f"image_embeddings needs a split export (vision{self.graph_suffix})")
+        return self._infer("vision", self._pixel_feeds(batch))
+
+    def inputs_embeds(self, input_ids: np.ndarray, image_embeds: np.ndarray | None) -> np.ndarray:
+        """Token embeddings with the image embeddings written at the image-token positions (split graphs)."""
+        if self._embed is None:
+            raise ValueError("inputs_embeds needs a split export (embed_tokens.npy)")
+        embeds = np.asarray(self._embed[input_ids], dtype=np.float32)
+        if image_embeds is not None:
+            where = input_ids == self.image_token_id
+            feats = image_embeds.reshape(-1, embeds.shape[-1])
+            if int(where.sum()) != feats.shape[0]:
+                raise ValueError(f"{int(where.sum())} image tokens in input_ids, {feats.shape[0]} image embeddings")
+            embeds[where] = feats  # row-major order, as masked_scatter
+        return embeds
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, pixels: dict[str, np.ndarray] | None,
+             image_embeds: np.ndarray | None) -> np.ndarray:
+        if "model" in self.graphs:
+            if pixels is None:
+                raise ValueError("the full graph needs pixel_values; export split graphs for text-only input")
+            return self._infer("model", {"input_ids": ids, "attention_mask": mask, **pixels})
+        return self._infer("lm", {"inputs_embeds": self.inputs_embeds(ids, image_embeds), "attention_mask": mask})
+
+    def _image_inputs(self, batch: dict[str, Any]) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
+        if batch.get("pixel_values") is None:
+            return None, None
+        pixels = self._pixel_feeds(batch)
+        return pixels, (self.image_embeddings(batch) if "vision" in self.graphs else None)
+
+    def forward(self, batch: dict[str, Any]) -> np.ndarray:
+        """Logits (B, T, vocab), float32 numpy."""
+        ids = to_numpy(batch["input_ids"], np.int64)
+        mask = to_numpy(batch.get("attention_mask", np.ones_like(ids)), np.int64)
+        return self._run(ids, mask, *self._image_inputs(batch))
+
+    __call__ = forward
+
+    def generate(self, batch: dict[str, Any], max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
+                 pad_token_id: int | None = None) -> np.ndarray:
+        """Greedy decoding without KV cache (the prompt is re-run each step); new ids (B, steps). Left padding."""
+        pixels, image = self._image_inputs(batch)
+
+        def step(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return self._run(ids, mask, pixels, image)[:, -1]
+
+        return greedy_generate(step, batch["input_ids"], batch.get("attention_mask"), max_new_tokens, eos_token_id,
+                               pad_token_id)
+

@@ -40,7 +40,7 @@ from dsvl_adapt.export.onnx import (
     read_report,
     write_inventory,
 )
-from dsvl_adapt.runtimes import greedy_generate, to_numpy
+from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
     from dsvl_adapt.compress.quantize import QuantizeConfig
@@ -60,10 +60,11 @@ def _ort():
     return onnxruntime
 
 
-class OnnxRuntimeModel:
+class OnnxRuntimeModel(GraphRuntimeModel):
     """An export directory (full or split, fp32 or quantized) in ONNX Runtime, CPU by default."""
 
     name = "onnxruntime"
+    graph_suffix = ".onnx"
 
     def __init__(self, report: ExportReport, *, threads: int | None = None, providers: Sequence[str] | None = None):
         ort = _ort()
@@ -93,64 +94,14 @@ class OnnxRuntimeModel:
     def size_bytes(self) -> int:
         return self.report.bytes
 
-    def _pixel_feeds(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        names = ["pixel_values"] + (["high_res_pixel_values"] if self.hybrid else [])
-        missing = [n for n in names if batch.get(n) is None]
-        if missing:
-            raise ValueError(f"batch lacks {missing}")
-        return {n: to_numpy(batch[n], np.float32) for n in names}
+    @property
+    def graphs(self) -> dict[str, Any]:
+        return self.sessions
 
-    def image_embeddings(self, batch: dict[str, Any]) -> np.ndarray:
-        """Aligned image features (images, N, hidden); split graphs only."""
-        if "vision" not in self.sessions:
-            raise ValueError("image_embeddings needs a split export (vision.onnx)")
-        return self.sessions["vision"].run(["image_embeds"], self._pixel_feeds(batch))[0]
+    def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        output = "image_embeds" if name == "vision" else "logits"
+        return self.sessions[name].run([output], feeds)[0]
 
-    def inputs_embeds(self, input_ids: np.ndarray, image_embeds: np.ndarray | None) -> np.ndarray:
-        """Token embeddings with the image embeddings written at the image-token positions (split graphs)."""
-        if self._embed is None:
-            raise ValueError("inputs_embeds needs a split export (embed_tokens.npy)")
-        embeds = np.asarray(self._embed[input_ids], dtype=np.float32)
-        if image_embeds is not None:
-            where = input_ids == self.image_token_id
-            feats = image_embeds.reshape(-1, embeds.shape[-1])
-            if int(where.sum()) != feats.shape[0]:
-                raise ValueError(f"{int(where.sum())} image tokens in input_ids, {feats.shape[0]} image embeddings")
-            embeds[where] = feats  # row-major order, as masked_scatter
-        return embeds
-
-    def _run(self, ids: np.ndarray, mask: np.ndarray, pixels: dict[str, np.ndarray] | None,
-             image_embeds: np.ndarray | None) -> np.ndarray:
-        if "model" in self.sessions:
-            if pixels is None:
-                raise ValueError("the full graph needs pixel_values; export with split=True for text-only input")
-            return self.sessions["model"].run(["logits"], {"input_ids": ids, "attention_mask": mask, **pixels})[0]
-        embeds = self.inputs_embeds(ids, image_embeds)
-        return self.sessions["lm"].run(["logits"], {"inputs_embeds": embeds, "attention_mask": mask})[0]
-
-    def forward(self, batch: dict[str, Any]) -> np.ndarray:
-        """Logits (B, T, vocab), float32 numpy."""
-        ids = to_numpy(batch["input_ids"], np.int64)
-        mask = to_numpy(batch.get("attention_mask", np.ones_like(ids)), np.int64)
-        has_image = batch.get("pixel_values") is not None
-        pixels = self._pixel_feeds(batch) if has_image else None
-        image = self.image_embeddings(batch) if has_image and "vision" in self.sessions else None
-        return self._run(ids, mask, pixels, image)
-
-    __call__ = forward
-
-    def generate(self, batch: dict[str, Any], max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
-                 pad_token_id: int | None = None) -> np.ndarray:
-        """Greedy decoding without KV cache; returns the new token ids (B, steps). Prompts must be left-padded."""
-        has_image = batch.get("pixel_values") is not None
-        pixels = self._pixel_feeds(batch) if has_image else None
-        image = self.image_embeddings(batch) if has_image and "vision" in self.sessions else None
-
-        def step(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            return self._run(ids, mask, pixels, image)[:, -1]
-
-        return greedy_generate(step, batch["input_ids"], batch.get("attention_mask"), max_new_tokens, eos_token_id,
-                               pad_token_id)
 
 
 # --------------------------------------------------------------------------------------------------------------------

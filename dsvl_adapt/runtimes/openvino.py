@@ -52,7 +52,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dsvl_adapt.errors import ConfigError
-from dsvl_adapt.runtimes import greedy_generate, to_numpy
+from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -219,10 +219,11 @@ def _effective(compiled) -> dict[str, Any]:
     return out
 
 
-class OpenVinoModel:
+class OpenVinoModel(GraphRuntimeModel):
     """An OpenVINO IR directory (full or split, fp32 or compressed) on the CPU, behind the runtime interface."""
 
     name = "openvino"
+    graph_suffix = ".xml"
 
     def __init__(self, report: OpenVinoReport, *, threads: int | None = None, precision: str | None = None,
                  models: dict[str, Any] | None = None):
@@ -257,66 +258,13 @@ class OpenVinoModel:
     def size_bytes(self) -> int:
         return self.report.bytes
 
+    @property
+    def graphs(self) -> dict[str, Any]:
+        return self.requests
+
     def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         result = self.requests[name].infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return np.array(result.to_tuple()[0], copy=True)
-
-    def _pixel_feeds(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        names = ["pixel_values"] + (["high_res_pixel_values"] if self.hybrid else [])
-        missing = [n for n in names if batch.get(n) is None]
-        if missing:
-            raise ValueError(f"batch lacks {missing}")
-        return {n: to_numpy(batch[n], np.float32) for n in names}
-
-    def image_embeddings(self, batch: dict[str, Any]) -> np.ndarray:
-        """Aligned image features (images, N, hidden); split graphs only."""
-        if "vision" not in self.requests:
-            raise ValueError("image_embeddings needs a split export (vision.xml)")
-        return self._infer("vision", self._pixel_feeds(batch))
-
-    def inputs_embeds(self, input_ids: np.ndarray, image_embeds: np.ndarray | None) -> np.ndarray:
-        if self._embed is None:
-            raise ValueError("inputs_embeds needs a split export (embed_tokens.npy)")
-        embeds = np.asarray(self._embed[input_ids], dtype=np.float32)
-        if image_embeds is not None:
-            where = input_ids == self.image_token_id
-            feats = image_embeds.reshape(-1, embeds.shape[-1])
-            if int(where.sum()) != feats.shape[0]:
-                raise ValueError(f"{int(where.sum())} image tokens in input_ids, {feats.shape[0]} image embeddings")
-            embeds[where] = feats
-        return embeds
-
-    def _run(self, ids: np.ndarray, mask: np.ndarray, pixels: dict[str, np.ndarray] | None,
-             image_embeds: np.ndarray | None) -> np.ndarray:
-        if "model" in self.requests:
-            if pixels is None:
-                raise ValueError("the full graph needs pixel_values; convert a split export for text-only input")
-            return self._infer("model", {"input_ids": ids, "attention_mask": mask, **pixels})
-        return self._infer("lm", {"inputs_embeds": self.inputs_embeds(ids, image_embeds), "attention_mask": mask})
-
-    def forward(self, batch: dict[str, Any]) -> np.ndarray:
-        """Logits (B, T, vocab), float32 numpy."""
-        ids = to_numpy(batch["input_ids"], np.int64)
-        mask = to_numpy(batch.get("attention_mask", np.ones_like(ids)), np.int64)
-        has_image = batch.get("pixel_values") is not None
-        pixels = self._pixel_feeds(batch) if has_image else None
-        image = self.image_embeddings(batch) if has_image and "vision" in self.requests else None
-        return self._run(ids, mask, pixels, image)
-
-    __call__ = forward
-
-    def generate(self, batch: dict[str, Any], max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
-                 pad_token_id: int | None = None) -> np.ndarray:
-        """Greedy decoding without KV cache (the prompt is re-run each step); new ids (B, steps). Left padding."""
-        has_image = batch.get("pixel_values") is not None
-        pixels = self._pixel_feeds(batch) if has_image else None
-        image = self.image_embeddings(batch) if has_image and "vision" in self.requests else None
-
-        def step(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            return self._run(ids, mask, pixels, image)[:, -1]
-
-        return greedy_generate(step, batch["input_ids"], batch.get("attention_mask"), max_new_tokens, eos_token_id,
-                               pad_token_id)
 
 
 # --------------------------------------------------------------------------------------------------------------------
