@@ -11,17 +11,12 @@ from ..errors import DataError
 SPLIT_FILES = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
 
 
-def read_jsonl_split(directory: str | Path, split: str) -> Iterator[dict[str, Any]]:
-    """Yield raw rows of ``<directory>/<split>.jsonl``; each carries ``_source`` = ``file:line``.
+def iter_json_objects(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
+    """``(source, object, error)`` for each non-blank line of a JSONL file; ``source`` is ``file:line``.
 
-    Lines that are not JSON objects raise :class:`DataError` naming file and line; the core's
-    ``on_bad_row`` policy decides whether that stops the run. Image paths stay relative; the
-    core resolves them against the directory and refuses paths that leave it.
+    A line that is not UTF-8, not JSON or not an object gives ``object=None`` and the reason, so a
+    loader can hand it on as a bad row (the core's ``on_bad_row`` policy decides).
     """
-    directory = Path(directory)
-    path = directory / SPLIT_FILES.get(split, f"{split}.jsonl")
-    if not path.is_file():
-        raise DataError(f"{path} not found: a dataset folder needs {', '.join(SPLIT_FILES.values())}")
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             source = f"{path}:{number}"
@@ -30,16 +25,32 @@ def read_jsonl_split(directory: str | Path, split: str) -> Iterator[dict[str, An
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError:
-                yield {"_source": source, "_error": "line is not valid UTF-8; re-encode the file as UTF-8"}
+                yield source, None, "line is not valid UTF-8; re-encode the file as UTF-8"
                 continue
             try:
-                row = json.loads(text)
+                value = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield {"_source": source, "_error": f"not valid JSON ({exc.msg} at column {exc.colno})"}
+                yield source, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
                 continue
-            if isinstance(row, dict):
-                row["_source"] = source
-                row["_root"] = str(directory)
-            else:
-                row = {"_source": source, "_error": f"expected a JSON object, got {type(row).__name__}"}
-            yield row
+            if not isinstance(value, dict):
+                yield source, None, f"expected a JSON object, got {type(value).__name__}"
+                continue
+            yield source, value, None
+
+
+def read_jsonl_split(directory: str | Path, split: str) -> Iterator[dict[str, Any]]:
+    """Yield raw rows of ``<directory>/<split>.jsonl``; each carries ``_source`` = ``file:line``.
+
+    Lines that are not JSON objects come as ``{"_source", "_error"}`` rows naming file and line; the
+    core's ``on_bad_row`` policy decides whether that stops the run. Image paths stay relative; the
+    core resolves them against the directory and refuses paths that leave it.
+    """
+    directory = Path(directory)
+    path = directory / SPLIT_FILES.get(split, f"{split}.jsonl")
+    if not path.is_file():
+        raise DataError(f"{path} not found: a dataset folder needs {', '.join(SPLIT_FILES.values())}")
+    for source, row, error in iter_json_objects(path):
+        if row is None:
+            yield {"_source": source, "_error": error}
+        else:
+            yield {**row, "_source": source, "_root": str(directory)}

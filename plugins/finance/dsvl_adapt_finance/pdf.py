@@ -22,7 +22,6 @@ decides whether that stops the run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -63,8 +62,9 @@ def render_page(path: str | Path, page: int = 1, *, dpi: float = DPI, document: 
 
 def open_pdf(path: str | Path) -> Any:
     """Open a PDF with pypdfium2; a corrupt, encrypted or missing file is a DataError naming it."""
-    from dsvl_adapt.errors import DataError
     import pypdfium2 as pdfium
+
+    from dsvl_adapt.errors import DataError
 
     path = Path(path)
     if not path.is_file():
@@ -78,6 +78,7 @@ def open_pdf(path: str | Path) -> Any:
 
 def read_pdf_split(directory: str | Path, split: str, *, dpi: float = DPI) -> Iterator[dict[str, Any]]:
     """Yield raw rows of ``<directory>/<split>/labels.jsonl``, each page rendered to an image."""
+    from dsvl_adapt.data.jsonl import iter_json_objects
     from dsvl_adapt.data.rows import resolve_inside
     from dsvl_adapt.errors import DataError
 
@@ -88,49 +89,41 @@ def read_pdf_split(directory: str | Path, split: str, *, dpi: float = DPI) -> It
                         "(see the finance plugin's README)")
     open_name, document = None, None  # keep the current PDF open while its questions follow one another
     try:
-        with labels.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                source = f"{labels}:{number}"
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    yield {"_source": source, "_error": f"not a valid UTF-8 JSON line ({exc})"}
-                    continue
-                if not isinstance(entry, dict):
-                    yield {"_source": source, "_error": f"expected a JSON object, got {type(entry).__name__}"}
-                    continue
-                unknown = set(entry) - {"file", "page", "question", "answer", "id", "meta"}
-                if unknown:
-                    yield {"_source": source, "_error": f"unknown field(s) {sorted(unknown)} in {LABELS}; "
-                                                        "use file, page, question, answer, id, meta"}
-                    continue
-                name, page = entry.get("file"), entry.get("page", 1)
-                if not isinstance(name, str) or not name:
-                    yield {"_source": source,
-                           "_error": "'file' (the .pdf path relative to the split folder) is missing"}
-                    continue
-                if not isinstance(page, int) or isinstance(page, bool):
-                    yield {"_source": source, "_error": f"'page' must be an integer (1-based), got {page!r}"}
-                    continue
-                try:
-                    path = resolve_inside(folder, name, source)
-                    if name != open_name:
-                        if document is not None:
-                            document.close()
-                        open_name, document = None, None
-                        document = open_pdf(path)
-                        open_name = name
-                    image = render_page(path, page, dpi=dpi, document=document)
-                except DataError as exc:
-                    yield {"_source": source, "_error": str(exc)}
-                    continue
-                meta = entry.get("meta") if entry.get("meta") is not None else {}
-                if isinstance(meta, dict):
-                    meta = {**meta, "file": name, "page": page}
-                yield {"_source": source, "id": entry.get("id") or f"{split}/{name}#{page}/{number}", "image": image,
-                       "question": entry.get("question"), "answer": entry.get("answer"), "meta": meta}
+        for source, entry, error in iter_json_objects(labels):
+            if entry is None:
+                yield {"_source": source, "_error": error}
+                continue
+            unknown = set(entry) - {"file", "page", "question", "answer", "id", "meta"}
+            if unknown:
+                yield {"_source": source, "_error": f"unknown field(s) {sorted(unknown)} in {LABELS}; "
+                                                    "use file, page, question, answer, id, meta"}
+                continue
+            name, page = entry.get("file"), entry.get("page", 1)
+            if not isinstance(name, str) or not name:
+                yield {"_source": source,
+                       "_error": "'file' (the .pdf path relative to the split folder) is missing"}
+                continue
+            if not isinstance(page, int) or isinstance(page, bool):
+                yield {"_source": source, "_error": f"'page' must be an integer (1-based), got {page!r}"}
+                continue
+            try:
+                path = resolve_inside(folder, name, source)
+                if name != open_name:
+                    if document is not None:
+                        document.close()
+                    open_name, document = None, None
+                    document = open_pdf(path)
+                    open_name = name
+                image = render_page(path, page, dpi=dpi, document=document)
+            except DataError as exc:
+                yield {"_source": source, "_error": str(exc)}
+                continue
+            meta = entry.get("meta") if entry.get("meta") is not None else {}
+            if isinstance(meta, dict):
+                meta = {**meta, "file": name, "page": page}
+            line = source.rsplit(":", 1)[1]
+            yield {"_source": source, "id": entry.get("id") or f"{split}/{name}#{page}/{line}", "image": image,
+                   "question": entry.get("question"), "answer": entry.get("answer"), "meta": meta}
     finally:
         if document is not None:
             document.close()

@@ -31,7 +31,6 @@ decides whether that stops the run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator
@@ -172,6 +171,7 @@ def read_dicom_split(directory: str | Path, split: str, *, default_question: str
     Each row carries ``_source`` (``labels.jsonl:line``); an unreadable label line or DICOM
     file becomes an ``_error`` row naming it, so ``data.on_bad_row`` applies.
     """
+    from dsvl_adapt.data.jsonl import iter_json_objects
     from dsvl_adapt.data.rows import resolve_inside
     from dsvl_adapt.errors import DataError
 
@@ -180,41 +180,32 @@ def read_dicom_split(directory: str | Path, split: str, *, default_question: str
     if not labels.is_file():
         raise DataError(f"{labels} not found: a DICOM dataset needs <split>/{LABELS} beside the .dcm files "
                         "(see the medical plugin's README)")
-    with labels.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            source = f"{labels}:{number}"
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                yield {"_source": source, "_error": f"not a valid UTF-8 JSON line ({exc})"}
-                continue
-            if not isinstance(entry, dict):
-                yield {"_source": source, "_error": f"expected a JSON object, got {type(entry).__name__}"}
-                continue
-            unknown = set(entry) - {"file", "question", "answer", "id", "meta", "frame"}
-            if unknown:
-                yield {"_source": source, "_error": f"unknown field(s) {sorted(unknown)} in {LABELS}; "
-                                                    "use file, answer, question, id, frame, meta"}
-                continue
-            name = entry.get("file")
-            if not isinstance(name, str) or not name:
-                yield {"_source": source, "_error": "'file' (the .dcm path relative to the split folder) is missing"}
-                continue
-            frame = entry.get("frame")
-            if frame is not None and not isinstance(frame, int):
-                yield {"_source": source, "_error": f"'frame' must be an integer, got {frame!r}"}
-                continue
-            try:
-                path = resolve_inside(folder, name, source)
-                image = read_dicom(path, frame)
-            except DataError as exc:
-                yield {"_source": source, "_error": str(exc)}
-                continue
-            meta = entry.get("meta") if entry.get("meta") is not None else {}
-            if isinstance(meta, dict):
-                meta = {**meta, "file": name}
-            yield {"_source": source, "id": entry.get("id") or f"{split}/{name}", "image": image,
-                   "question": entry.get("question") or default_question, "answer": entry.get("answer"),
-                   "meta": meta}
+    for source, entry, error in iter_json_objects(labels):
+        if entry is None:
+            yield {"_source": source, "_error": error}
+            continue
+        unknown = set(entry) - {"file", "question", "answer", "id", "meta", "frame"}
+        if unknown:
+            yield {"_source": source, "_error": f"unknown field(s) {sorted(unknown)} in {LABELS}; "
+                                                "use file, answer, question, id, frame, meta"}
+            continue
+        name = entry.get("file")
+        if not isinstance(name, str) or not name:
+            yield {"_source": source, "_error": "'file' (the .dcm path relative to the split folder) is missing"}
+            continue
+        frame = entry.get("frame")
+        if frame is not None and not isinstance(frame, int):
+            yield {"_source": source, "_error": f"'frame' must be an integer, got {frame!r}"}
+            continue
+        try:
+            path = resolve_inside(folder, name, source)
+            image = read_dicom(path, frame)
+        except DataError as exc:
+            yield {"_source": source, "_error": str(exc)}
+            continue
+        meta = entry.get("meta") if entry.get("meta") is not None else {}
+        if isinstance(meta, dict):
+            meta = {**meta, "file": name}
+        yield {"_source": source, "id": entry.get("id") or f"{split}/{name}", "image": image,
+               "question": entry.get("question") or default_question, "answer": entry.get("answer"),
+               "meta": meta}
