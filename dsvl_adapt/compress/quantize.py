@@ -99,6 +99,10 @@ class QuantizeConfig(BaseModel):
                             description="regexes searched in module paths; matching layers stay full precision")
     calibration_batches: int = Field(8, ge=1, description="batches read for static calibration")
     block_size: int = Field(32, ge=16, description="weight_only: weights per quantization block (power of 2)")
+    embedding: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="the token-embedding table of split exports (onnxruntime, openvino), which the caller "
+                            "looks input_ids up in: int8 per row, or fp32. auto = int8 on those backends; the torch "
+                            "backend quantizes Linear layers only and keeps the embedding fp32")
 
     @field_validator("mode")
     @classmethod
@@ -135,6 +139,13 @@ class QuantizeConfig(BaseModel):
             raise ValueError(f"block_size must be a power of 2, got {block_size}")
         return block_size
 
+    @property
+    def embedding_dtype(self) -> Literal["fp32", "int8"]:
+        """The embedding table's dtype on this backend (``auto`` resolved)."""
+        if self.embedding == "auto":
+            return "fp32" if self.backend == "torch" else "int8"
+        return self.embedding
+
     def skips(self, module_path: str) -> bool:
         """True when ``module_path`` stays in full precision under this policy."""
         return any(re.search(p, module_path) for p in self.skip)
@@ -164,6 +175,10 @@ def quantize_torch_dynamic(model: torch.nn.Module, config: QuantizeConfig | None
     if config.backend != "torch":
         raise ValueError(f"quantize_torch_dynamic needs backend='torch', got {config.backend!r}; "
                          "for onnxruntime export the model and call quantize_onnx")
+    if config.embedding == "int8":
+        raise ValueError("quantize.embedding='int8' applies to the embedding table of split exports (backend "
+                         "onnxruntime or openvino); the torch backend quantizes nn.Linear only: use "
+                         "embedding='auto' or 'fp32'")
     names = _linear_names(model, config)
     if not names:
         warnings.warn("quantize_torch_dynamic: the skip policy leaves no nn.Linear to quantize", stacklevel=2)

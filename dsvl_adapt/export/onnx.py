@@ -6,6 +6,7 @@ Layouts written into ``directory``::
     split (split=True)   vision.onnx     pixel_values[, high_res_pixel_values] -> image_embeds (B, N, hidden), aligned
                          lm.onnx         inputs_embeds, attention_mask -> logits
                          embed_tokens.npy  the (vocab, hidden) fp32 embedding table, for the caller's lookup
+                                           (quantized exports: ``embed_tokens.int8.npz``, see runtimes.embedding)
     both                 <graph>.inventory.json, config.json (the HF config), export.json (the ExportReport)
 
 Batch and sequence axes are dynamic. The full graph inserts image features with NonZero/ScatterND (that is how
@@ -38,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from dsvl_adapt.runtimes.embedding import FP32_FILE as EMBED_FILE
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -53,7 +56,6 @@ __all__ = [
 ]
 
 REPORT_FILE = "export.json"
-EMBED_FILE = "embed_tokens.npy"
 MIN_DYNAMO_OPSET = 18
 WRAPPER_ATTR = "hf"  # module paths inside the graphs start with "hf." (the wrapper's attribute)
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GiB

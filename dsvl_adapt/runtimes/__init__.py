@@ -147,8 +147,8 @@ class TorchRuntimeModel:
 
 class GraphRuntimeModel(ABC):
     """What ONNX Runtime and OpenVINO models share: exported graphs, full (``model``) or split (``vision`` +
-    ``lm`` on ``inputs_embeds`` with ``embed_tokens.npy``). A subclass sets ``image_token_id``, ``hybrid``,
-    ``_embed`` and ``graph_suffix`` (e.g. ``.onnx``), and provides ``graphs`` (the loaded graphs by name) and
+    ``lm`` on ``inputs_embeds`` with the token table of :mod:`dsvl_adapt.runtimes.embedding`). A subclass sets
+    ``image_token_id``, ``hybrid``, ``_embed`` (an ``EmbeddingTable``, split exports only) and ``graph_suffix`` (e.g. ``.onnx``), and provides ``graphs`` (the loaded graphs by name) and
     ``_infer(name, feeds)`` returning a graph's single output."""
 
     image_token_id: int
@@ -181,8 +181,8 @@ class GraphRuntimeModel(ABC):
     def inputs_embeds(self, input_ids: np.ndarray, image_embeds: np.ndarray | None) -> np.ndarray:
         """Token embeddings with the image embeddings written at the image-token positions (split graphs)."""
         if self._embed is None:
-            raise ValueError("inputs_embeds needs a split export (embed_tokens.npy)")
-        embeds = np.asarray(self._embed[input_ids], dtype=np.float32)
+            raise ValueError("inputs_embeds needs a split export (with its embedding table)")
+        embeds = self._embed.lookup(input_ids)
         if image_embeds is not None:
             where = input_ids == self.image_token_id
             feats = image_embeds.reshape(-1, embeds.shape[-1])

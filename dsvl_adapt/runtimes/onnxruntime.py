@@ -41,6 +41,7 @@ from dsvl_adapt.export.onnx import (
     write_inventory,
 )
 from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
+from dsvl_adapt.runtimes.embedding import copy_embedding_table, load_embedding_table, table_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     from dsvl_adapt.compress.quantize import QuantizeConfig
@@ -81,7 +82,7 @@ class OnnxRuntimeModel(GraphRuntimeModel):
                          for name in report.graphs}
         self.image_token_id = report.image_token_id
         self.hybrid = report.hybrid
-        self._embed = (np.load(self.directory / report.embed_file, mmap_mode="r")
+        self._embed = (load_embedding_table(self.directory / report.embed_file)
                        if report.mode == "split" and report.embed_file else None)
 
     @classmethod
@@ -298,14 +299,14 @@ def quantize_export(source: str | Path, destination: str | Path, config: Quantiz
             inventories[name] = str(inv)
             graphs[name] = info.model_copy(update={"inventory": inv.name, "bytes": graph_files_bytes(dst)})
     noisy.setLevel(level)
-    for extra in (src.embed_file, src.config_file):
-        if extra:
-            shutil.copyfile(Path(src.directory) / extra, destination / extra)
+    shutil.copyfile(Path(src.directory) / src.config_file, destination / src.config_file)
+    embed_file = copy_embedding_table(src.directory, src.embed_file, destination, config.embedding_dtype)
     opsets = [json.loads(Path(p).read_text())["opset"] for p in inventories.values()]
     report = src.model_copy(update={
         "directory": str(destination), "graphs": graphs, "inventories": inventories, "opset": max(opsets),
-        "max_abs_diff": {}, "within_tolerance": None,
+        "max_abs_diff": {}, "within_tolerance": None, "embed_file": embed_file,
         "quantization": {"backend": "onnxruntime", **config.model_dump(mode="json"), "source": str(source),
+                         "embedding_table": table_dtype(embed_file),
                          "quantized_nodes": quantized, "skipped_nodes": skipped},
     })
 

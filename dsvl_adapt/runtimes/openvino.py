@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dsvl_adapt.errors import ConfigError
 from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
+from dsvl_adapt.runtimes.embedding import copy_embedding_table, load_embedding_table, table_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -245,7 +246,7 @@ class OpenVinoModel(GraphRuntimeModel):
                           f"{self.precision!r} was asked for (this CPU may lack it)", stacklevel=2)
         self.image_token_id = report.image_token_id
         self.hybrid = report.hybrid
-        self._embed = (np.load(self.directory / report.embed_file, mmap_mode="r")
+        self._embed = (load_embedding_table(self.directory / report.embed_file)
                        if report.mode == "split" and report.embed_file else None)
 
     @classmethod
@@ -484,6 +485,11 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
             # NNCF may change the model in place: compress a fresh conversion, keep the fp32 one as reference.
             final[name] = _compress(ov.convert_model(str(src.graph_path(name))), quantize, ignored, feeds[name])
         fp32_models.clear()
+        if src.embed_file:  # the reference above looked tokens up in the fp32 table; the compressed model may not
+            embed_file = copy_embedding_table(src.directory, src.embed_file, destination, quantize.embedding_dtype)
+            if embed_file != src.embed_file:
+                (destination / src.embed_file).unlink()
+            stub = stub.model_copy(update={"embed_file": embed_file})
 
     graphs: dict[str, OvGraph] = {}
     for name, model in final.items():
@@ -496,6 +502,7 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
                         "nncf": ("quantize(TRANSFORMER)" if quantize.mode == "static" else
                                  f"compress_weights({'INT8_ASYM' if quantize.bits == 8 else 'INT4_ASYM'})"),
                         "dynamic_activation_quantization": quantize.mode == "dynamic",
+                        "embedding_table": table_dtype(stub.embed_file),
                         "quantized_ops": {n: g.quantized_ops for n, g in graphs.items()},
                         "skipped_ops": skipped}
     report = stub.model_copy(update={"graphs": graphs, "quantization": quantization})

@@ -256,3 +256,36 @@ def test_ort_quantization_refuses_torch_config(ort_export, tmp_path):
     _, _, fp32 = ort_export
     with pytest.raises(ValueError, match="backend='onnxruntime'"):
         quantize_onnx(fp32.directory, tmp_path, QuantizeConfig())
+
+
+@pytest.mark.parametrize("embedding", ["auto", "fp32"])
+def test_ort_split_export_quantizes_the_embedding_table_per_row(tmp_path, embedding):
+    pytest.importorskip("onnxruntime")
+    from dsvl_adapt.export.onnx import export_onnx
+    from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
+
+    model = make_model("reference-tiny")
+    batches = [make_batch("reference-tiny", seed=s) for s in range(2)]
+    fp32 = export_onnx(model, tmp_path / "fp32", batches[0], split=True, threads=1)
+    config = QuantizeConfig(backend="onnxruntime", embedding=embedding)
+    report = quantize_onnx(fp32.directory, tmp_path / "int8", config, batches)
+    files = sorted(p.name for p in (tmp_path / "int8").iterdir() if p.name.startswith("embed_tokens"))
+    table = "int8" if embedding == "auto" else "fp32"
+    assert files == (["embed_tokens.int8.npz"] if table == "int8" else ["embed_tokens.npy"])
+    runtime = OnnxRuntimeModel.load(tmp_path / "int8", threads=1)
+    assert runtime.report.quantization["embedding_table"] == table
+    # the table is counted in the artifact's size; int8 keeps top-1 with the fp32 export
+    assert report.bytes == sum(p.stat().st_size for p in (tmp_path / "int8").iterdir()
+                               if p.suffix in (".onnx", ".data", ".npz", ".npy"))
+    assert report.top1_agreement >= 0.8 and report.max_abs_diff < 0.1
+    # reloads in a new process to the same logits
+    out = runtime.forward(batches[1])
+    script = textwrap.dedent(f"""
+        import numpy as np, torch
+        from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
+        batch = torch.load({str(tmp_path / 'b.pt')!r})
+        np.save({str(tmp_path / 'out.npy')!r}, OnnxRuntimeModel.load({str(tmp_path / 'int8')!r}, threads=1).forward(batch))
+    """)
+    torch.save(batches[1], tmp_path / "b.pt")
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert np.array_equal(np.load(tmp_path / "out.npy"), out)

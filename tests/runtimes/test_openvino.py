@@ -192,6 +192,8 @@ def test_split_graphs_compress_the_lm_and_keep_vision(onnx_dirs, tiny, tmp_path)
     report = quantize_openvino(onnx_dirs["split"], tmp_path, config, batches, threads=1)
     assert report.graphs["vision"].quantized_ops == 0 and report.graphs["vision"].activation_quantizers == 0
     assert report.graphs["lm"].quantized_ops >= 15 and report.graphs["lm"].activation_quantizers > 0
+    assert report.quantization["embedding_table"] == "int8" and report.embed_file == "embed_tokens.int8.npz"
+    assert not (tmp_path / "embed_tokens.npy").exists() and report.top1_agreement >= 0.8
     assert OpenVinoModel.load(tmp_path, threads=1).generate(batches[0], 3, EOS).shape[0] == 2
 
 
