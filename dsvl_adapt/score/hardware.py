@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..schemas import HardwareTarget
-from .scorecard import FitCheck, Latency, TargetFit
+from .scorecard import FitCheck, Latency, TargetFit, Throughput
 
 BYTES_PER_DTYPE = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 
@@ -63,6 +63,17 @@ def roofline_ms(macs: int, bytes_moved: int, target: HardwareTarget, dtype: str)
     return max(compute_ms, memory_ms), how
 
 
+def estimate_throughput(target: HardwareTarget, *, macs: int, weight_bytes: int, dtype: str) -> Throughput:
+    """Roofline throughput at the target's batch size: the batch's MACs against peak compute, the weights read once
+    per batch against memory bandwidth."""
+    batch = target.batch_size
+    ms, how = roofline_ms(macs * batch, weight_bytes, target, dtype if dtype in target.dtypes else target.dtypes[0])
+    return Throughput(target=target.name, runtime=target.runtime, batch_size=batch, measured=False,
+                      requests_per_s=None if not ms else round(batch / ms * 1000.0, 2),
+                      batch_p50_ms=None if ms is None else round(ms, 3),
+                      how=f"{how}; MACs of batch 1 x {batch}")
+
+
 def check_target(
     target: HardwareTarget,
     *,
@@ -72,8 +83,10 @@ def check_target(
     macs: int,
     measured: dict[str, Latency],
     inventory: dict[str, Any] | None,
+    throughput: Throughput | None = None,
 ) -> TargetFit:
-    """All fit checks for one target. ``measured`` maps a runtime name to a measured latency."""
+    """All fit checks for one target. ``measured`` maps a runtime name to a measured latency; ``throughput`` is
+    the student's at this target's batch size (measured or estimated)."""
     checks: list[FitCheck] = []
     value_bytes = BYTES_PER_DTYPE.get(model_dtype, 4)
     kv = kv_cache_bytes(config, target.sequence_length, target.batch_size, max(value_bytes, 1))
@@ -98,7 +111,7 @@ def check_target(
             missing = sorted(set(inventory["op_types"]) - set(target.supported_ops))
             checks.append(FitCheck(name="ops", ok=not missing, value=", ".join(missing) or "all supported",
                                    note="unsupported op types listed" if missing else ""))
-    if target.latency_p90_ms is not None or target.throughput_rps is not None:
+    if target.latency_p90_ms is not None:
         runtime_here = measured.get(target.runtime) if target.device == "cpu" else None
         if runtime_here is not None:
             p90, estimated, how = runtime_here.p90_ms, False, f"measured on {runtime_here.cpu} ({target.runtime})"
@@ -106,16 +119,15 @@ def check_target(
             p90, how = roofline_ms(macs, weight_bytes, target, model_dtype if model_dtype in target.dtypes
                                    else target.dtypes[0])
             estimated = True
-        if target.latency_p90_ms is not None:
-            checks.append(FitCheck(name="latency_p90", ok=None if p90 is None else p90 <= target.latency_p90_ms,
-                                   value=None if p90 is None else round(p90, 3), limit=target.latency_p90_ms,
-                                   unit="ms", estimated=estimated, note=how))
-        if target.throughput_rps is not None:
-            rps = None if not p90 else 1000.0 / p90 * target.batch_size
-            checks.append(FitCheck(name="throughput", ok=None if rps is None else rps >= target.throughput_rps,
-                                   value=None if rps is None else round(rps, 2), limit=target.throughput_rps,
-                                   unit="req/s", estimated=True,
-                                   note=f"batch {target.batch_size} / batch-1 p90 latency (assumes a batch costs "
-                                        f"what one request does); latency {how}"))
+        checks.append(FitCheck(name="latency_p90", ok=None if p90 is None else p90 <= target.latency_p90_ms,
+                               value=None if p90 is None else round(p90, 3), limit=target.latency_p90_ms,
+                               unit="ms", estimated=estimated, note=how))
+    if target.throughput_rps is not None:
+        rps = throughput.requests_per_s if throughput is not None else None
+        checks.append(FitCheck(name="throughput", ok=None if rps is None else rps >= target.throughput_rps,
+                               value=rps, limit=target.throughput_rps, unit="req/s",
+                               estimated=throughput is not None and not throughput.measured,
+                               note=(f"batch {target.batch_size}: {throughput.how}" if throughput is not None
+                                     else "not measured")))
     fits = all(c.ok is not False for c in checks)
     return TargetFit(name=target.name, device=target.device, runtime=target.runtime, fits=fits, checks=checks)

@@ -196,6 +196,13 @@ def _speed_size(card: Scorecard, plots: dict[str, bytes]) -> str:
                 '<p class="how">Accuracy measured through each artifact itself, not through the PyTorch model '
                 "it came from.</p>",
                 _table(["artifact", _e(card.metric), "p50 ms", "p90 ms", "size"], rows)]
+    if card.throughput:
+        rows = [[f"<td>{_e(t.target)}</td>", f"<td>{_e(t.runtime)}</td>", _td(t.batch_size),
+                 _td(t.requests_per_s, 2), _td(t.batch_p50_ms, 1),
+                 f"<td>{'measured' if t.measured else '<em>estimated</em>'}: {_e(t.how)}</td>"]
+                for t in card.throughput]
+        out += ["<h3>Throughput at each target's batch size</h3>",
+                _table(["target", "runtime", "batch", "requests/s", "batch p50 ms", "how"], rows)]
     if card.peak_rss_bytes:
         out.append(f'<p class="how">Peak resident memory of the scoring process: {_e(_mib(card.peak_rss_bytes))}.</p>')
     if "latency_size" in plots:

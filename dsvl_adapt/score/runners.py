@@ -74,6 +74,19 @@ class Runner:
                 "warmup": warmup, "repeats": repeats, "measured": True}
 
 
+    def batch_ms(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int,
+                 threads: int | None) -> list[float]:
+        """Milliseconds per forward over the whole ``batch`` (image + prompt), warm-up then timed repeats."""
+        if self.torch_model is not None:
+            from .timing import torch_threads
+
+            model = self.torch_model
+            with torch.no_grad(), torch_threads(threads):
+                return time_calls(lambda: model(**batch, use_cache=False), warmup=warmup, repeats=repeats)
+        onnx_model = self.onnx_model
+        return time_calls(lambda: onnx_model.forward(batch), warmup=warmup, repeats=repeats)
+
+
 def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None) -> Runner:
     """A runner for a model directory: OpenVINO IR (``openvino.json``), an ONNX export (``export.json``) or a
     PyTorch checkpoint."""

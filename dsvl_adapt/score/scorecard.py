@@ -35,6 +35,19 @@ class Latency(_Model):
     estimate: str | None = Field(None, description="how an estimate was made")
 
 
+class Throughput(_Model):
+    """Requests per second of the student at a target's batch size (one request = one forward over image +
+    prompt)."""
+
+    target: str
+    runtime: str
+    batch_size: int
+    requests_per_s: float | None
+    batch_p50_ms: float | None = Field(None, description="median time of one batch (measured) or its roofline")
+    measured: bool
+    how: str = Field(description="where it was measured, or how it was estimated")
+
+
 class Size(_Model):
     bytes: int = Field(description="size of the weight files on disk")
     weight_bytes: int | None = Field(None, description="bytes of the weights in memory")
@@ -87,6 +100,7 @@ class Scorecard(_Model):
     metrics: dict[str, dict[str, float]] = Field(description="every metric of the vertical, per model")
     general: dict[str, float] = Field(default_factory=dict, description="general-capability accuracy per model")
     latency: dict[str, Latency] = Field(default_factory=dict)
+    throughput: list[Throughput] = Field(default_factory=list, description="the student at each target's batch size")
     runtimes: dict[str, RuntimeScore] = Field(
         default_factory=dict, description="the student through each runtime artifact the run produced"
     )
@@ -163,6 +177,14 @@ def render_markdown(card: Scorecard) -> str:
             lines += ["", f"Measured on {some.cpu}, {some.threads} threads, batch {some.batch_size}, "
                           f"{some.warmup} warm-up + {some.repeats} timed runs (latency = one forward over image + "
                           "prompt)."]
+        lines.append("")
+    if card.throughput:
+        lines += ["## Throughput at each target's batch size", "",
+                  "| target | runtime | batch | requests/s | batch p50 ms | how |", "|---|---|---|---|---|---|"]
+        for t in card.throughput:
+            how = ("measured: " if t.measured else "estimated: ") + t.how
+            lines.append(f"| {t.target} | {t.runtime} | {t.batch_size} | {_fmt(t.requests_per_s, 2)} | "
+                         f"{_fmt(t.batch_p50_ms, 1)} | {how} |")
         lines.append("")
     if card.runtimes:
         lines += ["## The student on each runtime", "",

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data.batches import BatchEncoder
@@ -19,9 +20,9 @@ from ..engine import RunContext, StageResult
 from ..errors import PluginError
 from ..manifest import git_revision, package_versions
 from ..schemas import MetricSpec, Row
-from .hardware import check_target, count_linear_macs
+from .hardware import check_target, count_linear_macs, estimate_throughput
 from .runners import Runner, open_runner
-from .scorecard import Latency, ObjectiveCheck, RuntimeScore, Scorecard, Size, TargetFit
+from .scorecard import Latency, ObjectiveCheck, RuntimeScore, Scorecard, Size, TargetFit, Throughput
 from .timing import peak_rss_bytes
 
 
@@ -65,6 +66,7 @@ class ScoreStage:
                                                              repeats=cfg.latency_repeats, threads=cfg.threads))
                 if runner.torch_model is not None and runner.dtype == "fp32":
                     result["macs"] = count_linear_macs(runner.torch_model, one)
+                result["encoder"], result["items"] = encoder, items  # batches at each target's size
             results[path] = result
             if label not in ("student", "teacher"):
                 runner.torch_model = runner.onnx_model = None  # free memory early
@@ -110,10 +112,11 @@ class ScoreStage:
         if "teacher" in accuracy and "student" in accuracy and accuracy["teacher"] > 0:
             retention = round(accuracy["student"] / accuracy["teacher"], 6)
         objectives = _objectives(context.vertical.objectives, accuracy, retention)
+        targets, throughput = _targets(context, results)
         return Scorecard(
             vertical=context.vertical.name, metric=primary.name, higher_is_better=primary.higher_is_better,
             accuracy=accuracy, retention=retention, metrics=metrics, general=general, latency=latency, runtimes=runtimes, size=sizes,
-            params=params, peak_rss_bytes=peak_rss_bytes(), targets=_targets(context, results),
+            params=params, peak_rss_bytes=peak_rss_bytes(), targets=targets, throughput=throughput,
             objectives=objectives, verdict=all(o.ok for o in objectives) if objectives else None,
             skipped_rows=context.skipped_rows(), test_rows=test_rows, stages=dict(context.figures), notes=notes,
             provenance={"config": context.raw_config, "seed": context.config.seed, "versions": package_versions(),
@@ -174,18 +177,44 @@ def _plan(context: RunContext) -> dict[Path, str]:
     return plan
 
 
-def _targets(context: RunContext, results: dict[Path, dict[str, Any]]) -> list[TargetFit]:
+def _targets(context: RunContext, results: dict[Path, dict[str, Any]]) -> tuple[list[TargetFit], list[Throughput]]:
+    """Fit of the deployed student on every target, and its throughput at each target's batch size: measured
+    where the target is a CPU whose runtime ran the student here, a roofline estimate otherwise."""
     roles = _roles(context)
     if "student" not in roles:
-        return []
+        return [], []
     deployed = results[roles["student"]]
     runner: Runner = deployed["runner"]
-    measured = {r["runner"].runtime: r["latency"] for path, r in results.items()
-                if path in _student_paths(context) and "latency" in r}
-    macs = next((r["macs"] for path, r in results.items() if path in _student_paths(context) and "macs" in r), 0)
+    here = {r["runner"].runtime: r for path, r in results.items()
+            if path in _student_paths(context) and "latency" in r}
+    measured = {runtime: r["latency"] for runtime, r in here.items()}
+    macs = next((r["macs"] for r in here.values() if "macs" in r), 0)
     inventory = _inventory(context.artifacts.get("onnx"))
-    return [check_target(t, model_dtype=runner.dtype, weight_bytes=runner.weight_bytes, config=runner.config,
-                         macs=macs, measured=measured, inventory=inventory) for t in context.targets()]
+    fits, throughputs = [], []
+    for target in context.targets():
+        source = here.get(target.runtime) if target.device == "cpu" else None
+        throughput = (_measure_throughput(context, target, source) if source is not None else
+                      estimate_throughput(target, macs=macs, weight_bytes=runner.weight_bytes, dtype=runner.dtype))
+        throughputs.append(throughput)
+        fits.append(check_target(target, model_dtype=runner.dtype, weight_bytes=runner.weight_bytes,
+                                 config=runner.config, macs=macs, measured=measured, inventory=inventory,
+                                 throughput=throughput))
+    return fits, throughputs
+
+
+def _measure_throughput(context: RunContext, target: Any, result: dict[str, Any]) -> Throughput:
+    """Forward over ``target.batch_size`` test requests at once (test rows repeated when there are fewer)."""
+    cfg = context.config.score
+    runner: Runner = result["runner"]
+    items = result["items"]
+    batch = result["encoder"].generation_batch([items[i % len(items)] for i in range(target.batch_size)])
+    samples = runner.batch_ms(batch, warmup=1, repeats=max(3, cfg.latency_repeats // 3), threads=cfg.threads)
+    p50 = float(np.median(samples))
+    latency = result["latency"]
+    return Throughput(target=target.name, runtime=target.runtime, batch_size=target.batch_size, measured=True,
+                      requests_per_s=round(target.batch_size / p50 * 1000.0, 2), batch_p50_ms=round(p50, 3),
+                      how=f"{runner.label} ({runner.runtime}) on {latency.cpu}, {latency.threads} threads, median of "
+                          f"{len(samples)} forwards over a batch of {target.batch_size} after 1 warm-up")
 
 
 def _inventory(directory: Path | None) -> dict[str, Any] | None:
