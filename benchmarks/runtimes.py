@@ -4,7 +4,7 @@ structurally pruned student.
     PYTHONPATH=. python benchmarks/runtimes.py                        # reference-base, random weights: speed only
     PYTHONPATH=. python benchmarks/runtimes.py runs/industrial/<run>  # + the run's trained teacher: accuracy too
     options: --preset reference-base --threads 1 --rounds 5 --repeats 3 --text 32 --prune 0.5 --test-rows 48
-             --batch-size 8 --work DIR (keep the artifacts) --no-pruned --int4
+             --batch-size 8 --work DIR (keep the artifacts) --no-pruned --int4 --student DIR
 
 Variants of each model (the pruned student gets the same set, prefixed ``pruned/``):
 
@@ -18,7 +18,11 @@ Variants of each model (the pruned student gets the same set, prefixed ``pruned/
 
 Every quantized variant uses the library's default skip policy (vision tower and aligner in fp32), so the runtimes
 compress the same layers. The pruned student: ``prune_structural`` with ``--prune`` of the LM MLP channels, LM query
-heads, vision MLP channels and vision heads (magnitude importance; untrained after pruning, so its accuracy drops).
+heads, vision MLP channels and vision heads (magnitude importance; untrained after pruning, so its accuracy drops) -
+unless a trained student is given: ``--student DIR``, or by default the run's distilled student
+(``<run>/stages/distill/student``) when a run directory is given. Then ``acceptance`` compares the best int8 variant
+of that student with plain OpenVINO int8 PTQ of the unpruned teacher: paired speed-up, and accuracy through each
+runtime against the teacher's in PyTorch.
 
 Timing: batch 1 prefill (one forward over image + prompt), every variant warmed up, then ``--rounds`` rounds in which
 each variant runs ``--repeats`` calls in turn (A B A B ...), so drift from other tenants hits all alike. Speed-ups are
@@ -225,6 +229,33 @@ def accuracy(variant: Variant, scoring: dict[str, Any], batch_size: int) -> dict
     return compute_metrics(specs, answers, scoring["rows"])
 
 
+PLAIN_OPENVINO = "openvino-int8ptq-f32"  # what a user gets from OpenVINO + NNCF alone, on the unpruned teacher
+
+
+def acceptance(entries: dict[str, dict[str, Any]], by_name: dict[str, Variant]) -> dict[str, Any] | None:
+    """Is the pruned int8 student on its best runtime >= 1.5x faster than plain OpenVINO int8 PTQ of the teacher,
+    at >= 0.95 of the teacher's accuracy (PyTorch fp32) measured through that runtime?"""
+    candidates = [n for n in entries if n.startswith("pruned/") and "int8" in n]
+    if PLAIN_OPENVINO not in by_name or not candidates:
+        return None
+    best = min(candidates, key=lambda n: entries[n]["p50_ms"])
+    speedup = paired_speedup(by_name[best], by_name[PLAIN_OPENVINO])
+    out: dict[str, Any] = {"best_pruned_int8": best, "speedup_vs_plain_openvino_int8_ptq": speedup,
+                           "ge_1_5x_faster": speedup is not None and speedup >= 1.5}
+    teacher_metrics = entries["torch-fp32"].get("metrics")
+    if teacher_metrics:
+        metric = next(iter(teacher_metrics))  # the vertical's primary metric comes first
+        teacher = teacher_metrics[metric]
+        accuracy_ratio = {n: round(e["metrics"][metric] / teacher, 4) if teacher else None
+                          for n, e in entries.items() if "metrics" in e}
+        out.update({"metric": metric, "teacher_accuracy_torch_fp32": teacher,
+                    "best_accuracy_through_runtime": entries[best]["metrics"][metric],
+                    "accuracy_ratio_to_teacher": accuracy_ratio,
+                    "ge_0_95_of_teacher": (accuracy_ratio.get(best) or 0) >= 0.95})
+        out["all_hold"] = out["ge_1_5x_faster"] and out["ge_0_95_of_teacher"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", nargs="?", type=Path, help="a finished run: its teacher is benchmarked, with "
@@ -241,7 +272,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--test-rows", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--work", type=Path, help="keep the artifacts here (default: a temporary directory)")
+    parser.add_argument("--student", type=Path, help="a trained pruned student checkpoint (default with a run "
+                                                     "directory: its stages/distill/student)")
     args = parser.parse_args(argv)
+    if args.student is None and args.run_dir is not None and (args.run_dir / "stages/distill/student").is_dir():
+        args.student = args.run_dir / "stages/distill/student"
 
     torch.set_num_threads(args.threads)
     if args.run_dir is not None:
@@ -258,7 +293,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = args.work or Path(tmp)
         variants = build_variants(model, "", example, calib, work / "base", args.threads, args.int4)
         pruned_info = None
-        if not args.no_pruned:
+        if not args.no_pruned and args.student is not None:
+            from dsvl_adapt.models.checkpoint import load_checkpoint
+
+            student, _ = load_checkpoint(args.student)
+            student.eval()
+            pruned_info = {"student": str(args.student), "trained": True, "params_before": params(model),
+                           "params_after": params(student)}
+            variants += build_variants(student, "pruned/", example, calib, work / "pruned", args.threads,
+                                       args.int4)
+        elif not args.no_pruned:
             from dsvl_adapt.compress.structural import StructuralPruneConfig, prune_structural
 
             student = copy.deepcopy(model)
@@ -267,8 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                      vision_mlp_ratio=r, vision_head_ratio=r),
                                       [example])
             student.eval()
-            pruned_info = {"ratio": r, "params_before": report.params_before, "params_after": report.params_after,
-                           "dims": report.dims}
+            pruned_info = {"ratio": r, "trained": False, "params_before": report.params_before,
+                           "params_after": report.params_after, "dims": report.dims}
             variants += build_variants(student, "pruned/", example, calib, work / "pruned", args.threads,
                                        args.int4)
         log(f"timing {len(variants)} variants: {args.rounds} rounds x {args.repeats} calls, batch 1, "
@@ -309,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if v.name in scores:
             entry["metrics"] = scores[v.name]
         result["variants"][v.name] = entry
+    result["acceptance"] = acceptance(result["variants"], by_name)
     print(json.dumps(result, indent=2))
     return result
 
