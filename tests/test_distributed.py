@@ -47,3 +47,20 @@ def test_two_processes_reach_the_quality_of_one(tmp_path):
     b = json.loads((tmp_path / "two" / "scorecard.json").read_text())["accuracy"]
     assert a["teacher"] > 0.5  # it learnt something: chance is 0.2
     assert abs(a["student"] - b["student"]) <= 0.02, (a, b)
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_a_sharded_launch_is_refused_before_any_step(monkeypatch, tmp_path, kind):
+    """FSDP/DeepSpeed would shard weights that the stages save, merge and early-stop on whole."""
+    import accelerate
+    import torch
+    from accelerate.utils import DistributedType
+
+    from dsvl_adapt.config import TrainSchedule
+    from dsvl_adapt.errors import ConfigError
+    from dsvl_adapt.inject.training import Trainer
+
+    monkeypatch.setattr(accelerate.Accelerator, "distributed_type", property(lambda self: DistributedType[kind]))
+    with pytest.raises(ConfigError, match=rf"{kind}.*docs/distributed.md"):
+        Trainer(torch.nn.Linear(2, 2), encoder=None, schedule=TrainSchedule(steps=1, lr=1e-3),
+                checkpoint_dir=tmp_path, seed=0, label="test")

@@ -115,6 +115,7 @@ class Trainer:
             mixed_precision=resolve_precision(schedule.precision, target),
             gradient_accumulation_steps=schedule.grad_accum,
         )
+        _refuse_sharded(self.accelerator)
         params = [p for p in model.parameters() if p.requires_grad]
         for module in extra_modules:
             params += [p for p in module.parameters() if p.requires_grad]
@@ -237,6 +238,20 @@ class Trainer:
             count += len(batch["input_ids"])
         self.model.train()
         return total / max(count, 1)
+
+
+def _refuse_sharded(accelerator: Any) -> None:
+    """FSDP and DeepSpeed shard the weights across processes; the stages save, merge LoRA into and early-stop on
+    whole models, so a sharded launch is refused before any step is spent (see docs/distributed.md)."""
+    kind = str(getattr(accelerator, "distributed_type", ""))
+    if "FSDP" in kind or "DEEPSPEED" in kind:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"accelerate launched this run with {kind.split('.')[-1]}, which dsvl-adapt's training "
+                          "stages do not support: they save, merge LoRA into and early-stop on whole models. "
+                          "Launch with DDP instead (accelerate launch --multi_gpu --num_processes N ...); a checkpoint "
+                          "is adapted with LoRA only (finetune.full_when=auto skips the full phase for checkpoints), "
+                          "which fits one device where a full fine-tune would not; see docs/distributed.md")
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
