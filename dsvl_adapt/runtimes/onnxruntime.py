@@ -10,6 +10,9 @@ Quantization recipes (all CPU-oriented, linear layers only - MatMul/Gemm with a 
   matmuls (activation x activation) in fp32.
 * ``weight_only`` int4/int8: ``MatMulNBitsQuantizer`` -> MatMulNBits, blockwise (``block_size``), asymmetric.
 
+Split exports carry the token-embedding table beside the graphs; it is written per-row int8 (``embed_tokens.int8.npz``)
+unless ``QuantizeConfig.embedding='fp32'`` (:mod:`dsvl_adapt.runtimes.embedding`). Full graphs keep it inside, fp32.
+
 Every graph goes through ``quant_pre_process`` first (symbolic shape inference + basic optimisation): without it the
 tied ``lm_head`` - read through a Transpose of the embedding - stays fp32. The skip policy of ``QuantizeConfig`` is
 applied through the module path the exporter stored on each node (``pkg.torch.onnx.name_scopes``; TorchScript graphs:

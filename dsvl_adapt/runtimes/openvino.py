@@ -6,7 +6,9 @@ Import this module freely; ``openvino`` and ``nncf`` are imported on first use a
 Layout written by :func:`convert_export` (mirrors an ONNX export directory)::
 
     full   model.xml + model.bin         input_ids, attention_mask, pixel_values[, high_res_pixel_values] -> logits
-    split  vision.xml/.bin, lm.xml/.bin  as the ONNX split graphs; embed_tokens.npy for the caller's lookup
+    split  vision.xml/.bin, lm.xml/.bin  as the ONNX split graphs, with the token table for the caller's lookup:
+                                         embed_tokens.npy, or per-row int8 embed_tokens.int8.npz when compressed
+                                         (``quantize.embedding``, :mod:`dsvl_adapt.runtimes.embedding`)
     both   config.json (HF config), openvino.json (:class:`OpenVinoReport`: what was converted, how it was
            compressed, the inference precision, the runtime properties, the accuracy checks)
 
