@@ -4,7 +4,8 @@ One teacher (fine-tuned ``reference-small`` by default), computed once and share
 stage cache, then at an equal training budget:
 
   teacher                 the fine-tuned, uncompressed model
-  pruned                  50% structural pruning, no recovery
+  pruned                  structural pruning at --ratio (default 50%) of the LM MLP channels, LM query heads and
+                          vision MLP channels, no recovery
   pruned+finetune         pruned, then trained on labels only (distill with kl_weight=0, ce_weight=1)
   pruned+distill          pruned, then distilled from the teacher (KL x T^2 + CE)
   teacher-ort-int8        the teacher alone, ONNX Runtime dynamic int8
@@ -12,7 +13,10 @@ stage cache, then at an equal training budget:
 Prints JSON: accuracy and retention of each (against the teacher), p50 latency of the quantized
 ones, and the run directories. Usage::
 
-    python benchmarks/recovery.py --out runs/recovery [--preset reference-small] [--steps 120]
+    python benchmarks/recovery.py --out runs/recovery [--preset reference-small] [--steps 120] [--ratio 0.5]
+
+A ratio the task survives unrecovered (the pruned model already at the teacher's accuracy) says nothing about
+recovery: run a higher --ratio too. Runs of several ratios can share --out (the teacher is trained once).
 """
 
 from __future__ import annotations
@@ -24,18 +28,16 @@ from pathlib import Path
 
 import dsvl_adapt
 
-PRUNE_50 = ["prune.structural.lm_mlp_ratio=0.5", "prune.structural.lm_head_ratio=0.5",
-            "prune.structural.vision_mlp_ratio=0.5", "prune.weights.sparsity=0"]
-
-
-def variants(steps: int) -> dict[str, list[str]]:
+def variants(steps: int, ratio: float) -> dict[str, list[str]]:
+    prune = [f"prune.structural.lm_mlp_ratio={ratio}", f"prune.structural.lm_head_ratio={ratio}",
+             f"prune.structural.vision_mlp_ratio={ratio}", "prune.weights.sparsity=0"]
     train = [f"distill.train.steps={steps}"]
     return {
         "teacher": ["pipeline.stages=[load,finetune,score]", "score.models=[teacher]"],
-        "pruned": [*PRUNE_50, "pipeline.stages=[load,finetune,prune.structural,score]"],
-        "pruned+finetune": [*PRUNE_50, *train, "distill.kl_weight=0", "distill.ce_weight=1",
+        "pruned": [*prune, "pipeline.stages=[load,finetune,prune.structural,score]"],
+        "pruned+finetune": [*prune, *train, "distill.kl_weight=0", "distill.ce_weight=1",
                             "pipeline.stages=[load,finetune,prune.structural,distill,score]"],
-        "pruned+distill": [*PRUNE_50, *train, "pipeline.stages=[load,finetune,prune.structural,distill,score]"],
+        "pruned+distill": [*prune, *train, "pipeline.stages=[load,finetune,prune.structural,distill,score]"],
         "teacher-ort-int8": ["prune=none", "quantize.backend=onnxruntime", "quantize.follow_target=false",
                              "pipeline.stages=[load,finetune,quantize,score]"],
     }
@@ -46,14 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/recovery"), help="folder for the runs")
     parser.add_argument("--preset", default="reference-small", help="model preset of the teacher")
     parser.add_argument("--steps", type=int, default=120, help="training budget after pruning (both recoveries)")
+    parser.add_argument("--ratio", type=float, default=0.5, help="structural pruning ratio (LM MLP, LM heads, vision "
+                                                                   "MLP)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. finetune=fast)")
     args = parser.parse_args(argv)
     common = ["vertical=industrial", f"model={args.preset}", f"cache_dir={args.out / 'cache'}", *args.overrides]
     results: dict[str, dict] = {}
     teacher_accuracy = None
-    for name, overrides in variants(args.steps).items():
+    tag = f"r{args.ratio:g}"
+    for name, overrides in variants(args.steps, args.ratio).items():
+        slug = name.replace("+", "-")
+        run_dir = args.out / (slug if name.startswith("teacher") else f"{tag}-{slug}")  # teachers: one per --out
         print(f"== {name}", file=sys.stderr)
-        card = dsvl_adapt.run([*common, *overrides], run_dir=args.out / name.replace("+", "-"))
+        card = dsvl_adapt.run([*common, *overrides], run_dir=run_dir)
         assert card is not None
         role = "teacher" if name == "teacher" else "student"
         accuracy = card.accuracy[role]
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             "size_bytes": card.size[role].bytes,
             "p50_ms": latency.p50_ms if latency and name.endswith("int8") else None,
             "runtime": latency.runtime if latency else None,
-            "run_dir": str(args.out / name.replace("+", "-")),
+            "run_dir": str(run_dir),
         }
     teacher_latency = dsvl_adapt.load_scorecard(args.out / "teacher").latency.get("teacher")
     summary = {
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "vertical": "industrial",
         "preset": args.preset,
         "recovery_steps": args.steps,
+        "ratio": args.ratio,
         "teacher_p50_ms_torch": teacher_latency.p50_ms if teacher_latency else None,
         "results": results,
         "distill_beats_finetune": results["pruned+distill"]["accuracy"] >= results["pruned+finetune"]["accuracy"],
