@@ -31,6 +31,18 @@ def test_tiny_run_writes_every_stage_and_the_scorecard(tiny_run):
     assert (tiny_run / "scorecard.md").read_text().startswith("# Scorecard — industrial")
 
 
+def test_scorecard_gives_the_constant_answer_floor(tiny_run):
+    from collections import Counter
+
+    card = dsvl_adapt.load_scorecard(tiny_run)
+    lines = (tiny_run / "stages" / "score" / "predictions-teacher.jsonl").read_text().splitlines()
+    references = [json.loads(line)["reference"] for line in lines]
+    most = Counter(references).most_common(1)[0][1]
+    assert set(card.constant_answer) == set(card.metrics["teacher"])
+    assert card.constant_answer["accuracy"] == pytest.approx(most / len(references))
+    assert "most common answer scores accuracy" in (tiny_run / "scorecard.md").read_text()
+
+
 def test_manifest_records_config_versions_seed(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert manifest["config"]["model"]["preset"] == "reference-tiny"

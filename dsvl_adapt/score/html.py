@@ -157,6 +157,9 @@ def _accuracy(card: Scorecard, plots: dict[str, bytes]) -> str:
            _table(["metric", *map(_e, models)], rows, classes),
            (f"<p>Retention (student / teacher, {_e(card.metric)}): <strong>{_e(_fmt(card.retention))}</strong>"
             f"{'' if not card.test_rows else f' ({card.test_rows} test rows)'}</p>")]
+    if card.constant_answer:
+        out.append(f'<p class="how">Floor: answering every row with the test split\'s most common answer scores '
+                   f"{_e(card.metric)} {_e(_fmt(card.constant_answer.get(card.metric)))}.</p>")
     if "accuracy" in plots:
         out.append(_img(plots["accuracy"], "accuracy per model and metric",
                         f"Every metric per model; the primary metric ({_e(card.metric)}) is highlighted."))

@@ -99,6 +99,9 @@ class Scorecard(_Model):
     retention: float | None = Field(description="accuracy.student / accuracy.teacher")
     metrics: dict[str, dict[str, float]] = Field(description="every metric of the vertical, per model")
     general: dict[str, float] = Field(default_factory=dict, description="general-capability accuracy per model")
+    constant_answer: dict[str, float] = Field(
+        default_factory=dict, description="every metric for a predictor that gives the test split's most common "
+                                          "answer to every row: the floor a trained model must clear")
     latency: dict[str, Latency] = Field(default_factory=dict)
     throughput: list[Throughput] = Field(default_factory=list, description="the student at each target's batch size")
     runtimes: dict[str, RuntimeScore] = Field(
@@ -159,6 +162,9 @@ def render_markdown(card: Scorecard) -> str:
     if card.general:
         lines.append("| general capability | " + " | ".join(_fmt(card.general.get(m)) for m in models) + " |")
     lines += ["", f"Retention (student / teacher, {card.metric}): **{_fmt(card.retention)}**", ""]
+    if card.constant_answer:
+        lines += [f"Floor: answering every row with the test split's most common answer scores {card.metric} "
+                  f"{_fmt(card.constant_answer.get(card.metric))}.", ""]
     if card.latency or card.size:
         lines += ["## Speed and size", "",
                   "| model | p50 ms | p90 ms | p99 ms | decode ms/token | runtime | params | size on disk |",

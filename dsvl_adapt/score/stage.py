@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ class ScoreStage:
             if label not in ("student", "teacher"):
                 runner.torch_model = runner.onnx_model = None  # free memory early
         card = self._card(context, specs, primary, plan, results, len(rows))
+        if rows:
+            common = Counter(row.answer for row in rows).most_common(1)[0][0]
+            card.constant_answer = compute_metrics(specs, [common] * len(rows), rows)
         card.write(context.work_dir)
         if "student" in context.artifacts and card.accuracy:
             from .modelcard import write_model_card
