@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dsvl_adapt.runtimes.embedding import FP32_FILE as EMBED_FILE
+from dsvl_adapt.runtimes.embedding import table_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -99,7 +100,7 @@ class ExportReport(BaseModel):
 
     @property
     def bytes(self) -> int:
-        extra = (Path(self.directory) / self.embed_file).stat().st_size if self.embed_file else 0
+        extra = table_bytes(self.directory, self.embed_file)
         return sum(g.bytes for g in self.graphs.values()) + extra
 
 

@@ -10,7 +10,13 @@ without runtime support:
   ``row = weight[t] * scale[t]`` with ``scale = max|row| / 127``. A looked-up row is off by at most ``scale / 2``
   per element (half a quantization step), the same scheme as per-channel int8 weights of a Linear layer.
 
-:func:`load_embedding_table` opens either; :meth:`EmbeddingTable.lookup` returns float32 rows.
+* ``lm.onnx#<name>``         no file of its own: with tied embeddings the quantized ``lm_head`` of the LM graph
+  already holds the table, transposed - a (hidden, vocab) int8 initializer ``<name>_quantized`` with per-vocab
+  ``<name>_scale`` and ``<name>_zero_point``, which ONNX Runtime's int8 quantizers write. Per-column int8 of
+  ``lm_head.weight.T`` is per-row int8 of the embedding, so the lookup reads it instead of a second copy
+  (:func:`find_tied_table` proves the match element by element before the reference is written).
+
+:func:`load_embedding_table` opens any of them; :meth:`EmbeddingTable.lookup` returns float32 rows.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ __all__ = [
     "INT8_FILE",
     "EmbeddingTable",
     "copy_embedding_table",
+    "find_tied_table",
     "load_embedding_table",
+    "table_bytes",
     "quantize_rows_int8",
     "table_dtype",
     "write_int8_table",
@@ -36,15 +44,18 @@ INT8_FILE = "embed_tokens.int8.npz"
 
 
 class EmbeddingTable:
-    """A (vocab, hidden) table: float32, or int8 with one float32 scale per row."""
+    """A (vocab, hidden) table: float32, or int8 with one float32 scale (and optionally a zero point) per row."""
 
-    def __init__(self, weight: np.ndarray, scale: np.ndarray | None = None):
+    def __init__(self, weight: np.ndarray, scale: np.ndarray | None = None, zero_point: np.ndarray | None = None):
         if weight.ndim != 2:
             raise ValueError(f"an embedding table is (vocab, hidden), got shape {weight.shape}")
         if scale is not None and scale.shape != (weight.shape[0],):
             raise ValueError(f"int8 table: {weight.shape[0]} rows but {scale.shape} scales")
+        if zero_point is not None and (scale is None or zero_point.shape != scale.shape):
+            raise ValueError("a zero point needs a scale of the same shape")
         self.weight = weight
         self.scale = scale
+        self.zero_point = None if zero_point is None or not zero_point.any() else zero_point
 
     @property
     def dtype(self) -> str:
@@ -58,6 +69,8 @@ class EmbeddingTable:
         """float32 rows for ``input_ids`` (any shape): ``(*input_ids.shape, hidden)``."""
         ids = np.asarray(input_ids)
         rows = np.asarray(self.weight[ids], dtype=np.float32)
+        if self.zero_point is not None:
+            rows -= self.zero_point[ids][..., None]
         if self.scale is not None:
             rows *= self.scale[ids][..., None]
         return rows
@@ -87,7 +100,59 @@ def table_dtype(file_name: str | None) -> str | None:
     """``int8``, ``fp32``, or None when there is no table (a full graph embeds inside)."""
     if file_name is None:
         return None
-    return "int8" if file_name == INT8_FILE else "fp32"
+    return "int8" if file_name == INT8_FILE or "#" in file_name else "fp32"
+
+
+def table_bytes(directory: str | Path, file_name: str | None) -> int:
+    """Bytes the table adds to an export directory (0 when it lives in a graph already counted)."""
+    if file_name is None or "#" in file_name:
+        return 0
+    return (Path(directory) / file_name).stat().st_size
+
+
+def _initializers(graph_path: Path) -> dict[str, object]:
+    import onnx
+
+    return {t.name: t for t in onnx.load(str(graph_path), load_external_data=False).graph.initializer}
+
+
+def _graph_table(graph_path: Path, name: str, initializers: dict[str, object] | None = None) -> EmbeddingTable:
+    from onnx import numpy_helper
+
+    inits = initializers if initializers is not None else _initializers(graph_path)
+    missing = [f"{name}{suffix}" for suffix in ("_quantized", "_scale", "_zero_point")
+               if f"{name}{suffix}" not in inits]
+    if missing:
+        raise ValueError(f"{graph_path} has no initializer {missing[0]!r}: the embedding reference "
+                         f"'{graph_path.name}#{name}' does not match this graph; export and quantize again")
+
+    def array(suffix: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[f"{name}{suffix}"], base_dir=str(graph_path.parent))
+
+    return EmbeddingTable(array("_quantized").T, array("_scale").astype(np.float32),
+                          array("_zero_point").astype(np.float32))
+
+
+def find_tied_table(graph_path: str | Path, table: np.ndarray) -> str | None:
+    """``<graph file>#<name>`` when the quantized graph holds ``table`` (vocab, hidden) as a (hidden, vocab) int8
+    initializer with per-vocab scales that reproduces every element within half a step; else None."""
+    graph_path = Path(graph_path)
+    inits = _initializers(graph_path)
+    vocab, hidden = table.shape
+    for full_name, tensor in inits.items():
+        if not full_name.endswith("_quantized") or list(tensor.dims) != [hidden, vocab]:  # type: ignore[attr-defined]
+            continue
+        name = full_name[: -len("_quantized")]
+        try:
+            candidate = _graph_table(graph_path, name, inits)
+        except ValueError:
+            continue
+        if candidate.scale is None or candidate.scale.shape != (vocab,):
+            continue
+        error = np.abs(candidate.dequantized() - table)
+        if np.all(error <= candidate.scale[:, None] * 0.5 + 1e-6 * np.abs(table).max()):
+            return f"{graph_path.name}#{name}"
+    return None
 
 
 def copy_embedding_table(source_dir: str | Path, file_name: str | None, destination: str | Path,
@@ -109,6 +174,9 @@ def copy_embedding_table(source_dir: str | Path, file_name: str | None, destinat
 def load_embedding_table(path: str | Path) -> EmbeddingTable:
     """Open ``embed_tokens.npy`` (memory-mapped) or ``embed_tokens.int8.npz``."""
     path = Path(path)
+    if "#" in path.name:
+        file_name, name = path.name.split("#", 1)
+        return _graph_table(path.with_name(file_name), name)
     if not path.is_file():
         raise FileNotFoundError(f"embedding table {path} is missing: the export directory is incomplete; "
                                 "export the model again")

@@ -11,7 +11,9 @@ Quantization recipes (all CPU-oriented, linear layers only - MatMul/Gemm with a 
 * ``weight_only`` int4/int8: ``MatMulNBitsQuantizer`` -> MatMulNBits, blockwise (``block_size``), asymmetric.
 
 Split exports carry the token-embedding table beside the graphs; it is written per-row int8 (``embed_tokens.int8.npz``)
-unless ``QuantizeConfig.embedding='fp32'`` (:mod:`dsvl_adapt.runtimes.embedding`). Full graphs keep it inside, fp32.
+unless ``QuantizeConfig.embedding='fp32'`` (:mod:`dsvl_adapt.runtimes.embedding`). With tied embeddings no table is
+written at all: the int8 ``lm_head`` of ``lm.onnx`` already holds it (per-vocab scales), and the lookup reads it there
+(``embed_file = "lm.onnx#<initializer>"``). Full graphs keep the table inside, fp32.
 
 Every graph goes through ``quant_pre_process`` first (symbolic shape inference + basic optimisation): without it the
 tied ``lm_head`` - read through a Transpose of the embedding - stays fp32. The skip policy of ``QuantizeConfig`` is
@@ -44,7 +46,13 @@ from dsvl_adapt.export.onnx import (
     write_inventory,
 )
 from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
-from dsvl_adapt.runtimes.embedding import copy_embedding_table, load_embedding_table, table_dtype
+from dsvl_adapt.runtimes.embedding import (
+    INT8_FILE,
+    copy_embedding_table,
+    find_tied_table,
+    load_embedding_table,
+    table_dtype,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from dsvl_adapt.compress.quantize import QuantizeConfig
@@ -304,6 +312,11 @@ def quantize_export(source: str | Path, destination: str | Path, config: Quantiz
     noisy.setLevel(level)
     shutil.copyfile(Path(src.directory) / src.config_file, destination / src.config_file)
     embed_file = copy_embedding_table(src.directory, src.embed_file, destination, config.embedding_dtype)
+    if embed_file == INT8_FILE and "lm" in graphs:  # tied embeddings: read them from the int8 lm_head instead
+        shared = find_tied_table(destination / graphs["lm"].file, np.load(Path(src.directory) / src.embed_file))
+        if shared is not None:
+            (destination / INT8_FILE).unlink()
+            embed_file = shared
     opsets = [json.loads(Path(p).read_text())["opset"] for p in inventories.values()]
     report = src.model_copy(update={
         "directory": str(destination), "graphs": graphs, "inventories": inventories, "opset": max(opsets),

@@ -55,7 +55,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dsvl_adapt.errors import ConfigError
 from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
-from dsvl_adapt.runtimes.embedding import copy_embedding_table, load_embedding_table, table_dtype
+from dsvl_adapt.runtimes.embedding import (
+    copy_embedding_table,
+    load_embedding_table,
+    table_bytes,
+    table_dtype,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -166,7 +171,7 @@ class OpenVinoReport(BaseModel):
 
     @property
     def bytes(self) -> int:
-        extra = (Path(self.directory) / self.embed_file).stat().st_size if self.embed_file else 0
+        extra = table_bytes(self.directory, self.embed_file)
         return sum(g.bytes for g in self.graphs.values()) + extra
 
     @property

@@ -258,34 +258,46 @@ def test_ort_quantization_refuses_torch_config(ort_export, tmp_path):
         quantize_onnx(fp32.directory, tmp_path, QuantizeConfig())
 
 
-@pytest.mark.parametrize("embedding", ["auto", "fp32"])
-def test_ort_split_export_quantizes_the_embedding_table_per_row(tmp_path, embedding):
+@pytest.mark.parametrize(("embedding", "skip_lm_head", "table"), [
+    ("auto", False, "lm.onnx#"),  # tied: the int8 lm_head holds the table, no file of its own
+    ("auto", True, "embed_tokens.int8.npz"),  # lm_head kept fp32: a per-row int8 table file
+    ("fp32", False, "embed_tokens.npy"),
+])
+def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, skip_lm_head, table):
     pytest.importorskip("onnxruntime")
+    from dsvl_adapt.compress.quantize import DEFAULT_SKIP
     from dsvl_adapt.export.onnx import export_onnx
     from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
 
     model = make_model("reference-tiny")
     batches = [make_batch("reference-tiny", seed=s) for s in range(2)]
     fp32 = export_onnx(model, tmp_path / "fp32", batches[0], split=True, threads=1)
-    config = QuantizeConfig(backend="onnxruntime", embedding=embedding)
+    skip = [*DEFAULT_SKIP, "lm_head"] if skip_lm_head else list(DEFAULT_SKIP)
+    config = QuantizeConfig(backend="onnxruntime", embedding=embedding, skip=skip)
     report = quantize_onnx(fp32.directory, tmp_path / "int8", config, batches)
-    files = sorted(p.name for p in (tmp_path / "int8").iterdir() if p.name.startswith("embed_tokens"))
-    table = "int8" if embedding == "auto" else "fp32"
-    assert files == (["embed_tokens.int8.npz"] if table == "int8" else ["embed_tokens.npy"])
     runtime = OnnxRuntimeModel.load(tmp_path / "int8", threads=1)
-    assert runtime.report.quantization["embedding_table"] == table
-    # the table is counted in the artifact's size; int8 keeps top-1 with the fp32 export
+    assert runtime.report.embed_file.startswith(table)
+    files = sorted(p.name for p in (tmp_path / "int8").iterdir() if p.name.startswith("embed_tokens"))
+    assert files == ([] if table == "lm.onnx#" else [table])
+    assert runtime.report.quantization["embedding_table"] == ("fp32" if embedding == "fp32" else "int8")
+    # the artifact's size counts every file once (a table inside lm.onnx adds nothing)
     assert report.bytes == sum(p.stat().st_size for p in (tmp_path / "int8").iterdir()
                                if p.suffix in (".onnx", ".data", ".npz", ".npy"))
+    # within half an int8 step of the fp32 embedding, row by row, and top-1 kept
+    fp32_table = model.get_input_embeddings().weight.detach().numpy()
+    looked_up = runtime._embed.dequantized()
+    step = np.abs(fp32_table).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(looked_up - fp32_table) <= step / 2 + 1e-6)
     assert report.top1_agreement >= 0.8 and report.max_abs_diff < 0.1
     # reloads in a new process to the same logits
     out = runtime.forward(batches[1])
+    torch.save(batches[1], tmp_path / "b.pt")
     script = textwrap.dedent(f"""
         import numpy as np, torch
         from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
         batch = torch.load({str(tmp_path / 'b.pt')!r})
-        np.save({str(tmp_path / 'out.npy')!r}, OnnxRuntimeModel.load({str(tmp_path / 'int8')!r}, threads=1).forward(batch))
+        runtime = OnnxRuntimeModel.load({str(tmp_path / 'int8')!r}, threads=1)
+        np.save({str(tmp_path / 'out.npy')!r}, runtime.forward(batch))
     """)
-    torch.save(batches[1], tmp_path / "b.pt")
     subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert np.array_equal(np.load(tmp_path / "out.npy"), out)

@@ -69,3 +69,39 @@ def test_embedding_knob_resolves_per_backend_and_torch_refuses_int8():
 
     with pytest.raises(ValueError, match="embedding='int8'"):
         quantize_torch_dynamic(torch.nn.Sequential(torch.nn.Linear(2, 2)), QuantizeConfig(embedding="int8"))
+
+
+def test_a_graph_reference_that_does_not_match_fails_by_name(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "lm.onnx")
+    with pytest.raises(ValueError, match=r"no initializer 'head_quantized'.*lm.onnx#head"):
+        load_embedding_table(tmp_path / "lm.onnx#head")
+
+
+def test_a_tied_table_is_found_only_when_every_element_matches(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dsvl_adapt.runtimes.embedding import find_tied_table
+
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=(30, 8)).astype(np.float32)
+    weight, scale = quantize_rows_int8(table)
+    inits = [numpy_helper.from_array(weight.T.copy(), "head_quantized"),
+             numpy_helper.from_array(scale, "head_scale"),
+             numpy_helper.from_array(np.zeros(30, np.int8), "head_zero_point")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], initializer=inits)
+    onnx.save(helper.make_model(graph), tmp_path / "lm.onnx")
+    assert find_tied_table(tmp_path / "lm.onnx", table) == "lm.onnx#head"
+    shared = load_embedding_table(tmp_path / "lm.onnx#head")
+    assert shared.dtype == "int8" and np.array_equal(shared.dequantized(), EmbeddingTable(weight, scale).dequantized())
+    other = table.copy()
+    other[3, 5] += 10 * scale[3]  # one element off by more than half a step: an untied head, not the table
+    assert find_tied_table(tmp_path / "lm.onnx", other) is None
