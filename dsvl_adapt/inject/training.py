@@ -46,10 +46,11 @@ class TrainResult:
     resumed_from: int | None
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
+    precision: str = "fp32"  # what autocast ran in: fp32, bf16 or fp16 (``auto`` resolved)
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
-                "history": self.history}
+                "precision": self.precision, "history": self.history}
 
 
 def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int) -> list[int]:
@@ -206,7 +207,8 @@ class Trainer:
                     break
         if best["state"] is not None:
             acc.unwrap_model(self.model).load_state_dict(best["state"])
-        return TrainResult(step, resumed_from, stopped_early, history)
+        precision = {"no": "fp32"}.get(str(acc.mixed_precision), str(acc.mixed_precision))
+        return TrainResult(step, resumed_from, stopped_early, history, precision)
 
     def _all_params(self) -> list[torch.nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad]
