@@ -166,7 +166,8 @@ class QuantizeSection(QuantizeConfig):
 class ExportSection(Section):
     graphs: Literal["auto", "full", "split"] = Field(
         "auto", description="split = vision+aligner and LM on inputs_embeds (no NonZero/ScatterND); auto = split "
-                            "when the target's op list lacks an op the full graph needs"
+                            "when the target's op list lacks an op the full graph needs, or when quantize makes "
+                            "the token-embedding table int8 (quantize.embedding)"
     )
     opset: int | None = Field(None, ge=13, le=23, description="null = the exporter's default (dynamo: 20)")
 

@@ -105,11 +105,15 @@ def target_backend(context: RunContext) -> str:
     return cfg.backend
 
 
-def export_graphs(context: RunContext) -> str:
-    """``full`` or ``split``: split when the target's op list lacks what the full graph needs."""
+def export_graphs(context: RunContext, *, table_int8: bool = False) -> str:
+    """``full`` or ``split`` for ``export.graphs=auto``: split when the target's op list lacks what the full graph
+    needs (NonZero, ScatterND), or when the token-embedding table is to be int8 (``table_int8``): only a split
+    export keeps the table outside the graphs, where it is quantized per row or read from the int8 lm_head."""
     choice = context.config.export.graphs
     if choice != "auto":
         return choice
+    if table_int8:
+        return "split"
     target = context.target()
     if target is not None and target.supported_ops is not None:
         if not {"NonZero", "ScatterND"} <= set(target.supported_ops):
@@ -152,8 +156,8 @@ class QuantizeStage:
         from ..export.onnx import export_onnx
 
         fp32_dir = context.work_dir / "onnx-fp32"
-        export = export_onnx(model, fp32_dir, calibration[0], split=export_graphs(context) == "split",
-                             opset=context.config.export.opset)
+        split = export_graphs(context, table_int8=cfg.embedding_dtype == "int8") == "split"
+        export = export_onnx(model, fp32_dir, calibration[0], split=split, opset=context.config.export.opset)
         processor.save_pretrained(fp32_dir)
         if backend == "openvino":
             return self._openvino(context, cfg, fp32_dir, export, calibration, processor)

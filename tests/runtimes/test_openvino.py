@@ -295,6 +295,8 @@ def test_pipeline_with_an_openvino_target_scores_through_the_ir(tiny_overrides, 
     assert latency["estimated"] is False and "(openvino)" in latency["note"]
     assert latency["value"] == pytest.approx(ov["latency"]["p90_ms"], abs=1e-3)
     deploy = Path(ov["path"])
-    assert (deploy / "openvino.json").is_file() and (deploy / "model.xml").is_file()
+    # split IR (vision + LM) so that the token table sits outside the graphs, per-row int8
+    assert (deploy / "openvino.json").is_file() and (deploy / "lm.xml").is_file() and (deploy / "vision.xml").is_file()
+    assert (deploy / "embed_tokens.int8.npz").is_file() and not (deploy / "embed_tokens.npy").exists()
     runner = open_runner(deploy, load_torch=None, threads=1)
     assert runner.runtime == "openvino" and runner.label == "openvino-int8-f32"
