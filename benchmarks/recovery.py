@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["vertical=industrial", f"model={args.preset}", f"cache_dir={args.out / 'cache'}", *args.overrides]
     results: dict[str, dict] = {}
     teacher_accuracy = None
-    tag = f"r{args.ratio:g}"
+    tag = f"r{args.ratio:g}" + (f"-s{args.steps}" if args.steps != 120 else "")  # run dirs per ratio and budget
     for name, overrides in variants(args.steps, args.ratio).items():
         slug = name.replace("+", "-")
         run_dir = args.out / (slug if name.startswith("teacher") else f"{tag}-{slug}")  # teachers: one per --out
