@@ -1,4 +1,4 @@
-"""Does distillation recover what pruning takes? Side by side on the industrial vertical.
+"""Does distillation recover what pruning takes? Side by side on one vertical (industrial by default).
 
 One teacher (fine-tuned ``reference-small`` by default), computed once and shared through the
 stage cache, then at an equal training budget:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/recovery"), help="folder for the runs")
     parser.add_argument("--preset", default="reference-small", help="model preset of the teacher")
+    parser.add_argument("--vertical", default="industrial", help="the vertical whose data and metrics are used")
     parser.add_argument("--steps", type=int, default=120, help="training budget after pruning (both recoveries)")
     parser.add_argument("--ratio", type=float, default=0.5, help="structural pruning ratio (LM MLP, LM heads, vision "
                                                                    "MLP)")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score every variant on this many test rows (0: only the run's own scorecard)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. finetune=fast)")
     args = parser.parse_args(argv)
-    common = ["vertical=industrial", f"model={args.preset}", f"cache_dir={args.out / 'cache'}", *args.overrides]
+    common = [f"vertical={args.vertical}", f"model={args.preset}", f"cache_dir={args.out / 'cache'}", *args.overrides]
     results: dict[str, dict] = {}
     teacher_accuracy = None
     tag = f"r{args.ratio:g}" + (f"-s{args.steps}" if args.steps != 120 else "")  # run dirs per ratio and budget
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_latency = dsvl_adapt.load_scorecard(args.out / "teacher").latency.get("teacher")
     summary = {
         "benchmark": "recovery",
-        "vertical": "industrial",
+        "vertical": args.vertical,
         "preset": args.preset,
         "recovery_steps": args.steps,
         "ratio": args.ratio,
