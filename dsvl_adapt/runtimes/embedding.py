@@ -172,7 +172,8 @@ def copy_embedding_table(source_dir: str | Path, file_name: str | None, destinat
 
 
 def load_embedding_table(path: str | Path) -> EmbeddingTable:
-    """Open ``embed_tokens.npy`` (memory-mapped) or ``embed_tokens.int8.npz``."""
+    """Open ``embed_tokens.npy`` (memory-mapped), ``embed_tokens.int8.npz``, or a reference into a quantized graph
+    (``<dir>/lm.onnx#<name>``, see the module docstring)."""
     path = Path(path)
     if "#" in path.name:
         file_name, name = path.name.split("#", 1)
