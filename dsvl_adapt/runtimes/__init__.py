@@ -165,6 +165,18 @@ class GraphRuntimeModel(ABC):
     def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run graph ``name`` on ``feeds``; its single output as numpy."""
 
+    @staticmethod
+    def _embedding_table(report: Any, directory: Any) -> Any:
+        """The token table a split export's lookup reads (:mod:`dsvl_adapt.runtimes.embedding`); None for a full
+        graph, which embeds inside."""
+        from pathlib import Path
+
+        from .embedding import load_embedding_table
+
+        if report.mode != "split" or not report.embed_file:
+            return None
+        return load_embedding_table(Path(directory) / report.embed_file)
+
     def _pixel_feeds(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         names = ["pixel_values"] + (["high_res_pixel_values"] if self.hybrid else [])
         missing = [n for n in names if batch.get(n) is None]

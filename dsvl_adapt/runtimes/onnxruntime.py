@@ -50,7 +50,6 @@ from dsvl_adapt.runtimes.embedding import (
     INT8_FILE,
     copy_embedding_table,
     find_tied_table,
-    load_embedding_table,
     table_dtype,
 )
 
@@ -93,8 +92,7 @@ class OnnxRuntimeModel(GraphRuntimeModel):
                          for name in report.graphs}
         self.image_token_id = report.image_token_id
         self.hybrid = report.hybrid
-        self._embed = (load_embedding_table(self.directory / report.embed_file)
-                       if report.mode == "split" and report.embed_file else None)
+        self._embed = self._embedding_table(report, self.directory)
 
     @classmethod
     def load(cls, directory: str | Path, threads: int | None = None,

@@ -57,7 +57,6 @@ from dsvl_adapt.errors import ConfigError
 from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
 from dsvl_adapt.runtimes.embedding import (
     copy_embedding_table,
-    load_embedding_table,
     table_bytes,
     table_dtype,
 )
@@ -253,8 +252,7 @@ class OpenVinoModel(GraphRuntimeModel):
                           f"{self.precision!r} was asked for (this CPU may lack it)", stacklevel=2)
         self.image_token_id = report.image_token_id
         self.hybrid = report.hybrid
-        self._embed = (load_embedding_table(self.directory / report.embed_file)
-                       if report.mode == "split" and report.embed_file else None)
+        self._embed = self._embedding_table(report, self.directory)
 
     @classmethod
     def load(cls, directory: str | Path, threads: int | None = None, precision: str | None = None) -> OpenVinoModel:
