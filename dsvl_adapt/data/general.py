@@ -25,7 +25,12 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dsvl_adapt.data.synthetic import balanced_order, check_request, split_stream
+from dsvl_adapt.data.synthetic import (
+    balanced_order,
+    balanced_slots,
+    check_request,
+    split_stream,
+)
 
 NAME = "general"
 SPLITS = ("train", "validation", "test")
@@ -59,14 +64,7 @@ _RGB = {
 QUESTION_WEIGHTS = {"colour": 1, "shape": 2, "count": 2, "position": 3}
 
 
-def _slots() -> tuple:
-    """One balanced block: question types in QUESTION_WEIGHTS proportion, each answer of a type equally often."""
-    lcm = math.lcm(*(len(v) for v in ANSWERS.values()))
-    return tuple((q, a) for q, vals in ANSWERS.items() for a in vals
-                 for _ in range(QUESTION_WEIGHTS[q] * lcm // len(vals)))
-
-
-_SLOTS = _slots()
+_SLOTS = balanced_slots(ANSWERS, QUESTION_WEIGHTS)
 BALANCE_BLOCK = len(_SLOTS)  # rows are exactly balanced in every consecutive block of this many
 
 

@@ -7,6 +7,8 @@ hash (not Python's salted ``hash``), so splits never overlap and runs are reprod
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Mapping
 from typing import Sequence, TypeVar
 
 import numpy as np
@@ -29,6 +31,15 @@ def check_request(n: int, seed: int, image_size: int) -> None:
         raise ValueError("seed must be >= 0")
     if image_size < 32:
         raise ValueError("image_size must be >= 32")
+
+
+def balanced_slots(answers: Mapping[str, Sequence[str]],
+                   weights: Mapping[str, int] | None = None) -> tuple[tuple[str, str], ...]:
+    """One balanced block of (question type, answer) slots: each type in proportion to ``weights`` (1 each by
+    default), each answer of a type equally often. Feed it to :func:`balanced_order`."""
+    lcm = math.lcm(*(len(values) for values in answers.values()))
+    return tuple((kind, answer) for kind, values in answers.items() for answer in values
+                 for _ in range((weights or {}).get(kind, 1) * lcm // len(values)))
 
 
 def balanced_order(slots: Sequence[T], name: str, split: str, seed: int, n: int) -> list[T]:

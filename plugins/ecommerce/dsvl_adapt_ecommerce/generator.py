@@ -18,7 +18,12 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from dsvl_adapt.data.synthetic import balanced_order, check_request, split_stream
+from dsvl_adapt.data.synthetic import (
+    balanced_order,
+    balanced_slots,
+    check_request,
+    split_stream,
+)
 
 NAME = "ecommerce"
 SPLITS = ("train", "validation", "test")
@@ -68,14 +73,7 @@ _BACKDROPS = {"light grey": (0.78, 0.78, 0.78), "warm grey": (0.8, 0.77, 0.72), 
 QUESTION_WEIGHTS = {"category": 2, "colour": 1, "pattern": 2}
 
 
-def _slots() -> tuple:
-    """One balanced block: question types in QUESTION_WEIGHTS proportion, each value of a type equally often."""
-    lcm = math.lcm(*(len(v) for v in ATTRIBUTES.values()))
-    return tuple((q, v) for q, vals in ATTRIBUTES.items() for v in vals
-                 for _ in range(QUESTION_WEIGHTS[q] * lcm // len(vals)))
-
-
-_SLOTS = _slots()
+_SLOTS = balanced_slots(ATTRIBUTES, QUESTION_WEIGHTS)
 BALANCE_BLOCK = len(_SLOTS)  # rows are exactly balanced in every consecutive block of this many
 
 

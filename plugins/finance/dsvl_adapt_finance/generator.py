@@ -28,7 +28,12 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dsvl_adapt.data.synthetic import balanced_order, check_request, split_stream
+from dsvl_adapt.data.synthetic import (
+    balanced_order,
+    balanced_slots,
+    check_request,
+    split_stream,
+)
 
 NAME = "finance"
 SPLITS = ("train", "validation", "test")
@@ -74,12 +79,7 @@ _ITEMS = ("Consulting services", "Office chairs", "Printer paper A4", "Freight c
 _CURRENCIES = ("$", "EUR ", "GBP ")
 
 
-def _slots() -> tuple:
-    lcm = math.lcm(*(len(v) for v in ANSWERS.values()))
-    return tuple((q, a) for q, vals in ANSWERS.items() for a in vals for _ in range(lcm // len(vals)))
-
-
-_SLOTS = _slots()
+_SLOTS = balanced_slots(ANSWERS)
 BALANCE_BLOCK = len(_SLOTS)  # rows are exactly balanced in every consecutive block of this many
 
 
