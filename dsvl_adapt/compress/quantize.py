@@ -99,6 +99,10 @@ class QuantizeConfig(BaseModel):
                             description="regexes searched in module paths; matching layers stay full precision")
     calibration_batches: int = Field(8, ge=1, description="batches read for static calibration")
     block_size: int = Field(32, ge=16, description="weight_only: weights per quantization block (power of 2)")
+    reduce_range: Literal["auto"] | bool = Field(
+        "auto", description="ONNX Runtime int8 (dynamic, static): 7-bit weights, which ONNX Runtime's documentation "
+                            "advises on x86 CPUs without VNNI, where u8s8 kernels saturate. auto = on when this "
+                            "machine lacks VNNI/AMX int8 (the choice is recorded in the quantize stage's figures)")
     embedding: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="the token-embedding table of split exports (onnxruntime, openvino), which the caller "
                             "looks input_ids up in: int8 per row, or fp32. auto = int8 on those backends; the torch "
@@ -145,6 +149,15 @@ class QuantizeConfig(BaseModel):
         if self.embedding == "auto":
             return "fp32" if self.backend == "torch" else "int8"
         return self.embedding
+
+    @property
+    def reduce_range_resolved(self) -> bool:
+        """``reduce_range`` with ``auto`` resolved against this machine's CPU."""
+        if self.reduce_range != "auto":
+            return bool(self.reduce_range)
+        from ..machine import has_int8_dot_product
+
+        return has_int8_dot_product() is False
 
     def skips(self, module_path: str) -> bool:
         """True when ``module_path`` stays in full precision under this policy."""

@@ -135,7 +135,8 @@ def _graph_table(graph_path: Path, name: str, initializers: dict[str, object] | 
 
 def find_tied_table(graph_path: str | Path, table: np.ndarray) -> str | None:
     """``<graph file>#<name>`` when the quantized graph holds ``table`` (vocab, hidden) as a (hidden, vocab) int8
-    initializer with per-vocab scales that reproduces every element within half a step; else None."""
+    initializer with per-vocab scales that reproduces every element within half a full-range int8 step of its row;
+    else None."""
     graph_path = Path(graph_path)
     inits = _initializers(graph_path)
     vocab, hidden = table.shape
@@ -149,8 +150,11 @@ def find_tied_table(graph_path: str | Path, table: np.ndarray) -> str | None:
             continue
         if candidate.scale is None or candidate.scale.shape != (vocab,):
             continue
+        # Within half a full-range int8 step of each row (what a per-row int8 table guarantees): a 7-bit lm_head
+        # (``reduce_range``) reproduces the table only within its own, twice as coarse, step and is not taken.
+        int8_step = np.abs(table).max(axis=1) / 127
         error = np.abs(candidate.dequantized() - table)
-        if np.all(error <= candidate.scale[:, None] * 0.5 + 1e-6 * np.abs(table).max()):
+        if np.all(error <= int8_step[:, None] * 0.5 + 1e-6 * np.abs(table).max()):
             return f"{graph_path.name}#{name}"
     return None
 

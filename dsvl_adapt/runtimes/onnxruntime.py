@@ -150,6 +150,7 @@ class OnnxQuantizeReport(BaseModel):
     max_abs_diff: float | None = Field(None, description="logits vs the fp32 export, attended positions")
     top1_agreement: float | None = Field(None, description="share of attended positions with the same argmax")
     seconds: float
+    reduce_range: bool | None = Field(None, description="7-bit weights used (int8 modes; auto resolved on this CPU)")
 
 
 def _module_path(node) -> str | None:
@@ -242,7 +243,7 @@ def _quantize_graph(src: Path, dst: Path, config: QuantizeConfig, feeds: list[di
     if config.mode == "dynamic":
         quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=config.per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded, use_external_data_format=external,
-                         extra_options={"MatMulConstBOnly": True})
+                         reduce_range=config.reduce_range_resolved, extra_options={"MatMulConstBOnly": True})
     elif config.mode == "static":
         if not feeds:
             raise ValueError("static quantization needs calibration batches")
@@ -250,7 +251,7 @@ def _quantize_graph(src: Path, dst: Path, config: QuantizeConfig, feeds: list[di
                         op_types_to_quantize=["MatMul", "Gemm"], per_channel=config.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                         use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"MatMulConstBOnly": True})
+                        reduce_range=config.reduce_range_resolved, extra_options={"MatMulConstBOnly": True})
     else:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -320,6 +321,7 @@ def quantize_export(source: str | Path, destination: str | Path, config: Quantiz
         "directory": str(destination), "graphs": graphs, "inventories": inventories, "opset": max(opsets),
         "max_abs_diff": {}, "within_tolerance": None, "embed_file": embed_file,
         "quantization": {"backend": "onnxruntime", **config.model_dump(mode="json"), "source": str(source),
+                         "reduce_range_used": config.reduce_range_resolved if config.mode != "weight_only" else None,
                          "embedding_table": table_dtype(embed_file),
                          "quantized_nodes": quantized, "skipped_nodes": skipped},
     })
@@ -343,4 +345,5 @@ def quantize_export(source: str | Path, destination: str | Path, config: Quantiz
         directory=str(destination), source=str(source), config=config.model_dump(mode="json"),
         graphs={name: g.file for name, g in graphs.items()}, inventories=inventories, quantized_nodes=quantized,
         skipped_nodes=skipped, bytes_fp32=src.bytes, bytes=report.bytes, max_abs_diff=diff,
-        top1_agreement=agreement, seconds=time.perf_counter() - t0)
+        top1_agreement=agreement, seconds=time.perf_counter() - t0,
+        reduce_range=config.reduce_range_resolved if config.mode != "weight_only" else None)

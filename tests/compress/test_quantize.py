@@ -22,6 +22,7 @@ from dsvl_adapt.compress.quantize import (
     quantized_module_names,
     save_quantized,
 )
+from dsvl_adapt.machine import has_int8_dot_product
 from dsvl_adapt.models.presets import build_config, get_preset
 
 torch.set_num_threads(1)
@@ -258,12 +259,13 @@ def test_ort_quantization_refuses_torch_config(ort_export, tmp_path):
         quantize_onnx(fp32.directory, tmp_path, QuantizeConfig())
 
 
-@pytest.mark.parametrize(("embedding", "skip_lm_head", "table"), [
-    ("auto", False, "lm.onnx#"),  # tied: the int8 lm_head holds the table, no file of its own
-    ("auto", True, "embed_tokens.int8.npz"),  # lm_head kept fp32: a per-row int8 table file
-    ("fp32", False, "embed_tokens.npy"),
+@pytest.mark.parametrize(("embedding", "skip_lm_head", "reduce_range", "table"), [
+    ("auto", False, False, "lm.onnx#"),  # tied: the int8 lm_head holds the table, no file of its own
+    ("auto", False, True, "embed_tokens.int8.npz"),  # a 7-bit lm_head is too coarse: a per-row int8 table file
+    ("auto", True, False, "embed_tokens.int8.npz"),  # lm_head kept fp32: a per-row int8 table file
+    ("fp32", False, False, "embed_tokens.npy"),
 ])
-def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, skip_lm_head, table):
+def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, skip_lm_head, reduce_range, table):
     pytest.importorskip("onnxruntime")
     from dsvl_adapt.compress.quantize import DEFAULT_SKIP
     from dsvl_adapt.export.onnx import export_onnx
@@ -273,8 +275,9 @@ def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, ski
     batches = [make_batch("reference-tiny", seed=s) for s in range(2)]
     fp32 = export_onnx(model, tmp_path / "fp32", batches[0], split=True, threads=1)
     skip = [*DEFAULT_SKIP, "lm_head"] if skip_lm_head else list(DEFAULT_SKIP)
-    config = QuantizeConfig(backend="onnxruntime", embedding=embedding, skip=skip)
+    config = QuantizeConfig(backend="onnxruntime", embedding=embedding, skip=skip, reduce_range=reduce_range)
     report = quantize_onnx(fp32.directory, tmp_path / "int8", config, batches)
+    assert report.reduce_range is reduce_range
     runtime = OnnxRuntimeModel.load(tmp_path / "int8", threads=1)
     assert runtime.report.embed_file.startswith(table)
     files = sorted(p.name for p in (tmp_path / "int8").iterdir() if p.name.startswith("embed_tokens"))
@@ -288,7 +291,10 @@ def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, ski
     looked_up = runtime._embed.dequantized()
     step = np.abs(fp32_table).max(axis=1, keepdims=True) / 127
     assert np.all(np.abs(looked_up - fp32_table) <= step / 2 + 1e-6)
-    assert report.top1_agreement >= 0.8 and report.max_abs_diff < 0.1
+    # Drift: full-range u8s8 int8 saturates on x86 without VNNI, which 7-bit weights avoid (dsvl_adapt.machine);
+    # the default (reduce_range=auto) is checked on every host by test_ort_quantization_runs_is_smaller_and_close.
+    if reduce_range or has_int8_dot_product() is not False:
+        assert report.top1_agreement >= 0.8 and report.max_abs_diff < 0.1
     # reloads in a new process to the same logits
     out = runtime.forward(batches[1])
     torch.save(batches[1], tmp_path / "b.pt")

@@ -1,0 +1,27 @@
+"""Host facts that change results: which CPUs get ONNX Runtime's 7-bit weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsvl_adapt.compress.quantize import QuantizeConfig
+from dsvl_adapt.machine import has_int8_dot_product
+
+
+@pytest.mark.parametrize(("flags", "machine", "expected"), [
+    ({"avx2", "fma"}, "x86_64", False),                  # AVX2-only (the AMD EPYC host of this project)
+    ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", True),  # Zen 4/5, Cascade Lake and later Xeons
+    ({"avx2", "avx_vnni"}, "x86_64", True),                # Alder Lake and later
+    ({"avx512f", "amx_int8", "amx_tile"}, "x86_64", True),
+    (set(), "x86_64", None),                             # nothing readable: cannot be told
+    ({"neon", "asimddp"}, "aarch64", None),              # not x86: ONNX Runtime's ARM kernels do not saturate so
+])
+def test_int8_dot_product_from_flags(flags, machine, expected):
+    assert has_int8_dot_product(frozenset(flags), machine) is expected
+
+
+def test_reduce_range_explicit_values_win_over_the_host():
+    assert QuantizeConfig(backend="onnxruntime", reduce_range=True).reduce_range_resolved is True
+    assert QuantizeConfig(backend="onnxruntime", reduce_range=False).reduce_range_resolved is False
+    auto = QuantizeConfig(backend="onnxruntime").reduce_range_resolved
+    assert auto is (has_int8_dot_product() is False)
