@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -38,6 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except DsvlAdaptError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+            raise
+        print(f"error: cannot write {exc.filename or 'the run folder'}: {exc.strerror}; "
+              "choose a run_dir (and cache_dir) you can write to, with room to spare", file=sys.stderr)
         return 2
 
 
@@ -105,11 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands ------------------------------------------------------------------------------
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import compose, search_path_override
+    from .manifest import check_run_dir
     from .plugins import get_registry
 
     overrides = list(args.overrides)
     if not args.multirun:
-        compose(overrides)  # fail fast, with field names, before Hydra or torch start
+        config, raw = compose(overrides)  # fail fast, with field names, before Hydra or torch start
+        if config.run_dir is not None:
+            # before Hydra writes .hydra/ into it: a refused run leaves the folder (and its record) as it was
+            check_run_dir(config.run_dir, raw)
         overrides += [f"hydra.run.dir={o.split('=', 1)[1]}" for o in overrides if o.startswith("run_dir=")]
     outcome: dict[str, Any] = {}
     _hydra_main(overrides + search_path_override(get_registry().config_search_path), args.multirun, outcome)

@@ -167,6 +167,7 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
                  log: Any = print) -> RunContext:
     """Run (or resume) the pipeline in ``run_dir``; returns the context with every artifact."""
     check_pipeline(config, manager)
+    run_dir = Path(run_dir).absolute()  # a relative run_dir names the same folder whatever a library does to cwd
     processes = Processes(config.device)
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,7 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
         if record_path.is_file():
             chain.add(stage)
             record = json.loads(record_path.read_text())
-            _adopt(context, final, name, record["artifacts"], record["figures"])
+            _adopt(context, final, name, record)
             log(f"[{name}] complete, skipped ({record['seconds']:.1f} s when it ran)")
             continue
         partial = stages_dir / f"{name}.partial"
@@ -212,9 +213,10 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
                     cache.store(stage, key, final)
         processes.barrier()
         record = json.loads(record_path.read_text())
-        _adopt(context, final, name, record["artifacts"], record["figures"])
+        _adopt(context, final, name, record)
         manager.notify("dsvl_adapt_after_stage", stage=stage, context=context,
-                       result=StageResult(record["artifacts"], record["figures"]))
+                       result=StageResult({k: str(v) for k, v in _artifact_paths(context.run_dir, final, record).items()},
+                                          record["figures"]))
     return context
 
 
@@ -235,9 +237,12 @@ def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager:
         ) from exc
     seconds = time.perf_counter() - started
     if processes.is_main:
-        record = {"stage": name, "artifacts": result.artifacts, "figures": result.figures, "seconds": seconds}
+        final = context.run_dir / "stages" / name
+        record = {"stage": name, "paths": RUN_RELATIVE,
+                  "artifacts": record_artifacts(result.artifacts, context.work_dir, final, context.run_dir),
+                  "figures": _without_partial(result.figures, context.work_dir, final), "seconds": seconds}
         (context.work_dir / STAGE_RECORD).write_text(json.dumps(record, indent=2, default=str))
-        os.replace(context.work_dir, context.run_dir / "stages" / name)
+        os.replace(context.work_dir, final)
     log(f"[{name}] done in {seconds:.1f} s")
 
 
@@ -267,12 +272,50 @@ def _silent(message: str) -> None:
     del message
 
 
-def _adopt(context: RunContext, stage_dir: Path, name: str, artifacts: dict[str, str],
-           figures: dict[str, Any]) -> None:
+#: ``stage.json``'s ``paths`` value when its artifact paths are relative to the run folder (records without it are
+#: from earlier versions, whose relative paths are relative to their stage folder).
+RUN_RELATIVE = "run-relative"
+
+
+def record_artifacts(artifacts: dict[str, str], work_dir: Path, final: Path, run_dir: Path) -> dict[str, str]:
+    """Artifact paths as ``stage.json`` stores them: relative to the run folder when they lie inside it, so that a
+    run folder moved or copied elsewhere still resumes; absolute otherwise (a file the user keeps elsewhere).
+
+    A stage returns paths relative to its work folder (``"student"``), or absolute ones (an earlier stage's
+    artifact it hands on unchanged). Paths inside the ``.partial`` work folder are recorded at the stage's final
+    folder, where they are after the rename."""
+    recorded = {}
     for key, value in artifacts.items():
         path = Path(value)
-        context.artifacts[key] = path if path.is_absolute() else stage_dir / path
-    context.figures[name] = figures
+        path = (path if path.is_absolute() else work_dir / path).absolute()
+        if path.is_relative_to(work_dir):
+            path = final / path.relative_to(work_dir)
+        recorded[key] = path.relative_to(run_dir).as_posix() if path.is_relative_to(run_dir) else str(path)
+    return recorded
+
+
+def read_stage_artifacts(stage_dir: Path) -> dict[str, Path]:
+    """The artifacts a complete stage recorded in ``stage_dir/stage.json``, as paths (for tools that read runs)."""
+    stage_dir = Path(stage_dir).absolute()
+    record = json.loads((stage_dir / STAGE_RECORD).read_text())
+    return _artifact_paths(stage_dir.parent.parent, stage_dir, record)
+
+
+def _artifact_paths(run_dir: Path, stage_dir: Path, record: dict[str, Any]) -> dict[str, Path]:
+    base = run_dir if record.get("paths") == RUN_RELATIVE else stage_dir
+    return {key: (Path(value) if Path(value).is_absolute() else base / value)
+            for key, value in record["artifacts"].items()}
+
+
+def _without_partial(figures: dict[str, Any], work_dir: Path, final: Path) -> dict[str, Any]:
+    """The figures with every mention of the ``.partial`` work folder replaced by the stage's final folder."""
+    text = json.dumps(figures, default=str)
+    return json.loads(text.replace(json.dumps(str(work_dir))[1:-1], json.dumps(str(final))[1:-1]))
+
+
+def _adopt(context: RunContext, stage_dir: Path, name: str, record: dict[str, Any]) -> None:
+    context.artifacts.update(_artifact_paths(context.run_dir, stage_dir, record))
+    context.figures[name] = record["figures"]
 
 
 class LazyStage:

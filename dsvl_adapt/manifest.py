@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -19,18 +20,31 @@ TRACKED_PACKAGES = ("dsvl-adapt", "torch", "transformers", "peft", "torch-prunin
 NOT_COMPARED = ("run_dir", "cache_dir")  # may change between a run and its resumption
 
 
+def check_run_dir(run_dir: Path, raw: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a run folder that cannot take this run: one that holds a run made with
+    another configuration, or one this process cannot write to. Raises :class:`ConfigError` with the fix."""
+    run_dir = Path(run_dir)
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise ConfigError(f"run_dir: {existing} {what}; choose a run_dir you can write to (run_dir=PATH)")
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())["config"]
+    previous = {k: v for k, v in previous.items() if k not in NOT_COMPARED}
+    differences = sorted(_diff(previous, {k: v for k, v in raw.items() if k not in NOT_COMPARED}))
+    if differences:
+        raise ConfigError(
+            f"{run_dir} holds a run made with a different configuration (differs at: "
+            f"{', '.join(differences[:8])}). Resume it with the same settings, or choose a new run_dir."
+        )
+
+
 def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: Any) -> None:
     path = run_dir / MANIFEST
-    comparable = {k: v for k, v in raw.items() if k not in NOT_COMPARED}
+    check_run_dir(run_dir, raw)
     if path.is_file():
-        previous = json.loads(path.read_text())["config"]
-        previous = {k: v for k, v in previous.items() if k not in NOT_COMPARED}
-        differences = sorted(_diff(previous, comparable))
-        if differences:
-            raise ConfigError(
-                f"{run_dir} holds a run made with a different configuration (differs at: "
-                f"{', '.join(differences[:8])}). Resume it with the same settings, or choose a new run_dir."
-            )
         return
     manifest = {
         "config": raw,

@@ -122,3 +122,42 @@ def test_a_local_checkpoint_directory_runs_through_the_pipeline(tiny_run, tmp_pa
     load = json.loads((tmp_path / "local" / "stages" / "load" / "stage.json").read_text())
     assert load["artifacts"]["base"] == str(teacher.resolve())
     assert card.params["base"] == card.params["teacher"]
+
+
+def _cli(*args: str, cwd=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "DSVL_ADAPT_NO_PROGRESS": "1"})
+
+
+def test_a_refused_run_leaves_the_folder_and_its_report_as_they_were(tiny_run, tiny_overrides, tmp_path):
+    """Another configuration in a finished run's folder is refused before Hydra writes there: the first run's
+    .hydra/ records stay, no failure.json appears, and ``dsvl-adapt report`` says what it said before."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+    report_before = _cli("report", str(run))
+    assert "report:" in report_before.stdout, report_before.stderr[-2000:]
+    refused = _cli("run", *tiny_overrides, "finetune.lora.r=2", f"run_dir={run}")
+    assert refused.returncode == 2
+    assert "different configuration" in refused.stderr and "finetune.lora.r" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == before
+    assert not (run / "failure.json").exists()
+    report_after = _cli("report", str(run))
+    assert (report_after.returncode, report_after.stdout) == (report_before.returncode, report_before.stdout)
+
+
+def test_a_run_dir_that_cannot_be_written_gets_one_line(tiny_overrides, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _cli("run", *tiny_overrides, f"run_dir={blocker / 'run'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: run_dir: {blocker} is not a folder; choose a run_dir you can write to (run_dir=PATH)"]

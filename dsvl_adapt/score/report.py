@@ -142,6 +142,8 @@ def _read_overrides(run_dir: Path) -> dict[str, str] | None:
 
 def _student_dir(run_dir: Path, stages: Sequence[str]) -> Path | None:
     """Where the last stage that produced the ``student`` artifact put it."""
+    from ..engine import read_stage_artifacts
+
     records = [run_dir / "stages" / s / "stage.json" for s in stages]
     if not records:
         records = sorted((run_dir / "stages").glob("*/stage.json"), key=lambda p: p.stat().st_mtime)
@@ -150,12 +152,11 @@ def _student_dir(run_dir: Path, stages: Sequence[str]) -> Path | None:
         if not record.is_file():
             continue
         try:
-            value = json.loads(record.read_text()).get("artifacts", {}).get("student")
-        except (OSError, ValueError):
+            value = read_stage_artifacts(record.parent).get("student")
+        except (OSError, ValueError, KeyError):
             continue
         if value:
-            path = Path(value)
-            found = path if path.is_absolute() else record.parent / path
+            found = value
     return found if found is not None and found.is_dir() else None
 
 
