@@ -13,7 +13,7 @@ from .errors import DsvlAdaptError
 
 EPILOG = """\
 examples:
-  dsvl-adapt run vertical=industrial                         # reference model, ~10 min on 2 cores
+  dsvl-adapt run vertical=industrial                         # reference model, about 7-10 min on 2 cores
   dsvl-adapt run vertical=medical model=local model.path=/models/deepseek-vl-1.3b-chat
   dsvl-adapt run model=reference-tiny finetune=fast run_dir=runs/smoke   # same run_dir resumes
   dsvl-adapt run -m finetune.lora.r=8,16                     # Hydra multirun sweep
@@ -92,8 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     new_plugin.add_argument("--dir", default=".", help="parent folder (default: the current one)")
     new_plugin.set_defaults(handler=_cmd_new_plugin)
 
-    check = sub.add_parser("check-plugin", help="validate everything a plugin supplies (the conformance kit)")
+    check = sub.add_parser("check-plugin", help="validate everything a plugin supplies (the conformance kit)",
+                           description="Check what each plugin registers the way a run will use it: rows of every "
+                                       "split, prompt fields, metric range and direction (a constant metric is "
+                                       "refused), hardware targets, stages, `vertical=NAME` composing. Each "
+                                       "problem names its hook and field; exit status 1 on problems. "
+                                       "See docs/plugins/testing.md.")
     check.add_argument("names", nargs="+", metavar="NAME", help="entry-point or module names")
+    check.add_argument("--data", metavar="DIR", default=None,
+                       help="a sample data folder in the data.source layout (train.jsonl, validation.jsonl, "
+                            "test.jsonl and their images): also load every split from it, as data.source=DIR will")
     check.set_defaults(handler=_cmd_check_plugin)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the scorecard or the run config")
@@ -269,7 +277,7 @@ def _cmd_check_plugin(args: argparse.Namespace) -> int:
 
     status = 0
     for name in args.names:
-        report = check_plugin(name)
+        report = check_plugin(name, data_source=args.data)
         print(f"{name}: {'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
         for problem in report.problems:
             print(f"  - {problem}")
