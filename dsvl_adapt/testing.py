@@ -260,7 +260,7 @@ def _check(manager: PluginManager, name: str, rows_per_split: int, image_size: i
     _check_stages(report, stages)
     if compose_config:
         _check_config(report, manager, name, verticals)
-    files = f" (generated and from {source})" if source is not None else ""
+    files = f" (and from {source})" if source is not None else ""
     report.checked = [f"{len(verticals)} vertical(s)", f"{len(datasets)} dataset(s) x {len(SPLITS)} splits{files}",
                       f"{len(prompts)} prompt(s)", f"{len(metrics)} metric(s)", f"{len(targets)} target(s)",
                       f"{len(stages)} stage(s)"]
