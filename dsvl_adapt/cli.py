@@ -14,7 +14,7 @@ from .errors import DsvlAdaptError
 
 EPILOG = """\
 examples:
-  dsvl-adapt run vertical=industrial                         # reference model, ~10 min on 2 cores
+  dsvl-adapt run vertical=industrial                         # reference model, about 7-10 min on 2 cores
   dsvl-adapt run vertical=medical model=local model.path=/models/deepseek-vl-1.3b-chat
   dsvl-adapt run model=reference-tiny finetune=fast run_dir=runs/smoke   # same run_dir resumes
   dsvl-adapt run -m finetune.lora.r=8,16                     # Hydra multirun sweep
@@ -91,16 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_cmd_report)
 
     new_plugin = sub.add_parser("new-plugin", help="scaffold a new vertical plugin package",
-                                description="Write a complete plugin package (hooks, example data generator, "
-                                            "JSONL loader, prompt, metric, hardware target, Hydra config, tests, "
-                                            "README) into DIR/dsvl-adapt-NAME. Then: pip install it, and "
-                                            "`dsvl-adapt run vertical=NAME`. See docs/plugins/tutorial.md.")
+                                description="Write a complete plugin package (hooks, dataset, prompt, metric, "
+                                            "hardware target, Hydra config, tests with a tiny sample data folder, "
+                                            "README) into DIR/dsvl-adapt-NAME. --data generator (default): an "
+                                            "example data generator, plus your folder via data.source; --data "
+                                            "files: no generator, the vertical reads your labelled folder from "
+                                            "data.source. Then: pip install it, and `dsvl-adapt run vertical=NAME`. "
+                                            "See docs/plugins/tutorial.md and docs/plugins/file-only.md.")
     new_plugin.add_argument("name", help="the vertical's name: lowercase words joined by hyphens, e.g. legal-docs")
-    new_plugin.add_argument("--dir", default=".", help="parent folder (default: the current one)")
+    new_plugin.add_argument("--dir", default=".", metavar="DIR",
+                            help="the parent folder: the plugin is written to DIR/dsvl-adapt-NAME "
+                                 "(default: the current folder)")
+    new_plugin.add_argument("--data", default="generator", choices=["generator", "files"],
+                            help="generator: example data made in code (replace it with yours); files: your own "
+                                 "labelled folder only, read from data.source (default: generator)")
     new_plugin.set_defaults(handler=_cmd_new_plugin)
 
-    check = sub.add_parser("check-plugin", help="validate everything a plugin supplies (the conformance kit)")
+    check = sub.add_parser("check-plugin", help="validate everything a plugin supplies (the conformance kit)",
+                           description="Check what each plugin registers the way a run will use it: rows of every "
+                                       "split, prompt fields, metric range and direction (a constant metric is "
+                                       "refused), hardware targets, stages, `vertical=NAME` composing. Each "
+                                       "problem names its hook and field; exit status 1 on problems. "
+                                       "See docs/plugins/testing.md.")
     check.add_argument("names", nargs="+", metavar="NAME", help="entry-point or module names")
+    check.add_argument("--data", metavar="DIR", default=None,
+                       help="a sample data folder in the data.source layout (train.jsonl, validation.jsonl, "
+                            "test.jsonl and their images): also load every split from it, as data.source=DIR will")
     check.set_defaults(handler=_cmd_check_plugin)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the scorecard or the run config")
@@ -265,12 +281,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
-    from .scaffold import create_plugin, names_for
+    from .scaffold import SAMPLE_FOLDER, create_plugin, names_for
 
-    path = create_plugin(args.name, Path(args.dir))
+    path = create_plugin(args.name, Path(args.dir), data=args.data)
     vertical = names_for(args.name)["name"]
+    source = f" data.source={path / SAMPLE_FOLDER}" if args.data == "files" else ""
     print(f"created {path}\nnext:\n  pip install -e {path}\n  dsvl-adapt plugins\n"
-          f"  dsvl-adapt run vertical={vertical} model=reference-tiny finetune=fast distill=fast\n"
+          f"  dsvl-adapt check-plugin {vertical} --data {path / SAMPLE_FOLDER}\n"
+          f"  dsvl-adapt run vertical={vertical}{source} model=reference-tiny finetune=fast distill=fast\n"
           f"  python -m pytest {path}/tests")
     return 0
 
@@ -280,7 +298,7 @@ def _cmd_check_plugin(args: argparse.Namespace) -> int:
 
     status = 0
     for name in args.names:
-        report = check_plugin(name)
+        report = check_plugin(name, data_source=args.data)
         print(f"{name}: {'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
         for problem in report.problems:
             print(f"  - {problem}")

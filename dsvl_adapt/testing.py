@@ -13,10 +13,13 @@ the root ``conftest.py``.
 :func:`check_plugin` validates what a plugin supplies against the schemas, the way the core will
 use it: registration errors, the vertical's references, dataset rows of every split (through the
 core's :func:`~dsvl_adapt.data.loading.load_split`), prompt fields against those rows, metric
-values and direction, hardware targets, stages and the vertical's Hydra config. Every problem
-names the hook and the field at fault. It is also a command::
+values, direction and that a metric tells right answers from wrong ones, hardware targets, stages
+and the vertical's Hydra config. Every problem names the hook and the field at fault. Given a
+sample data folder (``data_source=DIR``), it also loads every split from that folder through the
+dataset's ``request.source`` branch, the way ``data.source=DIR`` will. It is also a command::
 
-    python -m dsvl_adapt.testing legal-docs
+    python -m dsvl_adapt.testing legal-docs [--data DIR]
+    dsvl-adapt check-plugin legal-docs [--data DIR]
 
 This module imports neither torch nor Hydra until a check needs them.
 """
@@ -32,6 +35,7 @@ import numbers
 import sys
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .plugins import PluginManager, get_manager
@@ -50,6 +54,8 @@ TARGETS = "dsvl_adapt_register_hardware_targets"
 STAGES = "dsvl_adapt_register_stages"
 SEARCH_PATH = "dsvl_adapt_config_search_path"
 WRONG_ANSWER = "zzz-not-an-answer"
+CONSTANT_ANSWERS_TRIED = 8  # "every prediction is this reference": the most common few references
+FILE_ONLY_HINT = "data.source"  # a file-only dataset's refusal to generate must name the fix
 
 
 # ------------------------------------------------------------------------------ registering
@@ -154,22 +160,33 @@ class CheckReport:
 
 # ------------------------------------------------------------------------------ the checks
 def check_plugin(plugin: str | types.ModuleType | Any, *, rows_per_split: int = 4, image_size: int = 128,
-                 compose_config: bool = True) -> CheckReport:
+                 compose_config: bool = True, data_source: str | Path | None = None) -> CheckReport:
     """Check everything ``plugin`` supplies; never raises for the plugin's faults.
 
     ``plugin`` is an installed plugin's entry-point name (``"industrial"``), an importable module
     name, or a module/object with hookimpls; one that is not registered yet is registered on the
     process-wide manager for the check and unregistered after. ``rows_per_split`` rows of each
     split are loaded at ``image_size`` pixels.
+
+    ``data_source`` is a sample data folder in the layout ``data.source`` takes (``train.jsonl``,
+    ``validation.jsonl``, ``test.jsonl`` and the images they name): every dataset of the plugin
+    is also loaded from it, with ``request.source`` set, so the branch that reads a user's files is
+    checked too, and its rows feed the prompt and metric checks. A dataset that has no generated
+    data (a file-only vertical) may then refuse ``request.source=None`` with a ``DataError`` that
+    names ``data.source``.
     """
     manager = get_manager()
     name, obj, problem = _resolve(manager, plugin)
     if problem:
         return CheckReport(name, problems=[problem])
+    source = None if data_source is None else Path(data_source).expanduser()
+    if source is not None and not source.is_dir():
+        return CheckReport(name, problems=[f"data_source {str(data_source)!r} is not a folder: give the sample data "
+                                           "folder (train.jsonl, validation.jsonl, test.jsonl and their images)"])
     if obj is not None:
         with registered_plugin(obj, name, manager=manager):
-            return _check(manager, name, rows_per_split, image_size, compose_config)
-    return _check(manager, name, rows_per_split, image_size, compose_config)
+            return _check(manager, name, rows_per_split, image_size, compose_config, source)
+    return _check(manager, name, rows_per_split, image_size, compose_config, source)
 
 
 def _resolve(manager: PluginManager, plugin: Any) -> tuple[str, Any, str | None]:
@@ -208,7 +225,7 @@ def _not_installed(manager: PluginManager, name: str) -> str:
 
 
 def _check(manager: PluginManager, name: str, rows_per_split: int, image_size: int,
-           compose_config: bool) -> CheckReport:
+           compose_config: bool, source: Path | None = None) -> CheckReport:
     report = CheckReport(name)
     registry = manager.registry
     info = manager.info.get(name)
@@ -226,18 +243,25 @@ def _check(manager: PluginManager, name: str, rows_per_split: int, image_size: i
     prompts, metrics, targets, stages = (owned(registry.prompts), owned(registry.metrics),
                                          owned(registry.targets), owned(registry.stages))
     _check_vertical_references(report, registry, verticals)
-    rows_by_dataset = {spec.name: _check_dataset(report, spec, rows_per_split, image_size) for spec in datasets}
+    rows_by_dataset = {spec.name: _check_dataset(report, spec, rows_per_split, image_size, source is not None)
+                       for spec in datasets}
+    if source is not None:
+        for spec in datasets:
+            from_files = _check_source(report, spec, source, rows_per_split, image_size)
+            for split, rows in from_files.items():  # the user's rows feed the prompt and metric checks too
+                rows_by_dataset[spec.name][split] = rows + rows_by_dataset[spec.name].get(split, [])
     for vertical in verticals:  # a vertical may use another plugin's dataset: its rows feed the checks too
         if vertical.dataset in registry.datasets and vertical.dataset not in rows_by_dataset:
             rows_by_dataset[vertical.dataset] = _load_quietly(registry.datasets.get(vertical.dataset),
-                                                              rows_per_split, image_size)
+                                                              rows_per_split, image_size, source)
     _check_prompts(report, registry, prompts, verticals, rows_by_dataset)
     _check_metrics(report, metrics, verticals, datasets, rows_by_dataset)
     _check_targets(report, targets)
     _check_stages(report, stages)
     if compose_config:
         _check_config(report, manager, name, verticals)
-    report.checked = [f"{len(verticals)} vertical(s)", f"{len(datasets)} dataset(s) x {len(SPLITS)} splits",
+    files = f" (and from {source})" if source is not None else ""
+    report.checked = [f"{len(verticals)} vertical(s)", f"{len(datasets)} dataset(s) x {len(SPLITS)} splits{files}",
                       f"{len(prompts)} prompt(s)", f"{len(metrics)} metric(s)", f"{len(targets)} target(s)",
                       f"{len(stages)} stage(s)"]
     return report
@@ -275,28 +299,48 @@ def _check_vertical_references(report: CheckReport, registry: Any, verticals: li
                                               f"{', '.join(catalog.names()) or 'none'})")
 
 
-def _request(split: str, size: int, image_size: int, seed: int = 0) -> Any:
+def _request(split: str, size: int, image_size: int, seed: int = 0, source: Path | None = None) -> Any:
     from .schemas import DatasetRequest
 
-    return DatasetRequest(split=split, size=size, seed=seed, image_size=image_size)  # type: ignore[arg-type]
+    return DatasetRequest(split=split, size=size, seed=seed, image_size=image_size,  # type: ignore[arg-type]
+                          source=source)
 
 
-def _load_quietly(spec: Any, rows_per_split: int, image_size: int) -> dict[str, list[Any]]:
+def _load_quietly(spec: Any, rows_per_split: int, image_size: int,
+                  source: Path | None = None) -> dict[str, list[Any]]:
     from .data.loading import load_split
 
-    out = {}
-    for split in SPLITS:
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):
-                out[split] = load_split(spec, _request(split, rows_per_split, image_size), on_bad_row="skip").rows
-        except Exception:
-            continue
+    out: dict[str, list[Any]] = {}
+    for where_from in ([None, source] if source is not None else [None]):
+        for split in SPLITS:
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    request = _request(split, rows_per_split, image_size, source=where_from)
+                    out[split] = out.get(split, []) + load_split(spec, request, on_bad_row="skip").rows
+            except Exception:
+                continue
     return out
 
 
-def _check_dataset(report: CheckReport, spec: Any, size: int, image_size: int) -> dict[str, list[Any]]:
-    """Load every split through the core's validation; returns the good rows by split."""
+def _report_skipped(report: CheckReport, spec: Any, split: str, where: str, skipped: list[str]) -> None:
+    prefix = f"{spec.name}/{split}["
+    for message in skipped:
+        if message.startswith(prefix) and "]: " in message:
+            index, _, rest = message[len(prefix):].partition("]: ")
+            report.problem(DATASETS, f"{where} row {index}: {rest}")
+        else:  # a JSONL row names its file and line itself
+            report.problem(DATASETS, f"{where}: {message}")
+
+
+def _check_dataset(report: CheckReport, spec: Any, size: int, image_size: int,
+                   have_source: bool = False) -> dict[str, list[Any]]:
+    """Load every split of the generated data through the core's validation; returns the good rows by split.
+
+    With a sample data folder given (``have_source``), a dataset that refuses to generate with a
+    ``DataError`` naming ``data.source`` is a file-only dataset, not a fault.
+    """
     from .data.loading import load_split
+    from .errors import DataError
 
     rows: dict[str, list[Any]] = {}
     for split in SPLITS:
@@ -304,16 +348,18 @@ def _check_dataset(report: CheckReport, spec: Any, size: int, image_size: int) -
         try:
             with contextlib.redirect_stderr(io.StringIO()):
                 loaded = load_split(spec, _request(split, size, image_size), on_bad_row="skip")
+        except DataError as exc:
+            if have_source and FILE_ONLY_HINT in str(exc):
+                return {}  # file-only: the folder is checked by _check_source
+            hint = "" if have_source or FILE_ONLY_HINT not in str(exc) else (
+                " (a file-only dataset: check it on a sample folder with check_plugin(..., data_source=DIR) or "
+                "`dsvl-adapt check-plugin NAME --data DIR`)")
+            report.problem(DATASETS, f"{where}: {_one_line(exc)}{hint}")
+            continue
         except Exception as exc:
             report.problem(DATASETS, f"{where}: {_one_line(exc)}")
             continue
-        prefix = f"{spec.name}/{split}["
-        for message in loaded.skipped:
-            if message.startswith(prefix) and "]: " in message:
-                index, _, rest = message[len(prefix):].partition("]: ")
-                report.problem(DATASETS, f"{where} row {index}: {rest}")
-            else:  # a JSONL row names its file and line itself
-                report.problem(DATASETS, f"{where}: {message}")
+        _report_skipped(report, spec, split, where, loaded.skipped)
         total = len(loaded.rows) + len(loaded.skipped)
         if total != size:
             report.problem(DATASETS, f"{where}: returned {total} rows for request.size={size}; a generator must "
@@ -322,6 +368,44 @@ def _check_dataset(report: CheckReport, spec: Any, size: int, image_size: int) -
         if not loaded.skipped:
             _check_deterministic(report, spec, split, size, image_size, loaded.rows, where)
     return rows
+
+
+def _check_source(report: CheckReport, spec: Any, source: Path, size: int, image_size: int) -> dict[str, list[Any]]:
+    """Load every split from the sample folder ``source`` (``request.source`` set), as ``data.source`` does.
+
+    The rows must load through the core's validation, and must not be the generated rows: a loader
+    that ignores ``request.source`` would train on its own examples instead of the user's files.
+    """
+    from .data.loading import load_split
+
+    rows: dict[str, list[Any]] = {}
+    for split in SPLITS:
+        where = f"dataset {spec.name!r} split {split!r} from data source {str(source)!r}"
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                loaded = load_split(spec, _request(split, size, image_size, source=source), on_bad_row="skip")
+        except Exception as exc:
+            report.problem(DATASETS, f"{where}: {_one_line(exc)}")
+            continue
+        _report_skipped(report, spec, split, where, loaded.skipped)
+        rows[split] = loaded.rows
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                generated = load_split(spec, _request(split, size, image_size), on_bad_row="skip").rows
+        except Exception:
+            continue  # a file-only dataset, or a fault _check_dataset reports
+        if _same_rows(generated, loaded.rows):
+            report.problem(DATASETS, f"{where}: the rows are the same as without a source: the loader ignores "
+                                     "request.source, so data.source=DIR would never read the user's files "
+                                     "(read them with dsvl_adapt.data.jsonl.read_jsonl_split(request.source, "
+                                     "request.split) when request.source is not None)")
+    return rows
+
+
+def _same_rows(first: list[Any], second: list[Any]) -> bool:
+    return len(first) == len(second) and all(
+        (a.question, a.answer) == (b.question, b.answer) and a.image.tobytes() == b.image.tobytes()
+        for a, b in zip(first, second))
 
 
 def _check_deterministic(report: CheckReport, spec: Any, split: str, size: int, image_size: int,
@@ -394,24 +478,67 @@ def _metric_rows(metric: Any, verticals: list[Any], datasets: list[Any],
     return []
 
 
+class _Unusable:
+    """What :func:`_call_metric` returns after reporting why a metric's value cannot be used."""
+
+
+UNUSABLE = _Unusable()
+
+
 def _call_metric(report: CheckReport, metric: Any, predictions: list[str], references: list[str],
-                 rows: list[Any], what: str) -> float | None:
-    """The metric's value, or None after reporting why it is unusable (raised, not a number, out of range)."""
+                 rows: list[Any], what: str) -> float | None | _Unusable:
+    """The metric's value; None when the metric says it does not apply to these rows; :data:`UNUSABLE`
+    after reporting why the value is unusable (raised, not a number, out of range)."""
     where = f"metric {metric.name!r}"
     try:
         value = metric.compute(list(predictions), list(references), list(rows))
     except Exception as exc:
         report.problem(METRICS, f"{where} raised {type(exc).__name__} on {what}: {exc}")
+        return UNUSABLE
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
-        report.problem(METRICS, f"{where} returned {value!r} on {what}; it must return a number")
-        return None
+        report.problem(METRICS, f"{where} returned {value!r} on {what}; it must return a number (or None when it "
+                                "does not apply to the rows)")
+        return UNUSABLE
     value = float(value)
     if not metric.lower - 1e-9 <= value <= metric.upper + 1e-9:
         report.problem(METRICS, f"{where} returned {value:g} outside [{metric.lower:g}, {metric.upper:g}] on {what} "
                                 "(set lower/upper on the MetricSpec if the range is different)")
-        return None
+        return UNUSABLE
     return value
+
+
+def _wrong_prediction_sets(references: list[str]) -> dict[str, list[str]]:
+    """Predictions that are clearly worse than the references, each set named for the report.
+
+    Empty answers, a nonsense word, the references shifted by one row, each reference swapped for a
+    different reference answer, and a constant answer (each of the most common references in turn).
+    """
+    from collections import Counter
+
+    from .metrics import normalize_answer
+
+    n = len(references)
+    sets = {
+        "empty predictions": [""] * n,
+        "wrong predictions": [WRONG_ANSWER] * n,
+        "predictions shifted by one row": references[1:] + references[:1],
+    }
+    representative: dict[str, str] = {}
+    for reference in references:
+        representative.setdefault(normalize_answer(reference), reference)
+    common = [key for key, _ in Counter(normalize_answer(r) for r in references).most_common(CONSTANT_ANSWERS_TRIED)]
+    if len(common) > 1:
+        swapped = []
+        for reference in references:
+            key = normalize_answer(reference)
+            other = common[(common.index(key) + 1) % len(common)] if key in common else common[0]
+            swapped.append(representative[other])
+        sets["each answer swapped for another reference answer"] = swapped
+    for key in common:
+        sets[f"the constant answer {representative[key]!r}"] = [representative[key]] * n
+    return sets
 
 
 def _check_metrics(report: CheckReport, metrics: list[Any], verticals: list[Any], datasets: list[Any],
@@ -426,26 +553,44 @@ def _check_metrics(report: CheckReport, metrics: list[Any], verticals: list[Any]
         references = [r.answer for r in rows] or ["yes", "no", "cat", "3"]
         best = metric.upper if metric.higher_is_better else metric.lower
         perfect = _call_metric(report, metric, references, references, rows, "predictions equal to the references")
-        if perfect is None:
+        if perfect is UNUSABLE:
             continue  # one report per metric: the calls below would repeat it
+        if perfect is None:
+            sample = f"{len(rows)} rows of the plugin's data" if rows else f"the sample answers {references}"
+            report.problem(METRICS, f"{where} returned None (not applicable) on {sample} with correct predictions, "
+                                    "so it cannot be checked: a metric may return None only for data it does not "
+                                    "apply to; give the kit rows it applies to (rows_per_split=, data_source=)")
+            continue
         if not math.isclose(perfect, best, abs_tol=1e-9):
             report.problem(METRICS, f"{where} gives {perfect:g} when every prediction equals its reference; the "
                                     f"best value is {best:g} (higher_is_better={metric.higher_is_better}, "
                                     f"range {bounds}): check higher_is_better and the formula")
-        wrong_sets = {
-            "empty predictions": [""] * len(references),
-            "wrong predictions": [WRONG_ANSWER] * len(references),
-            "predictions shifted by one row": references[1:] + references[:1],
-        }
-        for what, predictions in wrong_sets.items():
+        worse_somewhere, values = False, [perfect]
+        for what, predictions in _wrong_prediction_sets(references).items():
             value = _call_metric(report, metric, predictions, references, rows, what)
-            if value is None:
+            if value is UNUSABLE:
                 break
+            if value is None:
+                continue
+            values.append(value)
+            same = math.isclose(value, perfect, abs_tol=1e-9)
             better = value > perfect if metric.higher_is_better else value < perfect
-            if better and not math.isclose(value, perfect, abs_tol=1e-9) and math.isclose(perfect, best):
+            worse_somewhere = worse_somewhere or (not better and not same)
+            if better and not same and math.isclose(perfect, best):
                 report.problem(METRICS, f"{where} scores {what} ({value:g}) better than correct ones ({perfect:g}): "
                                         f"its direction is inconsistent with higher_is_better="
                                         f"{metric.higher_is_better}")
+        else:
+            if worse_somewhere:
+                continue
+            if all(math.isclose(v, perfect, abs_tol=1e-9) for v in values):
+                report.problem(METRICS, f"{where} returned {perfect:g} for every input tried (correct, empty, wrong, "
+                                        "shifted, swapped and constant-answer predictions): a constant metric says "
+                                        "nothing about the model; it must score right answers above wrong ones")
+            else:
+                report.problem(METRICS, f"{where} scores none of the clearly wrong predictions tried (empty, wrong, "
+                                        f"shifted, swapped, constant answers) worse than correct ones ({perfect:g}): "
+                                        "a metric must score a right answer strictly above a wrong one")
 
 
 def _check_targets(report: CheckReport, targets: list[Any]) -> None:
@@ -536,12 +681,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dsvl_adapt.testing NAME...``: check installed plugins; exit 1 on problems."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print("usage: python -m dsvl_adapt.testing PLUGIN [PLUGIN...]  (entry-point or module names)")
-        return 0 if args else 2
-    reports = [check_plugin(name) for name in args]
+    """``python -m dsvl_adapt.testing NAME... [--data DIR]``: check installed plugins; exit 1 on problems."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dsvl_adapt.testing",
+                                     description="Check everything a dsvl-adapt plugin supplies (the conformance kit).")
+    parser.add_argument("names", nargs="+", metavar="PLUGIN", help="entry-point or module names")
+    parser.add_argument("--data", metavar="DIR", help="a sample data folder (train.jsonl, validation.jsonl, "
+                                                      "test.jsonl and images): also load every split from it")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    reports = [check_plugin(name, data_source=args.data) for name in args.names]
     for report in reports:
         print(report)
     return 0 if all(r.ok for r in reports) else 1

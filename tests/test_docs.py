@@ -1,5 +1,6 @@
-"""Meta-tests on the plugin documentation (as datasette does): every hook has a section in
-docs/plugins/hooks.md, the docs' code runs, and their links resolve."""
+"""Meta-tests on the documentation (as datasette does): every hook has a section in
+docs/plugins/hooks.md, every CLI subcommand is mentioned in the docs, the docs' code runs, and their
+links resolve."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dsvl_adapt import hookspecs, testing
+from dsvl_adapt import cli, hookspecs, testing
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins"
-PAGES = ("README.md", "hooks.md", "tutorial.md", "testing.md", "troubleshooting.md")
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "plugins"
+PAGES = ("README.md", "hooks.md", "tutorial.md", "file-only.md", "testing.md", "troubleshooting.md")
+SUBCOMMANDS = tuple(next(a for a in cli.build_parser()._actions if a.dest == "command").choices)
 
 
 def _headings(page: str) -> list[str]:
@@ -53,6 +56,35 @@ def test_every_hook_section_shows_its_signature_and_an_example():
         assert "```python" in section and "@hookimpl" in section, f"{name}: no example"
 
 
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_cli_subcommand_is_mentioned_in_the_docs(command):
+    """A user who reads README.md and docs/ meets every `dsvl-adapt` subcommand at least once."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    mentioned = [page.relative_to(ROOT).as_posix() for page in pages if f"dsvl-adapt {command}" in page.read_text()]
+    assert mentioned, f"`dsvl-adapt {command}` is in the CLI but in none of README.md, docs/**/*.md: document it"
+
+
+def test_the_plugin_guide_mentions_the_authoring_commands():
+    guide = " ".join((DOCS / page).read_text() for page in PAGES)
+    for text in ("dsvl-adapt new-plugin", "dsvl-adapt check-plugin", "--data files", "--data DIR", "--dir PATH",
+                 "val`/`valid`/`dev.jsonl", "subsample your files too (seeded)", "data.allow_outside"):
+        assert text in guide, f"docs/plugins/ does not mention {text!r}"
+
+
+def test_the_help_and_the_readme_agree_on_the_default_run_time():
+    readme = (ROOT / "README.md").read_text()
+    assert "about 7-10 min on 2 cores" in cli.EPILOG and "about 7-10 min on 2 cores" in readme
+
+
+def test_file_only_md_shows_the_loader_the_scaffold_writes():
+    from dsvl_adapt.scaffold import render
+
+    shown = re.search(r"^```python\n(def load_rows.*?)^```", (DOCS / "file-only.md").read_text(), flags=re.M | re.S)
+    assert shown, "file-only.md lost its load_rows block"
+    generated = render("weld-check", "files")["dsvl_adapt_weld_check/__init__.py"]
+    assert shown.group(1) in generated, "file-only.md's load_rows differs from what `new-plugin --data files` writes"
+
+
 @pytest.mark.parametrize("index", range(len(_python_blocks((DOCS / "hooks.md").read_text()))))
 def test_hooks_md_examples_run(index):
     """Each example is complete: it runs, and its register hooks build valid schema objects."""
@@ -68,6 +100,9 @@ def test_hooks_md_examples_run(index):
             registered: list = []
             function(register=registered.append)
             assert registered, f"{name} example registers nothing"
+        if name == "dsvl_adapt_register_metrics":  # the example's metrics pass the kit (none is constant)
+            report = testing.check_plugin(testing.plugin_module(f"hooks_md_metrics_{index}", **{name: function}))
+            assert report.ok, str(report)
         elif name == "dsvl_adapt_config_search_path":
             assert function().startswith("pkg://")
 
@@ -118,7 +153,7 @@ def test_testing_md_documents_the_whole_kit():
 def test_troubleshooting_covers_the_common_failures():
     headings = " | ".join(_headings("troubleshooting.md")).lower()
     for topic in ("not listed", "import error", "duplicate", "config not found", "row validation",
-                  "dsvl_adapt_plugins", "dsvl_adapt_block_plugins"):
+                  "symlinked image folders", "not applicable", "dsvl_adapt_plugins", "dsvl_adapt_block_plugins"):
         assert topic in headings, f"troubleshooting.md has no section on {topic!r}"
 
 

@@ -69,15 +69,19 @@ def test_an_existing_non_empty_folder_is_never_overwritten(tmp_path):
     assert readme.read_text() == "my edits"
 
 
+SAMPLE_FILES = {"tests/sample_data/train.jsonl", "tests/sample_data/validation.jsonl", "tests/sample_data/test.jsonl"}
+
+
 def test_the_generated_files(tmp_path):
     root = create_plugin(NAME, tmp_path / "new" / "parent")  # missing parents are created
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    assert files == set(render(NAME)) == {
+    assert files == set(render(NAME))
+    assert {f for f in files if not f.startswith("tests/sample_data/images/")} == {
         "pyproject.toml", "README.md", ".gitignore", f"{PACKAGE}/__init__.py", f"{PACKAGE}/generator.py",
-        f"{PACKAGE}/conf/__init__.py", f"{PACKAGE}/conf/vertical/{NAME}.yaml", "tests/test_plugin.py",
+        f"{PACKAGE}/conf/__init__.py", f"{PACKAGE}/conf/vertical/{NAME}.yaml", "tests/test_plugin.py", *SAMPLE_FILES,
     }
     for path in root.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.suffix != ".png":
             assert "${" not in path.read_text(), f"unfilled template variable in {path}"
     for path in root.rglob("*.py"):
         py_compile.compile(str(path), doraise=True)
@@ -88,21 +92,50 @@ def test_the_generated_files(tmp_path):
     config = (root / PACKAGE / "conf" / "vertical" / f"{NAME}.yaml").read_text()
     assert config.startswith("# @package _global_\n") and f"name: {NAME}\n" in config
     assert f"pkg://{PACKAGE}.conf" in (root / PACKAGE / "__init__.py").read_text()
-    assert f'check_plugin("{NAME}")' in (root / "tests" / "test_plugin.py").read_text()
+    assert f'check_plugin("{NAME}", data_source=SAMPLE)' in (root / "tests" / "test_plugin.py").read_text()
 
 
-def test_the_generated_plugin_passes_the_kit_in_process(tmp_path, monkeypatch):
-    """Without installing: import the generated package from its folder and check it."""
+def test_the_files_shape_has_no_generator_and_ships_the_sample_folder(tmp_path):
+    root = create_plugin(NAME, tmp_path, data="files")
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert files == set(render(NAME, "files"))
+    assert f"{PACKAGE}/generator.py" not in files and SAMPLE_FILES <= files
+    images = [f for f in files if f.startswith("tests/sample_data/images/") and f.endswith(".png")]
+    lines = [json.loads(line) for name in sorted(SAMPLE_FILES) for line in (root / name).read_text().splitlines()]
+    assert len(images) == len(lines) >= 12 and {f"tests/sample_data/{row['image']}" for row in lines} == set(images)
+    assert len({(root / f).read_bytes() for f in images}) == len(images)  # no image repeats across splits
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix != ".png":
+            assert "${" not in path.read_text(), f"unfilled template variable in {path}"
+    for path in root.rglob("*.py"):
+        py_compile.compile(str(path), doraise=True)
+    assert "set data.source=DIR" in (root / PACKAGE / "__init__.py").read_text()
+    assert "generator" not in (root / PACKAGE / "__init__.py").read_text()
+
+
+def test_an_unknown_shape_is_refused(tmp_path):
+    with pytest.raises(ScaffoldError, match="'csv' is not a plugin shape"):
+        create_plugin(NAME, tmp_path, data="csv")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("shape", ["generator", "files"])
+def test_the_generated_plugin_passes_the_kit_in_process(tmp_path, monkeypatch, shape):
+    """Without installing: import the generated package from its folder and check it on its sample folder."""
     from dsvl_adapt.testing import check_plugin
 
-    root = create_plugin("scaffold-probe", tmp_path)
+    root = create_plugin("scaffold-probe", tmp_path, data=shape)
     monkeypatch.syspath_prepend(str(root))
     try:
         module = importlib.import_module("dsvl_adapt_scaffold_probe")
-        report = check_plugin(module, rows_per_split=8)
+        report = check_plugin(module, rows_per_split=8, data_source=root / "tests" / "sample_data")
         assert report.ok, str(report)
-        rows = module.generator.generate_rows("train", 32, image_size=32)
-        assert len({r["answer"] for r in rows}) == 8  # 4 shapes + 4 colours
+        if shape == "generator":
+            rows = module.generator.generate_rows("train", 32, image_size=32)
+            assert len({r["answer"] for r in rows}) == 8  # 4 shapes + 4 colours
+        else:  # without the folder the kit says how to check a file-only dataset
+            report = check_plugin(module, compose_config=False)
+            assert any("set data.source=DIR" in p and "--data DIR" in p for p in report.problems), report.problems
     finally:
         for name in [m for m in sys.modules if m.startswith("dsvl_adapt_scaffold_probe")]:
             del sys.modules[name]
@@ -111,13 +144,12 @@ def test_the_generated_plugin_passes_the_kit_in_process(tmp_path, monkeypatch):
 def test_cli_new_plugin(tmp_path):
     from dsvl_adapt import cli
 
-    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
-    if "new-plugin" not in commands:
-        pytest.skip("`dsvl-adapt new-plugin` is not wired into the CLI yet")
     assert cli.main(["new-plugin", NAME, "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "dsvl-adapt-legal-docs" / "pyproject.toml").is_file()
     assert cli.main(["new-plugin", NAME, "--dir", str(tmp_path)]) == 2  # refuses to overwrite, no traceback
     assert cli.main(["new-plugin", "Bad_Name", "--dir", str(tmp_path / "other")]) == 2
+    assert cli.main(["new-plugin", NAME, "--data", "files", "--dir", str(tmp_path / "files")]) == 0
+    assert not (tmp_path / "files" / "dsvl-adapt-legal-docs" / PACKAGE / "generator.py").exists()
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -141,11 +173,11 @@ def _install(plugin: Path, site: Path) -> str:
     return "copied"
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """The generated legal-docs plugin, installed in a temporary site folder; (root, env, how)."""
-    base = tmp_path_factory.mktemp("scaffold-e2e")
-    plugin = create_plugin(NAME, base)
+FILES_NAME = "field-notes"  # the file-only vertical of the end-to-end tests
+
+
+def _install_in_temp_site(base: Path, name: str, shape: str) -> tuple[Path, dict[str, str], str]:
+    plugin = create_plugin(name, base, data=shape)
     site = base / "site"
     site.mkdir()
     how = _install(plugin, site)
@@ -154,6 +186,18 @@ def installed(tmp_path_factory):
     env.pop("DSVL_ADAPT_PLUGINS", None)
     env.pop("DSVL_ADAPT_BLOCK_PLUGINS", None)
     return plugin, env, how
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The generated legal-docs plugin, installed in a temporary site folder; (root, env, how)."""
+    return _install_in_temp_site(tmp_path_factory.mktemp("scaffold-e2e"), NAME, "generator")
+
+
+@pytest.fixture(scope="module")
+def installed_files(tmp_path_factory):
+    """A file-only plugin (`new-plugin field-notes --data files`), installed the same way."""
+    return _install_in_temp_site(tmp_path_factory.mktemp("scaffold-files-e2e"), FILES_NAME, "files")
 
 
 def _cli() -> list[str]:
@@ -185,14 +229,15 @@ SMOKE = [f"vertical={NAME}", "model=reference-tiny", "finetune=fast", "data.trai
          "data.test_size=8", "score.latency_repeats=3", "score.latency_warmup=1"]
 
 
-def _run(env: dict[str, str], run_dir: Path, *extra: str) -> dict:
+def _run(env: dict[str, str], run_dir: Path, *extra: str, name: str = NAME) -> dict:
     started = time.perf_counter()
-    out = subprocess.run([*_cli(), "run", *SMOKE, *extra, f"run_dir={run_dir}"], capture_output=True, text=True,
+    smoke = [f"vertical={name}", *SMOKE[1:]]
+    out = subprocess.run([*_cli(), "run", *smoke, *extra, f"run_dir={run_dir}"], capture_output=True, text=True,
                          env=env, cwd=run_dir.parent, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     card = json.loads((run_dir / "scorecard.json").read_text())
-    assert card["vertical"] == NAME
-    assert card["metric"] == f"{NAME}-accuracy"
+    assert card["vertical"] == name
+    assert card["metric"] == f"{name}-accuracy"
     print(f"e2e run took {time.perf_counter() - started:.0f} s")
     return card
 
@@ -213,6 +258,34 @@ def test_e2e_full_default_pipeline(installed, tmp_path):
     fast_distill = ["distill=fast"] if (conf_dir() / "distill" / "fast.yaml").is_file() else []
     card = _run(env, tmp_path / "run", *fast_distill)
     assert "student" in card["accuracy"]
+
+
+def test_e2e_the_file_only_plugins_generated_tests_pass(installed_files):
+    plugin, env, _how = installed_files
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(plugin / "tests")],
+                         capture_output=True, text=True, env=env, cwd=plugin.parent, timeout=300)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "5 passed" in out.stdout
+
+
+def test_e2e_check_plugin_command_on_the_sample_folder(installed_files):
+    plugin, env, _how = installed_files
+    sample = plugin / "tests" / "sample_data"
+    out = subprocess.run([*_cli(), "check-plugin", FILES_NAME, "--data", str(sample)], capture_output=True,
+                         text=True, env=env, cwd=plugin.parent, timeout=120)
+    assert out.returncode == 0 and f"{FILES_NAME}: ok" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run([*_cli(), "check-plugin", FILES_NAME], capture_output=True, text=True, env=env,
+                         cwd=plugin.parent, timeout=120)
+    assert out.returncode == 1 and "set data.source=DIR" in out.stdout and "--data DIR" in out.stdout
+
+
+@pytest.mark.slow
+def test_e2e_a_file_only_vertical_runs_on_its_sample_folder(installed_files, tmp_path):
+    """new-plugin --data files, then a teacher run on the shipped sample folder, to a scorecard."""
+    plugin, env, _how = installed_files
+    card = _run(env, tmp_path / "run", "pipeline=teacher", f"data.source={plugin / 'tests' / 'sample_data'}",
+                name=FILES_NAME)
+    assert set(card["accuracy"]) >= {"base", "teacher"} and card["test_rows"] == 4
 
 
 @pytest.mark.skipif(not HAS_HATCHLING, reason=NO_HATCHLING)

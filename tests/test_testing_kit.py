@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dsvl_adapt.engine import LazyStage
+from dsvl_adapt.metrics import exact_match
 from dsvl_adapt.plugins import get_manager
 from dsvl_adapt.schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
 from dsvl_adapt.testing import CheckReport, check_plugin, dsvl_plugin, plugin_module, registered_plugin  # noqa: F401
@@ -232,3 +233,134 @@ def test_hook_mistakes_pluggy_accepts_silently_are_caught():
     assert _has(report, "dsvl_adapt_register_prompts: is defined but not decorated with @hookimpl")
     with pytest.raises(ValueError, match="not a dsvl-adapt hook"):
         plugin_module("kit_bad", dsvl_adapt_register_metric=lambda register: None)
+
+
+# ------------------------------------------------------------------------------ metrics that say nothing
+def test_a_constant_metric_is_rejected():
+    """A metric that always returns 1.0 gives the best value to correct answers and to every wrong one."""
+
+    def datasets(register):
+        register(DatasetSpec(name="kit-const-data", load=lambda request: _rows(request)))
+
+    def metrics(register):
+        register(MetricSpec(name="kit-always-one", compute=lambda predictions, references, rows: 1.0))
+        register(MetricSpec(name="kit-always-zero-error", compute=lambda p, r, rows: 0.0, higher_is_better=False))
+        register(MetricSpec(name="kit-accuracy", compute=exact_match))
+
+    report = check_plugin(plugin_module("kit_constant", dsvl_adapt_register_datasets=datasets,
+                                        dsvl_adapt_register_metrics=metrics))
+    assert _has(report, "dsvl_adapt_register_metrics: metric 'kit-always-one' returned 1 for every input tried",
+                "constant metric"), report.problems
+    assert _has(report, "metric 'kit-always-zero-error' returned 0 for every input tried")
+    assert not _has(report, "kit-accuracy")
+
+
+def test_a_metric_blind_to_right_and_wrong_is_rejected():
+    """The refusal-rate bug: it never looks at the references, so on answers with no refusal it is 0
+    whatever the model says; and a constant below the best value is reported twice over."""
+
+    def metrics(register):
+        register(MetricSpec(name="kit-refusals", higher_is_better=False,
+                            compute=lambda p, r, rows: sum(x == "unknown" for x in p) / len(p)))
+        register(MetricSpec(name="kit-half", compute=lambda p, r, rows: 0.5))
+
+    report = check_plugin(plugin_module("kit_blind", dsvl_adapt_register_metrics=metrics))
+    assert _has(report, "metric 'kit-refusals' returned 0 for every input tried"), report.problems
+    assert _has(report, "metric 'kit-half' gives 0.5 when every prediction equals its reference")
+    assert _has(report, "metric 'kit-half' returned 0.5 for every input tried")
+
+
+def test_a_metric_may_say_not_applicable_but_not_on_its_own_data():
+    def datasets(register):
+        register(DatasetSpec(name="kit-na-data", load=lambda request: _rows(request)))
+
+    def metrics(register):
+        register(MetricSpec(name="kit-never-applies", compute=lambda p, r, rows: None))
+
+    report = check_plugin(plugin_module("kit_na", dsvl_adapt_register_datasets=datasets,
+                                        dsvl_adapt_register_metrics=metrics))
+    assert _has(report, "metric 'kit-never-applies' returned None (not applicable) on 12 rows", "rows_per_split")
+
+
+# ------------------------------------------------------------------------------ a sample data folder
+def _jsonl_plugin(name: str, loader):
+    def datasets(register):
+        register(DatasetSpec(name=f"{name}-data", load=loader))
+
+    def prompts(register):
+        register(PromptTemplate(name=f"{name}-qa", user="{question}"))
+
+    def verticals(register):
+        register(Vertical(name=name, description="x", dataset=f"{name}-data", prompt=f"{name}-qa",
+                          metrics=["exact_match"]))
+
+    return plugin_module(name.replace("-", "_"), dsvl_adapt_register_datasets=datasets,
+                         dsvl_adapt_register_prompts=prompts, dsvl_adapt_register_verticals=verticals)
+
+
+def _from_files_or_generated(request):
+    if request.source is not None:
+        from dsvl_adapt.data.jsonl import read_jsonl_split
+
+        return read_jsonl_split(request.source, request.split)
+    return _rows(request)
+
+
+def _files_only(request):
+    if request.source is None:
+        from dsvl_adapt.errors import DataError
+
+        raise DataError("this vertical has no generated data: set data.source=DIR")
+    from dsvl_adapt.data.jsonl import read_jsonl_split
+
+    return read_jsonl_split(request.source, request.split)
+
+
+@pytest.fixture()
+def sample(tmp_path):
+    from dsvl_adapt.scaffold.sample import write_sample_folder
+
+    return write_sample_folder(tmp_path / "sample")
+
+
+def test_a_loader_is_checked_against_a_sample_folder(sample):
+    report = check_plugin(_jsonl_plugin("kit-files", _from_files_or_generated), compose_config=False,
+                          data_source=sample)
+    assert report.ok, str(report)
+    assert f"from {sample}" in str(report)
+
+
+def test_a_bad_row_in_the_sample_folder_is_reported_with_file_and_line(sample):
+    with (sample / "validation.jsonl").open("a") as handle:
+        handle.write('{"image": "images/missing.png", "question": "q", "answer": "red"}\n')
+    report = check_plugin(_jsonl_plugin("kit-files", _from_files_or_generated), compose_config=False,
+                          data_source=sample)
+    assert _has(report, "dsvl_adapt_register_datasets: dataset 'kit-files-data' split 'validation' from data "
+                        "source", "validation.jsonl:5", "missing.png"), report.problems
+
+
+def test_a_loader_that_ignores_the_source_is_caught(sample):
+    report = check_plugin(_jsonl_plugin("kit-deaf", lambda request: _rows(request)), compose_config=False,
+                          data_source=sample)
+    assert _has(report, "dataset 'kit-deaf-data' split 'train' from data source", "ignores request.source"), \
+        report.problems
+
+
+def test_a_file_only_dataset_passes_with_a_sample_folder_and_says_how_without(sample):
+    plugin = _jsonl_plugin("kit-file-only", _files_only)
+    assert check_plugin(plugin, compose_config=False, data_source=sample).ok
+    report = check_plugin(plugin, compose_config=False)
+    assert _has(report, "dataset 'kit-file-only-data' split 'train'", "set data.source=DIR", "data_source=DIR",
+                "--data DIR"), report.problems
+
+
+def test_a_missing_sample_folder_is_named(tmp_path):
+    report = check_plugin("industrial", data_source=tmp_path / "nope")
+    assert not report.ok and "is not a folder" in report.problems[0] and "nope" in report.problems[0]
+
+
+def test_check_plugin_command_takes_a_sample_folder(sample):
+    from dsvl_adapt import cli
+
+    assert cli.main(["check-plugin", "industrial", "--data", str(sample)]) == 0
+    assert cli.main(["check-plugin", "industrial", "--data", str(sample / "nope")]) == 1

@@ -85,7 +85,7 @@ class RuntimeScore(_Model):
     runtime: str
     dtype: str
     path: str
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     latency: Latency | None = None
     size_bytes: int
 
@@ -97,9 +97,10 @@ class Scorecard(_Model):
     higher_is_better: bool = True
     accuracy: dict[str, float] = Field(description="primary metric per model: base, teacher, student")
     retention: float | None = Field(description="accuracy.student / accuracy.teacher")
-    metrics: dict[str, dict[str, float]] = Field(description="every metric of the vertical, per model")
+    metrics: dict[str, dict[str, float | None]] = Field(
+        description="every metric of the vertical, per model; null where the metric does not apply to the test split")
     general: dict[str, float] = Field(default_factory=dict, description="general-capability accuracy per model")
-    constant_answer: dict[str, float] = Field(
+    constant_answer: dict[str, float | None] = Field(
         default_factory=dict, description="every metric for a predictor that gives the test split's most common "
                                           "answer to every row: the floor a trained model must clear")
     latency: dict[str, Latency] = Field(default_factory=dict)

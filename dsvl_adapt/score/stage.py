@@ -27,12 +27,22 @@ from .scorecard import Latency, ObjectiveCheck, RuntimeScore, Scorecard, Size, T
 from .timing import peak_rss_bytes
 
 
-def compute_metrics(specs: list[MetricSpec], predictions: list[str], rows: list[Row]) -> dict[str, float]:
-    """Every metric on (predictions, references); a value out of its declared range is a plugin error."""
+def compute_metrics(specs: list[MetricSpec], predictions: list[str], rows: list[Row]) -> dict[str, float | None]:
+    """Every metric on (predictions, references); a value out of its declared range is a plugin error.
+
+    A metric returns None when it does not apply to the rows (shown as "—"); the primary may not.
+    """
     references = [row.answer for row in rows]
-    values: dict[str, float] = {}
+    values: dict[str, float | None] = {}
     for spec in specs:
-        value = float(spec.compute(predictions, references, rows))
+        raw = spec.compute(predictions, references, rows)
+        if raw is None and spec is not specs[0]:
+            values[spec.name] = None
+            continue
+        if raw is None:
+            raise PluginError(f"primary metric {spec.name!r} returned None (not applicable) on the test split; the "
+                              "primary metric must apply to every test split (list another metric first)")
+        value = float(raw)
         if not spec.lower <= value <= spec.upper:
             raise PluginError(f"metric {spec.name!r} returned {value}, outside its range [{spec.lower}, {spec.upper}]")
         values[spec.name] = round(value, 6)

@@ -71,15 +71,18 @@ def test_empty_split_is_named(tmp_path):
     assert (tmp_path / "run" / "stages" / "finetune" / "stage.json").is_file()  # what was produced is kept
 
 
-@pytest.mark.parametrize(("override", "needle"), [
-    ("finetune.full.lr=-1", "finetune.full.lr"),
-    ("vertical=nope", "installed verticals"),
-    ("pipeline.stages=[load,nope]", "unknown stage"),
-    ("model.path=/does/not/exist", "model"),
+@pytest.mark.parametrize(("override", "named", "fix"), [
+    ("finetune.full.lr=-1", "finetune.full.lr: Input should be greater than 0", "(got -1)"),
+    ("vertical=nope", "unknown vertical 'nope'", "installed verticals: "),
+    ("pipeline.stages=[load,nope]", "pipeline.stages: unknown stage(s) 'nope'", "registered: "),
+    ("model.path=/does/not/exist", "model.path: ", "/does/not/exist does not exist; give a local Hugging Face "
+                                                   "DeepSeek-VL checkpoint directory"),
 ])
-def test_bad_config_is_refused_before_any_work(tmp_path, override, needle):
+def test_bad_config_is_refused_before_any_work(tmp_path, override, named, fix):
+    """The message names the input at fault and says what to do (or lists the valid choices)."""
     result = _cli("run", *QUICK, override, f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert named in result.stderr and fix in result.stderr, result.stderr
     assert not (tmp_path / "run" / "stages").exists()
 
 
@@ -98,3 +101,42 @@ def test_a_plugin_that_raises_is_reported_by_name(tmp_path):
                             env=env, timeout=120)
     assert result.returncode == 0
     assert "raising" in result.stdout and "license server down" in result.stdout and "industrial" in result.stdout
+
+
+@pytest.mark.slow
+def test_another_tasks_data_warns_and_its_rates_are_not_applicable(tmp_path):
+    """industrial pointed at data labelled with colours: a warning before the first stage, and miss_rate /
+    overkill_rate are null ("—"), never 0.000, their best value."""
+    from dsvl_adapt.scaffold.sample import write_sample_folder
+
+    data = write_sample_folder(tmp_path / "colours")
+    result = _cli("run", *QUICK, "vertical=industrial", f"data.source={data}", f"run_dir={tmp_path / 'run'}",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning: industrial:"))
+    assert "4 of 4 test answers" in warning and "scratch, dent, stain, crack, none" in warning
+    assert "miss_rate" in warning and "overkill_rate" in warning and "new-plugin NAME --data files" in warning
+    card = json.loads((tmp_path / "run" / "scorecard.json").read_text())
+    for model, values in card["metrics"].items():
+        assert values["miss_rate"] is None and values["overkill_rate"] is None, (model, values)
+        assert isinstance(values["accuracy"], float)
+    assert card["constant_answer"]["miss_rate"] is None
+    markdown = (tmp_path / "run" / "scorecard.md").read_text()
+    assert "| miss_rate | — |" in markdown
+
+
+def test_the_answer_format_warning_needs_most_answers_outside_the_labels(tmp_path):
+    from dsvl_adapt_industrial import answer_format_warning
+
+    data = _dataset(tmp_path / "data")  # four answers, all 'none': in the label set
+    assert answer_format_warning(data) is None
+    with (data / "test.jsonl").open("a") as handle:  # 4 of 8 outside: not most
+        handle.writelines(json.dumps({"image": "0.png", "question": "q", "answer": a}) + "\n"
+                          for a in ("red", "blue", "red", "cat"))
+    assert answer_format_warning(data) is None
+    with (data / "test.jsonl").open("a") as handle:  # 5 of 9 outside
+        handle.write(json.dumps({"image": "0.png", "question": "q", "answer": "dog"}) + "\n")
+    warning = answer_format_warning(data)
+    assert warning is not None and "5 of 9 test answers" in warning and "'red', 'blue', 'cat', 'dog'" in warning
+    assert "miss_rate: no test answer is a defect" in warning and "overkill_rate" not in warning
+    assert answer_format_warning(tmp_path / "missing") is None  # the load stage names a missing folder

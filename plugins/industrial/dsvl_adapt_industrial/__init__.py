@@ -2,10 +2,17 @@
 
 Supplies the ``industrial`` vertical: a deterministic generator of textured surfaces with a
 scratch, dent, stain or crack (or none), a loader for the user's own JSONL + images, the
-prompt, inspection metrics and two hardware targets. Built only on dsvl-adapt's public hooks.
+prompt, inspection metrics and three hardware targets. Before a run's first stage it warns when
+most test answers of the user's ``data.source`` are outside the vertical's label set (data made
+for another task). Built only on dsvl-adapt's public hooks.
 """
 
 from __future__ import annotations
+
+import sys
+import weakref
+from pathlib import Path
+from typing import Any
 
 from dsvl_adapt import hookimpl
 from dsvl_adapt.schemas import (
@@ -21,6 +28,9 @@ from dsvl_adapt.schemas import (
 from . import metrics
 
 __version__ = "0.1.0"
+
+DATASET = "industrial-surfaces"
+_warned_runs: "weakref.WeakSet[Any]" = weakref.WeakSet()  # run contexts already checked
 
 
 def load_rows(request: DatasetRequest):
@@ -39,7 +49,7 @@ def dsvl_adapt_register_verticals(register):
     register(Vertical(
         name="industrial",
         description="Surface inspection: name the defect (scratch, dent, stain, crack) or 'none'",
-        dataset="industrial-surfaces",
+        dataset=DATASET,
         prompt="industrial-inspection",
         metrics=["accuracy", "miss_rate", "overkill_rate"],
         targets=["cpu-box", "edge-npu", "cpu-box-openvino"],
@@ -50,7 +60,7 @@ def dsvl_adapt_register_verticals(register):
 
 @hookimpl
 def dsvl_adapt_register_datasets(register):
-    register(DatasetSpec(name="industrial-surfaces", load=load_rows,
+    register(DatasetSpec(name=DATASET, load=load_rows,
                          description="generated surfaces with one defect or none; or your JSONL via data.source"))
 
 
@@ -68,9 +78,11 @@ def dsvl_adapt_register_prompts(register):
 def dsvl_adapt_register_metrics(register):
     register(MetricSpec(name="accuracy", compute=metrics.accuracy, description="defect class accuracy"))
     register(MetricSpec(name="miss_rate", compute=metrics.miss_rate, higher_is_better=False,
-                        description="defective parts called 'none' (shipped defects)"))
+                        description="defective parts called 'none' (shipped defects); not applicable (—) when "
+                                    "no test answer is a defect"))
     register(MetricSpec(name="overkill_rate", compute=metrics.overkill_rate, higher_is_better=False,
-                        description="good parts called defective (scrapped good parts)"))
+                        description="good parts called defective (scrapped good parts); not applicable (—) when "
+                                    "no test answer is 'none'"))
 
 
 @hookimpl
@@ -100,3 +112,40 @@ def dsvl_adapt_register_hardware_targets(register):
 @hookimpl
 def dsvl_adapt_config_search_path():
     return "pkg://dsvl_adapt_industrial.conf"
+
+
+def answer_format_warning(source: str | Path) -> str | None:
+    """A warning when most test answers in the folder ``source`` are outside the label set; else None.
+
+    Reads only the answers of ``<source>``'s test split (no image is opened). A folder that does not
+    read is left to the load stage, which names the problem.
+    """
+    from dsvl_adapt.data.jsonl import read_jsonl_split
+
+    try:
+        answers = [row["answer"] for row in read_jsonl_split(source, "test")
+                   if isinstance(row.get("answer"), str) and row["answer"].strip()]
+    except Exception:
+        return None
+    outside = metrics.outside_labels(answers)
+    if not answers or len(outside) * 2 <= len(answers):
+        return None
+    examples = ", ".join(repr(a) for a in list(dict.fromkeys(outside))[:4])  # a few distinct ones
+    reasons = "; ".join(f"{name}: {why}" for name, why in metrics.not_applicable(answers).items())
+    return (f"industrial: {len(outside)} of {len(answers)} test answers in data.source={source} are not one of "
+            f"{', '.join(metrics.LABELS)} (the vertical's answer format), e.g. {examples}. The model is asked for "
+            "a defect, so accuracy says little; "
+            + (f"not applicable, shown as —: {reasons}. " if reasons else "")
+            + "Is this folder meant for another vertical? For your own labels write a vertical: "
+              "`dsvl-adapt new-plugin NAME --data files` (docs/plugins/file-only.md).")
+
+
+@hookimpl
+def dsvl_adapt_before_stage(stage: Any, context: Any) -> None:
+    """Before the first stage a run executes: check a user's test answers against the label set."""
+    if context.vertical.dataset != DATASET or context.config.data.source is None or context in _warned_runs:
+        return
+    _warned_runs.add(context)
+    warning = answer_format_warning(context.config.data.source)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
