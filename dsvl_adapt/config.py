@@ -78,6 +78,19 @@ class ModelSection(Section):
                              "for your own checkpoint use: model=local model.path=DIR")
         return self
 
+    @model_validator(mode="after")
+    def _readable_weights(self) -> "ModelSection":
+        """model.path holds weights that can be read safely (pickles only with allow_pickle)."""
+        if self.path is not None and not (self.path / "quantization.json").is_file():
+            from .errors import ModelLoadError
+            from .models.checkpoint_files import weight_files
+
+            try:
+                weight_files(self.path, self.allow_pickle)
+            except ModelLoadError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
 
 class DataSection(Section):
     source: Path | None = Field(None, description="your data directory (train/validation/test .jsonl); null = generated")

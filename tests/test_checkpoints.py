@@ -121,17 +121,32 @@ def test_bf16_checkpoint_is_loaded_in_the_run_dtype_and_kept_when_nothing_trains
     assert torch.equal(original.lm_head.weight.float(), model.lm_head.weight)
 
 
+def test_fp16_checkpoint_trains_in_fp32_on_the_cpu(tmp_path):
+    import dsvl_adapt
+
+    fp16 = save_plain_checkpoint(tmp_path / "fp16", dtype=torch.float16)
+    dsvl_adapt.run(["model=local", f"model.path={fp16}", "pipeline.stages=[load]"], run_dir=tmp_path / "run")
+    figures = _stage(tmp_path / "run", "load")["figures"]
+    assert (figures["checkpoint_dtype"], figures["dtype"]) == ("float16", "float32")
+    model, _ = load_checkpoint(tmp_path / "run" / "stages" / "load" / "base")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 # -- pickles ------------------------------------------------------------------------------------
 
 def test_pickled_checkpoint_needs_allow_pickle_and_is_then_rewritten_as_safetensors(bf16_checkpoint, tmp_path):
     import dsvl_adapt
 
     pickled = pickle_copy(bf16_checkpoint, tmp_path / "pickled")
-    refused = _cli("run", "vertical=industrial", "model=local", f"model.path={pickled}", "pipeline.stages=[load]",
-                   f"run_dir={tmp_path / 'refused'}", cwd=tmp_path)
-    assert refused.returncode != 0
-    assert "pytorch_model.bin" in refused.stderr and "model.allow_pickle=true" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    for command in ("validate", "run"):
+        refused = _cli(command, "vertical=industrial", "model=local", f"model.path={pickled}",
+                       "pipeline.stages=[load]", f"run_dir={tmp_path / 'refused'}", cwd=tmp_path)
+        assert refused.returncode != 0, command
+        assert "pytorch_model.bin" in refused.stderr and "model.allow_pickle=true" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused" / "stages").exists()  # refused before the first stage
+    with pytest.raises(ModelLoadError, match="model.allow_pickle=true"):
+        load_checkpoint(pickled)
 
     run_dir = tmp_path / "allowed"
     dsvl_adapt.run(["model=local", f"model.path={pickled}", "model.allow_pickle=true", "pipeline.stages=[load]"],
