@@ -121,7 +121,7 @@ def test_bf16_checkpoint_is_loaded_in_the_run_dtype_and_kept_when_nothing_trains
     assert torch.equal(original.lm_head.weight.float(), model.lm_head.weight)
 
 
-def test_fp16_checkpoint_trains_in_fp32_on_the_cpu(tmp_path):
+def test_fp16_checkpoint_runs_in_fp32_on_the_cpu(tmp_path):
     import dsvl_adapt
 
     fp16 = save_plain_checkpoint(tmp_path / "fp16", dtype=torch.float16)

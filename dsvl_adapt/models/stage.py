@@ -92,10 +92,9 @@ def _link_files(source: Path, directory: Path, skip: set[str]) -> None:
     for item in sorted(source.resolve().iterdir()):
         if not item.is_file() or item.name in skip:
             continue
-        link = directory / item.name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(item, link)
+        staged = directory / f".{item.name}.{os.getpid()}.link"
+        os.symlink(item, staged)
+        os.replace(staged, directory / item.name)  # atomic: safe when several processes run the stage
 
 
 def _check_architecture(model: torch.nn.Module, path: Path) -> None:
