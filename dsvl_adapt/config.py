@@ -39,7 +39,11 @@ class VerticalSection(Section):
 class ModelSection(Section):
     preset: str | None = Field("reference-small", description="a reference preset built in code, or null with `path`")
     path: Path | None = Field(None, description="a local Hugging Face DeepSeek-VL checkpoint directory")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the weights during the run; auto = the checkpoint's own on a GPU; on the CPU "
+                            "float32, or bfloat16 for a bfloat16 checkpoint when the pipeline trains nothing. "
+                            "Export and quantization always get float32"
+    )
     trust_remote_code: bool = Field(False, description="never needed for DeepSeek-VL; enabling it warns")
     allow_pickle: bool = Field(False, description="allow loading *.bin/*.pt pickled weights (unsafe)")
     tokenizer_vocab_size: int = Field(1024, ge=300, le=1_000_000, description="vocab of the offline-trained tokenizer")
@@ -59,6 +63,12 @@ class ModelSection(Section):
         if value is not None and not (value / "config.json").is_file():
             what = "does not exist" if not value.exists() else "holds no config.json"
             raise ValueError(f"{value} {what}; give a local Hugging Face DeepSeek-VL checkpoint directory")
+        if value is not None:
+            from .models.checkpoint_files import architecture_problem
+
+            problem = architecture_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -66,6 +76,19 @@ class ModelSection(Section):
         if (self.preset is None) == (self.path is None):
             raise ValueError("set exactly one of model.preset (a reference preset) or model.path (a checkpoint dir); "
                              "for your own checkpoint use: model=local model.path=DIR")
+        return self
+
+    @model_validator(mode="after")
+    def _readable_weights(self) -> "ModelSection":
+        """model.path holds weights that can be read safely (pickles only with allow_pickle)."""
+        if self.path is not None and not (self.path / "quantization.json").is_file():
+            from .errors import ModelLoadError
+            from .models.checkpoint_files import weight_files
+
+            try:
+                weight_files(self.path, self.allow_pickle)
+            except ModelLoadError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 

@@ -120,7 +120,8 @@ def test_a_local_checkpoint_directory_runs_through_the_pipeline(tiny_run, tmp_pa
     record = json.loads((tmp_path / "local" / "stages" / "finetune" / "stage.json").read_text())["figures"]
     assert "full" not in record and record["lora"]["steps"] == 6
     load = json.loads((tmp_path / "local" / "stages" / "load" / "stage.json").read_text())
-    assert load["artifacts"]["base"] == str(teacher.resolve())
+    base = tmp_path / "local" / "stages" / "load" / load["artifacts"]["base"]
+    assert (base / "model.safetensors").resolve() == (teacher / "model.safetensors").resolve()  # linked, not copied
     assert card.params["base"] == card.params["teacher"]
 
 

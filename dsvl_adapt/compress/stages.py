@@ -15,6 +15,7 @@ from ..data.calibration import calibration_batches
 from ..engine import RunContext, StageResult
 from ..errors import StageError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.dtype import load_for_runtime
 from ..models.figures import model_figures
 from ..score.quick import validation_accuracy
 
@@ -136,7 +137,7 @@ class QuantizeStage:
             require_openvino()
         cfg = context.config.quantize.model_copy(update={"backend": backend})
         cfg = type(cfg).model_validate(cfg.model_dump())  # mode/bits checked against the chosen backend
-        model, processor = context.load_model("student")
+        model, processor, cast_from = load_for_runtime(context)
         calibration = calibration_batches(context, processor, count=cfg.calibration_batches,
                                           batch_size=context.config.prune.calibration_batch_size)
         if backend == "torch":
@@ -151,7 +152,7 @@ class QuantizeStage:
             if diff != 0.0:
                 raise StageError(f"{directory} does not reload to identical outputs (max abs diff {diff:.3g})")
             figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "reload_max_abs_diff": diff,
-                       "size_bytes": _dir_bytes(directory)}
+                       "size_bytes": _dir_bytes(directory), "cast_from": cast_from}
             return StageResult(artifacts={"deploy": "student-int8"}, figures=figures)
         from ..export.onnx import export_onnx
 
@@ -160,16 +161,17 @@ class QuantizeStage:
         export = export_onnx(model, fp32_dir, calibration[0], split=split, opset=context.config.export.opset)
         processor.save_pretrained(fp32_dir)
         if backend == "openvino":
-            return self._openvino(context, cfg, fp32_dir, export, calibration, processor)
+            return self._openvino(context, cfg, fp32_dir, export, calibration, processor, cast_from)
         directory = context.work_dir / "onnx-int8" if cfg.bits == 8 else context.work_dir / "onnx-int4"
         report = quantize_onnx(fp32_dir, directory, cfg, calibration)
         processor.save_pretrained(directory)
         figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "export": export.model_dump(mode="json"),
-                   **report.model_dump(mode="json"), "size_bytes": report.bytes}
+                   **report.model_dump(mode="json"), "size_bytes": report.bytes, "cast_from": cast_from}
         return StageResult(artifacts={"deploy": directory.name, "onnx": directory.name}, figures=figures)
 
     @staticmethod
-    def _openvino(context: RunContext, cfg, fp32_dir: Path, export, calibration, processor) -> StageResult:
+    def _openvino(context: RunContext, cfg, fp32_dir: Path, export, calibration, processor,
+                  cast_from: str | None) -> StageResult:
         """ONNX fp32 export -> OpenVINO IR -> NNCF compression, at the precision the config pins."""
         from .quantize import quantize_openvino
 
@@ -184,7 +186,7 @@ class QuantizeStage:
                    "label": report.label, "export": export.model_dump(mode="json"),
                    "openvino": report.model_dump(mode="json"), "size_bytes": report.bytes,
                    "reload_max_abs_diff": report.reload_max_abs_diff, "max_abs_diff": report.max_abs_diff,
-                   "top1_agreement": report.top1_agreement}
+                   "top1_agreement": report.top1_agreement, "cast_from": cast_from}
         # deploy: the IR; onnx: the fp32 graphs it was converted from (the export stage reuses them, and the
         # scorecard's opset/op checks read their inventory).
         return StageResult(artifacts={"deploy": directory.name, "openvino": directory.name, "onnx": fp32_dir.name},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..compress.stages import export_graphs
 from ..data.calibration import calibration_batches
 from ..engine import RunContext, StageResult
+from ..models.dtype import load_for_runtime
 
 
 class ExportStage:
@@ -19,7 +20,7 @@ class ExportStage:
             return StageResult(artifacts={"onnx": str(context.artifacts["onnx"])},
                                figures={"reused": "graphs written by the quantize stage", "opset": report.opset,
                                         "mode": report.mode, "graphs": sorted(report.graphs)})
-        model, processor = context.load_model("student")
+        model, processor, cast_from = load_for_runtime(context)
         example = calibration_batches(context, processor, count=1, batch_size=2)[0]
         report = export_onnx(model, context.work_dir / "onnx", example, split=export_graphs(context) == "split",
                              opset=context.config.export.opset)
@@ -28,4 +29,4 @@ class ExportStage:
         target = context.target()
         if "deploy" not in context.artifacts and target is not None and target.runtime == "onnxruntime":
             artifacts["deploy"] = "onnx"
-        return StageResult(artifacts=artifacts, figures=report.model_dump(mode="json"))
+        return StageResult(artifacts=artifacts, figures={**report.model_dump(mode="json"), "cast_from": cast_from})

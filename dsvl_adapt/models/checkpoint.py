@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
+from .checkpoint_files import WeightFiles, check_model_type, weight_files
 from .presets import Preset, build_config, get_preset
 from .tokenizer import IMAGE
 
@@ -45,8 +46,9 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
 )
 
-WEIGHT_FILES_SAFE = ("model.safetensors", "model.safetensors.index.json")
-WEIGHT_FILES_PICKLE = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# Shards of at most this size: saving copies one shard at a time, so a large model is written without
+# a second full copy of its weights in memory.
+MAX_SHARD_SIZE = "2GB"
 
 
 def render_prompt(system: str, user_text: str) -> str:
@@ -80,8 +82,9 @@ def build_processor(tokenizer: Any, config: Any) -> Any:
                                num_image_tokens=num_image_tokens)
 
 
-def build_reference(preset: Preset | str, tokenizer: Any, seed: int = 0) -> tuple[torch.nn.Module, Any]:
-    """A reference model with random weights (seeded) and its processor."""
+def build_reference(preset: Preset | str, tokenizer: Any, seed: int = 0,
+                    dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, Any]:
+    """A reference model with random weights (seeded) and its processor; ``dtype`` None = float32."""
     from transformers import AutoModelForImageTextToText
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
@@ -94,7 +97,7 @@ def build_reference(preset: Preset | str, tokenizer: Any, seed: int = 0) -> tupl
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
+    model = AutoModelForImageTextToText.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -111,36 +114,34 @@ def save_checkpoint(model: torch.nn.Module, processor: Any, directory: str | Pat
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_pruned(model, directory)
+    save_pruned(model, directory, max_shard_size=MAX_SHARD_SIZE)
     processor.save_pretrained(directory)
     if info:
         (directory / "dsvl_adapt.json").write_text(json.dumps(info, indent=2, default=str))
     return directory
 
 
-def check_weights_are_safe(directory: Path, allow_pickle: bool) -> None:
-    names = {p.name for p in directory.iterdir()}
-    if any(n in names for n in WEIGHT_FILES_SAFE) or any(n.endswith(".safetensors") for n in names):
-        return
-    pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
-    if pickled and not allow_pickle:
-        raise ModelLoadError(
-            f"{directory} holds only pickled weights ({', '.join(pickled)}). Pickles can run arbitrary code "
-            "when loaded, so they are refused by default. Convert them to safetensors, or, if you trust the "
-            "file, set model.allow_pickle=true."
-        )
-    if not pickled:
-        raise ModelLoadError(f"{directory} holds no model weights (expected model.safetensors)")
+def check_weights_are_safe(directory: Path, allow_pickle: bool) -> WeightFiles:
+    """The weight files a load of ``directory`` reads; refuses pickles unless allowed, warns on mixed folders."""
+    files = weight_files(directory, allow_pickle)
+    if files.note:
+        warnings.warn(f"{directory}: {files.note}", stacklevel=3)
+    return files
 
 
 def load_checkpoint(
     directory: str | Path,
     *,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
     """Load a local checkpoint directory exactly: model and processor.
+
+    ``dtype``: the weights' dtype (None keeps the checkpoint's own). Only DeepSeek-VL checkpoints
+    (``config.json`` model_type ``deepseek_vl`` or ``deepseek_vl_hybrid``) are accepted. Weights are read
+    from safetensors; pickled ``pytorch_model.bin`` only with ``allow_pickle=True`` and only when the
+    folder holds no safetensors (a folder with both reads the safetensors and warns, naming the files).
 
     Pruned checkpoints whose shapes no config field can express (vision-tower heads) are
     rebuilt by :func:`dsvl_adapt.models.exact_load.load_exact`; torch-quantized ones by
@@ -152,9 +153,11 @@ def load_checkpoint(
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory} is not a Hugging Face checkpoint directory (no config.json)")
+    check_model_type(directory)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
     quantized = (directory / "quantization.json").is_file()
-    if not quantized:
-        check_weights_are_safe(directory, allow_pickle)
+    files = None if quantized else check_weights_are_safe(directory, allow_pickle)
     if trust_remote_code:
         warnings.warn("model.trust_remote_code=true: code from the checkpoint directory will run", stacklevel=2)
     common: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code)
@@ -165,17 +168,21 @@ def load_checkpoint(
             f"{directory}: could not load its processor/tokenizer ({type(exc).__name__}: {exc}). A DeepSeek-VL "
             "checkpoint needs tokenizer files and preprocessor_config.json beside the weights."
         ) from exc
-    from .exact_load import load_exact, needs_exact_load
+    from .exact_load import STRUCTURE_FILE, load_exact, needs_exact_load
 
     if quantized:  # a torch-quantized student: rebuilt from its recipe (save_pretrained cannot write it)
         from ..compress.quantize import load_quantized
 
         model = load_quantized(directory)
-    elif needs_exact_load(directory):
+    elif files is not None and not files.pickled and needs_exact_load(directory):
         model = load_exact(directory, dtype=dtype)
     else:
+        if files is not None and files.pickled and (directory / STRUCTURE_FILE).is_file() \
+                and needs_exact_load(directory):
+            raise ModelLoadError(f"{directory}: a pruned checkpoint ({STRUCTURE_FILE}) must be stored as "
+                                 "safetensors to be rebuilt exactly; pickled weights cannot be")
         model = AutoModelForImageTextToText.from_pretrained(
-            directory, dtype=dtype, use_safetensors=not allow_pickle, **common
+            directory, dtype=dtype, use_safetensors=files is None or not files.pickled, **common
         )
     model.eval()
     return model, processor
