@@ -25,9 +25,12 @@ copied as it is (a library-only user has no int8 table).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -149,9 +152,14 @@ def nncf_quantize_defaults(ir_dir: Path, destination: Path, batches: Sequence[di
     samples = _calibration_samples(ir_dir, batches)
     _copy_non_graph_files(ir_dir, destination, [])
     core = ov.Core()
+    # NNCF logs and draws progress bars on stdout, where the benchmarks print their JSON: send them to stderr.
+    for handler in logging.getLogger("nncf").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
     for name, file in meta["graphs"].items():
         model = core.read_model(str(ir_dir / file))
-        quantized = nncf.quantize(model, nncf.Dataset(samples[name]))
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(model, nncf.Dataset(samples[name]))
         ov.save_model(quantized, str(destination / file))
     meta.update({"quantized_from": str(ir_dir), "calibration_samples": len(batches),
                  "how": "nncf.quantize(model, nncf.Dataset(samples)) with every default; ov.save_model defaults"})
