@@ -142,7 +142,7 @@ def run_setup(run_dir: Path, calibration: int, test_rows: int):
     train = encoder.encode_all(context.split("train", size).rows[: calibration * 2])
     calib = [{k: v for k, v in encoder.training_batch(train[i: i + 2]).items() if k != "labels"}
              for i in range(0, len(train), 2)]
-    rows = context.split("test", size).rows[:test_rows]
+    rows = context.split("test", size, size=test_rows).rows[:test_rows]  # generated data: as many rows as asked
     items = encoder.encode_all(rows)
     one = encoder.generation_batch(items[:1])
     scoring = {"context": context, "encoder": encoder, "rows": rows, "items": items, "teacher": str(teacher)}
