@@ -6,7 +6,8 @@ model's (hidden 256, 4 layers, 128 px, patch 16 -> 8x8 = 64 image tokens), mean-
 token features and put one linear head per question type over that type's answers.
 200 steps, batch 8, AdamW lr 1e-3 with linear warm-up then cosine decay. Report test
 accuracy per generator and question type next to chance (the majority-answer rate on the
-test rows), as JSON on stdout.
+test rows), with a 95% bootstrap interval over the test rows and whether that interval lies
+above chance (``benchmarks/_stats.py``; "no claim" under 500 rows of that type), as JSON on stdout.
 
 If a generator module exports ``parse_answer(answer) -> dict``, accuracy is also reported
 per parsed field (e.g. the medical report's ``finding`` and ``side``).
@@ -27,6 +28,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from _stats import bootstrap_metric, enough_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,11 +163,17 @@ def run_one(name: str, *, train_rows: int, test_rows: int, steps: int, batch: in
             continue
         answers = [test[i]["answer"] for i in idx]
         correct = sum(pred_answers[i] == test[i]["answer"] for i in idx)
+        hits = np.array([pred_answers[i] == test[i]["answer"] for i in idx], dtype=float)
+        interval = bootstrap_metric([lambda rows, hits=hits: float(hits[rows].mean())], len(idx))
+        chance = Counter(answers).most_common(1)[0][1] / len(idx)
         entry = {
             "n": len(idx),
             "classes": len(vocab[q]),
             "accuracy": round(correct / len(idx), 4),
-            "chance": round(Counter(answers).most_common(1)[0][1] / len(idx), 4),
+            "accuracy_ci95": [round(interval.low, 4), round(interval.high, 4)],
+            "chance": round(chance, 4),
+            "above_chance": ("no claim" if not enough_evidence(len(idx), 1) else
+                             "yes" if interval.low > chance else "no (within noise of chance or below)"),
         }
         parse = getattr(gen, "parse_answer", None)
         if parse is not None:

@@ -3,10 +3,12 @@
     PYTHONPATH=. python benchmarks/sparse_matmul.py [--threads 1] [--rounds 15] [--out 1024 --in 4096 --tokens 96]
 
 The weight (out x in) is magnitude-pruned to 50/75/90 %; y = x @ W.T is timed dense
-(``torch.nn.functional.linear``) and as ``W_csr @ x.T`` with ``W`` in CSR. Runs alternate
-A B A B so drift (thermal, other tenants) hits both sides alike; the median per side is kept.
-``csr_speedup`` = dense time / CSR time (> 1: CSR faster). Also records whether 2:4
-semi-structured sparsity (``to_sparse_semi_structured``) runs on CPU. Prints one JSON object.
+(``torch.nn.functional.linear``) and as ``W_csr @ x.T`` with ``W`` in CSR. Each round times both, in an
+order that rotates (A B, then B A, ...) so drift (thermal, other tenants) and position hit both sides alike.
+``csr_speedup`` = dense time / CSR time per round (> 1: CSR faster): geometric mean with a 95% paired t interval
+and a claim ("faster" needs >= 1.10 with the interval above 1; ``benchmarks/_stats.py``). Also records whether 2:4
+semi-structured sparsity (``to_sparse_semi_structured``) runs on CPU. ``--quick``: 3 rounds of 1 call, 256 x 512.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import statistics
 import time
 
 import torch
+
+from _stats import RATIO_METHOD, paired_ratio, round_orders
 
 
 def _time(fn, inner: int) -> float:
@@ -47,7 +51,11 @@ def main() -> None:
     ap.add_argument("--in", dest="in_", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rotating round order")
+    ap.add_argument("--quick", action="store_true", help="3 rounds of 1 call on a 256 x 512 weight")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.inner, args.out, args.in_ = 3, 1, 256, 512
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -65,23 +73,26 @@ def main() -> None:
         err = (csr_fn().t() - dense_fn()).abs().max().item()
         for _ in range(2):  # warm-up
             dense_fn(), csr_fn()
-        dense_t, csr_t = [], []
-        for _ in range(args.rounds):
-            dense_t.append(_time(dense_fn, args.inner))
-            csr_t.append(_time(csr_fn, args.inner))
+        times: dict[str, list[float]] = {"dense": [], "csr": []}
+        fns = {"dense": dense_fn, "csr": csr_fn}
+        for order in round_orders(list(fns), args.rounds, args.seed):
+            for name in order:
+                times[name].append(_time(fns[name], args.inner))
+        dense_t, csr_t = times["dense"], times["csr"]
         d, c = statistics.median(dense_t), statistics.median(csr_t)
         results.append({
             "sparsity": s,
             "actual_sparsity": round(1 - csr.values().numel() / w.numel(), 4),
             "dense_ms": round(d * 1e3, 3),
             "csr_ms": round(c * 1e3, 3),
-            "csr_speedup": round(d / c, 3),
+            "csr_speedup": paired_ratio(dense_t, csr_t).to_json(),
             "max_abs_err": err,
         })
     print(json.dumps({
         "shape": {"weight": [args.out, args.in_], "tokens": args.tokens},
         "threads": args.threads,
         "rounds": args.rounds,
+        "ratios": RATIO_METHOD,
         "inner": args.inner,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),

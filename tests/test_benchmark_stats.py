@@ -1,0 +1,105 @@
+"""The decision rules of the benchmarks (benchmarks/_stats.py): claims follow the charter's thresholds and
+intervals, rounds rotate. Decision logic only: no clock is read here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "_stats.py"
+_spec = importlib.util.spec_from_file_location("benchmark_stats", _PATH)
+stats = importlib.util.module_from_spec(_spec)
+sys.modules["benchmark_stats"] = stats
+_spec.loader.exec_module(stats)
+
+
+@pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (7, 2.3646), (10, 2.2281),
+                                              (29, 2.0452)])
+def test_t_quantile_matches_the_tables(df: int, expected: float) -> None:
+    assert stats.t_quantile(0.95, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_a_ratio_of_1_007_is_no_claim_even_with_a_tight_interval() -> None:
+    tight = stats.SpeedRatio(1.007, 1.004, 1.010, 20)
+    assert stats.speed_claim(tight) == "no claim"
+    wide = stats.SpeedRatio(1.007, 0.95, 1.06, 8)
+    assert stats.speed_claim(wide) == "tie"
+
+
+def test_a_ratio_of_1_2_with_its_interval_above_1_is_faster() -> None:
+    assert stats.speed_claim(stats.SpeedRatio(1.2, 1.05, 1.37, 8)) == "faster"
+    assert stats.speed_claim(stats.SpeedRatio(1.2, 0.97, 1.48, 8)) == "tie"      # interval holds 1
+    assert stats.speed_claim(stats.SpeedRatio(1 / 1.2, 0.7, 0.95, 8)) == "slower"
+    assert stats.speed_claim(stats.SpeedRatio(1.2, None, None, 1)) == "no claim"  # one round: no interval
+
+
+def test_paired_ratio_from_rounds() -> None:
+    baseline = [100.0, 120.0, 90.0, 110.0, 105.0, 95.0]
+    consistent = [b / 1.25 for b in baseline]                  # the same 1.25x in every round
+    r = stats.paired_ratio(baseline, consistent)
+    assert r.ratio == pytest.approx(1.25)
+    assert stats.speed_claim(r) == "faster"
+    noisy = [b / f for b, f in zip(baseline, [1.6, 0.8, 1.3, 0.85, 1.4, 0.9], strict=True)]
+    assert stats.speed_claim(stats.paired_ratio(baseline, noisy)) == "tie"
+    with pytest.raises(ValueError):
+        stats.paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_rotation_visits_every_position() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    orders = stats.round_orders(names, 10, seed=3)
+    assert all(sorted(order) == names for order in orders)
+    for block in (orders[:5], orders[5:]):
+        positions = {name: Counter(order.index(name) for order in block) for name in names}
+        assert all(sorted(p) == list(range(5)) for p in positions.values())  # once in each position per block
+    assert orders[0] != orders[1]                                             # not a fixed A B C order
+    assert stats.round_orders(names, 10, seed=3) == orders                     # seeded: reproducible
+
+
+def test_target_check() -> None:
+    assert stats.target_check(3.4, 3.1, 3.7, 3.0) == "met"
+    assert stats.target_check(3.1, 2.6, 3.5, 3.0) == "within noise"
+    assert stats.target_check(2.5, 2.2, 2.8, 3.0) == "not met"
+
+
+def _exact(correct: np.ndarray):
+    return lambda idx: float(correct[idx].mean())
+
+
+def test_accuracy_difference_inside_its_interval_is_a_tie() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random(600) < 0.80
+    b = a.copy()
+    flip = rng.choice(600, 6, replace=False)    # b differs from a on 6 rows of 600: 1 point, within noise
+    b[flip] = ~b[flip]
+    c = stats.paired_comparison([_exact(a)], [_exact(b)], 600, resamples=400)
+    assert c.difference.low <= 0 <= c.difference.high
+    assert c.claim() == "tie"
+
+
+def test_a_clear_accuracy_gain_is_better_only_with_enough_rows_or_seeds() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.random(600) < 0.6
+    b = a | (rng.random(600) < 0.5)             # b right wherever a is, and on about half of the rest
+    big = stats.paired_comparison([_exact(a)], [_exact(b)], 600, resamples=400)
+    assert big.difference.low > 0 and big.claim() == "better"
+    small = stats.paired_comparison([_exact(a[:100])], [_exact(b[:100])], 100, resamples=400)
+    assert small.difference.low > 0 and small.claim() == "no claim"     # 100 rows, 1 seed: too little
+    seeds = stats.paired_comparison([_exact(a[:100])] * 3, [_exact(b[:100])] * 3, 100, resamples=200)
+    assert seeds.claim() == "better"
+    assert stats.paired_comparison([_exact(b)], [_exact(a)], 600, resamples=200).claim() == "worse"
+
+
+def test_retention_check() -> None:
+    rng = np.random.default_rng(2)
+    teacher = rng.random(800) < 0.9
+    same = stats.paired_comparison([_exact(teacher)], [_exact(teacher)], 800, resamples=200)
+    assert stats.retention_check(same, 0.95) == "met"
+    worse = teacher & (rng.random(800) < 0.7)
+    assert stats.retention_check(stats.paired_comparison([_exact(teacher)], [_exact(worse)], 800, resamples=200),
+                                 0.95) == "not met"
