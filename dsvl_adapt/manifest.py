@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -19,21 +20,30 @@ TRACKED_PACKAGES = ("dsvl-adapt", "torch", "transformers", "peft", "torch-prunin
 NOT_COMPARED = ("run_dir", "cache_dir")  # may change between a run and its resumption
 
 
-def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: Any) -> None:
+def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: Any,
+                            data: Any = None) -> None:
+    """Write the manifest of a new run; for a resumed one, refuse other settings or other data.
+
+    ``data`` is the run's ``DataFingerprint``: a run folder whose data changed since it was made
+    is not continued on the new data (its finished stages were made from the old), and the message
+    names the files that changed.
+    """
     path = run_dir / MANIFEST
     comparable = {k: v for k, v in raw.items() if k not in NOT_COMPARED}
     if path.is_file():
-        previous = json.loads(path.read_text())["config"]
-        previous = {k: v for k, v in previous.items() if k not in NOT_COMPARED}
+        recorded = json.loads(path.read_text())
+        previous = {k: v for k, v in recorded["config"].items() if k not in NOT_COMPARED}
         differences = sorted(_diff(previous, comparable))
         if differences:
             raise ConfigError(
                 f"{run_dir} holds a run made with a different configuration (differs at: "
                 f"{', '.join(differences[:8])}). Resume it with the same settings, or choose a new run_dir."
             )
+        _check_same_data(run_dir, recorded.get("data"), data)
         return
     manifest = {
         "config": raw,
+        "data": data.as_dict() if data is not None else None,
         "seed": config.seed,
         "versions": package_versions(),
         "plugins": [info.as_dict() for info in manager.plugins()],
@@ -43,6 +53,23 @@ def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _check_same_data(run_dir: Path, recorded: dict[str, Any] | None, data: Any) -> None:
+    if data is None:
+        return
+    if recorded is None:
+        print(f"note: {run_dir / MANIFEST} records no data fingerprint (made by an earlier version): whether the "
+              "data changed since is unknown", file=sys.stderr)
+        return
+    changes = data.changes_since(recorded)
+    if changes:
+        listed = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise ConfigError(
+            f"{run_dir} holds a run made from other data: since it was made, {listed}. Its finished stages were "
+            "computed from the data as it was, so it is not continued on the new data: restore the data to resume "
+            "it, or start a new run_dir for the new data."
+        )
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..data.report import data_figures
 from ..engine import RunContext, StageResult
 from ..errors import ModelLoadError
 from .checkpoint import build_reference, load_checkpoint, save_checkpoint
@@ -20,8 +21,9 @@ class LoadStage:
             model, processor = load_checkpoint(cfg.path, allow_pickle=cfg.allow_pickle,
                                                trust_remote_code=cfg.trust_remote_code)
             _check_architecture(model, cfg.path)
+            data = data_figures(context, processor.image_processor.size["height"])
             return StageResult(artifacts={"base": str(cfg.path.resolve())},
-                               figures={"source": str(cfg.path), **model_figures(model, cfg.path)})
+                               figures={"source": str(cfg.path), **model_figures(model, cfg.path), "data": data})
         preset = get_preset(cfg.preset or "")
         train = context.split("train", preset.image_size)
         prompt = context.prompt
@@ -33,7 +35,8 @@ class LoadStage:
                                     preset=preset.name, vertical=context.vertical.name)
         return StageResult(artifacts={"base": "base"},
                            figures={"source": f"preset {preset.name}", "vocab_size": len(tokenizer),
-                                    **model_figures(model, directory)})
+                                    **model_figures(model, directory),
+                                    "data": data_figures(context, preset.image_size)})
 
 
 def _check_architecture(model, path) -> None:
