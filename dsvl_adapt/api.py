@@ -26,7 +26,7 @@ def validate(overrides: Sequence[str] = (), log: Any = None) -> RunConfig:
     config, _raw = compose(list(overrides))
     manager = get_manager()
     check_pipeline(config, manager)
-    preflight(config, manager.registry, log=log or (lambda message: print(message, file=sys.stderr)))
+    preflight(config, manager.registry, log=log or (lambda message: print(message, file=sys.stderr)), summary=True)
     return config
 
 

@@ -38,8 +38,13 @@ class Preflight:
     checked: list[str]
 
 
-def preflight(config: RunConfig, registry: Any, log: Callable[[str], None] = print) -> Preflight:
-    """Check the data and the model-dependent settings of ``config``; raise on the first problem."""
+def preflight(config: RunConfig, registry: Any, log: Callable[[str], None] = print, *,
+              summary: bool = False) -> Preflight:
+    """Check the data and the model-dependent settings of ``config``; raise on the first problem.
+
+    Notes a user must see (a split sampled, or smaller than its size) go to ``log``; with
+    ``summary``, so does one line saying what was checked (``dsvl-adapt validate`` shows it).
+    """
     checked: list[str] = []
     report = None
     hf_config = None
@@ -55,8 +60,8 @@ def preflight(config: RunConfig, registry: Any, log: Callable[[str], None] = pri
     else:
         fingerprint = data_fingerprint(config, registry)
     checked += check_model_names(config, hf_config)
-    if checked:
-        log("preflight: " + "; ".join(checked))
+    if checked and summary:
+        log("checked: " + "; ".join(checked))
     return Preflight(fingerprint, report, checked)
 
 

@@ -6,7 +6,7 @@ import random
 import re
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -53,9 +53,9 @@ def load_split(
 ) -> Split:
     """Call the dataset factory and validate its rows; ``on_bad_row`` decides what a bad row does.
 
-    Every row is validated (images opened), then, for a user's data (``request.source``), a seeded
-    sample of ``request.size`` rows is kept when the split holds more; a split holding fewer keeps
-    all of them. Two rows of a split with the same ``id`` are refused, naming both lines.
+    Every row is validated (images opened); two rows of a split with the same ``id`` are refused,
+    naming both lines. All usable rows are returned, of a user's folder too: a run samples them to
+    ``data.<split>_size`` with :func:`load_configured_split`.
     """
     try:
         raw_rows = iter(spec.load(request))
@@ -106,12 +106,16 @@ def load_split(
         raise DataError(f"split {request.split!r} of dataset {spec.name!r}{where} has no usable rows"
                         f"{f' ({len(skipped)} skipped)' if skipped else ''}; every split needs at least one row")
     refuse_duplicate_ids(rows, sources, request.split)
-    available = len(rows)
-    if request.source is not None and available > request.size:
-        keep = sample_indices(available, request.size, seed=request.seed, split=request.split)
-        rows, sources = [rows[i] for i in keep], [sources[i] for i in keep]
-    return Split(request.split, rows, skipped, available=available, files=source_files(sources),
+    return Split(request.split, rows, skipped, available=len(rows), files=source_files(sources),
                  image_files=image_files, sources=sources)
+
+
+def sample_split(split: Split, size: int, *, seed: int) -> Split:
+    """A seeded sample of ``size`` of the split's rows (all of them when it holds no more), in file order."""
+    if len(split.rows) <= size:
+        return split
+    keep = sample_indices(len(split.rows), size, seed=seed, split=split.name)
+    return replace(split, rows=[split.rows[i] for i in keep], sources=[split.sources[i] for i in keep])
 
 
 def sample_indices(available: int, size: int, *, seed: int, split: str) -> list[int]:
@@ -148,7 +152,11 @@ def source_files(sources: Sequence[str]) -> list[str]:
 
 def load_configured_split(config: Any, registry: Any, split: str, image_size: int, size: int | None = None) -> Split:
     """A split of the run's vertical as ``config.data`` asks for it (source, size, bad-row policy,
-    image limits, allowed outside folders); ``size`` overrides ``data.<split>_size``."""
+    image limits, allowed outside folders); ``size`` overrides ``data.<split>_size``.
+
+    Generated data is made at that size; a user's folder (``data.source``) is read whole, every row
+    validated, then sampled to it (seeded by ``seed`` and the split's name; all rows when fewer).
+    """
     data = config.data
     request = DatasetRequest(
         split=split,  # type: ignore[arg-type]
@@ -158,5 +166,6 @@ def load_configured_split(config: Any, registry: Any, split: str, image_size: in
         source=data.source,
     )
     spec = registry.datasets.get(registry.vertical(config.vertical.name).dataset)
-    return load_split(spec, request, on_bad_row=data.on_bad_row, max_pixels=data.max_image_pixels,
-                      allow_outside=data.allow_outside)
+    loaded = load_split(spec, request, on_bad_row=data.on_bad_row, max_pixels=data.max_image_pixels,
+                        allow_outside=data.allow_outside)
+    return sample_split(loaded, request.size, seed=config.seed) if data.source is not None else loaded
