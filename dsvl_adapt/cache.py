@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 STAGE_RECORD = "stage.json"
 CACHE_MARKER = "from-cache.txt"  # in a stage folder restored from the cache: the entry it came from
+DATA_RECORDS = "data-records"  # in the cache: per stage and settings, the data its latest entry was made from
 
 BASE_KEYS = ("vertical", "model", "data", "seed", "device")
 
@@ -50,7 +51,8 @@ class StageKeys:
         self.data = data
         base = {key: raw_config.get(key) for key in BASE_KEYS}
         self.previous_settings = _digest(base)
-        self.previous = _digest({**base, "data_fingerprint": data.digest}) if data is not None else self.previous_settings
+        with_data = {**base, "data_fingerprint": data.digest} if data is not None else None
+        self.previous = _digest(with_data) if with_data is not None else self.previous_settings
 
     def add(self, stage: Any) -> StageKey:
         keys = getattr(stage, "config_keys", None)
@@ -127,15 +129,16 @@ class StageCache:
         settings_key = getattr(key, "settings_key", None)
         if self.directory is None or settings_key is None or getattr(key, "data", None) is None:
             return None
-        return self.directory / f"{stage.name}-settings-{settings_key}.data.json"
+        return self.directory / DATA_RECORDS / f"{stage.name}-{settings_key}.json"
 
     def _remember_data(self, stage: Any, key: str) -> None:
-        """Beside the entry: the data it was made from, under the key of its settings alone."""
+        """In the cache's data-records folder: the data the entry was made from, under its settings' key."""
         record = self._data_record(stage, key)
         if record is not None:
-            tmp = record.with_name(record.name + ".tmp")
-            tmp.write_text(json.dumps({"entry": f"{stage.name}-{key}", "data": key.data.as_dict()},  # type: ignore[attr-defined]
-                                      default=str))
+            record.parent.mkdir(exist_ok=True)
+            tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")  # trials of a sweep may write at once
+            data = key.data.as_dict()  # type: ignore[attr-defined]
+            tmp.write_text(json.dumps({"entry": f"{stage.name}-{key}", "data": data}, default=str))
             os.replace(tmp, record)
 
     def _say_if_data_changed(self, stage: Any, key: str) -> None:

@@ -73,7 +73,7 @@ class DataSection(Section):
     """Where the rows come from and how many (see docs/data.md)."""
 
     source: Path | None = Field(
-        None, description="your data directory (train / validation (or val, valid, dev) / test .jsonl); null = generated"
+        None, description="your data folder: train / validation (or val, valid, dev) / test .jsonl; null = generated"
     )
     train_size: int = Field(800, ge=1, description="rows generated, or a seeded sample of data.source's train split "
                                                    "(all of its rows when it holds fewer)")

@@ -54,9 +54,11 @@ def preflight(config: RunConfig, registry: Any, log: Callable[[str], None] = pri
         report = data_report(config, registry,
                              lambda name: load_configured_split(config, registry, name, image_size), log)
         fingerprint = report.fingerprint
-        rows = ", ".join(f"{name} {facts['rows']} ({facts['file']})" for name, facts in report.splits.items())
-        checked.append(f"data {config.data.source}: {rows} rows read, images opened, "
-                       f"{report.overlap.count} test row(s) repeating train rows")
+        used = ", ".join(f"{name} {facts['rows']}"
+                         + (f" of {facts['available']}" if facts["rows"] < facts["available"] else "")
+                         + f" ({facts['file']})" for name, facts in report.splits.items())
+        checked.append(f"data {config.data.source}: rows used {used}; every row read and its image opened; "
+                       f"{report.overlap.count} test row(s) repeating a train row")
     else:
         fingerprint = data_fingerprint(config, registry)
     checked += check_model_names(config, hf_config)
