@@ -15,12 +15,18 @@ from .score.scorecard import Scorecard, load_scorecard
 PUBLISHED = ("scorecard.json", "scorecard.md", "scorecard.html")
 
 
-def validate(overrides: Sequence[str] = ()) -> RunConfig:
-    """Compose and validate a configuration; raises :class:`~dsvl_adapt.errors.ConfigError`."""
+def validate(overrides: Sequence[str] = (), log: Any = None) -> RunConfig:
+    """Compose and validate a configuration, then make the checks ``run`` makes before its first stage
+    (:mod:`dsvl_adapt.preflight`: a ``data.source`` folder's every row and image, the LoRA target
+    modules and the distill layer map against the model); raises a
+    :class:`~dsvl_adapt.errors.DsvlAdaptError` (``ConfigError``, ``DataError``) naming the problem."""
     from .engine import check_pipeline
+    from .preflight import preflight
 
     config, _raw = compose(list(overrides))
-    check_pipeline(config, get_manager())
+    manager = get_manager()
+    check_pipeline(config, manager)
+    preflight(config, manager.registry, log=log or (lambda message: print(message, file=sys.stderr)), summary=True)
     return config
 
 

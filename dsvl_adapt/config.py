@@ -93,12 +93,40 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    source: Path | None = Field(None, description="your data directory (train/validation/test .jsonl); null = generated")
-    train_size: int = Field(800, ge=1)
-    validation_size: int = Field(64, ge=1)
-    test_size: int = Field(100, ge=1)
+    """Where the rows come from and how many (see docs/data.md)."""
+
+    source: Path | None = Field(
+        None, description="your data folder: train / validation (or val, valid, dev) / test .jsonl; null = generated"
+    )
+    train_size: int = Field(800, ge=1, description="rows generated, or a seeded sample of data.source's train split "
+                                                   "(all of its rows when it holds fewer)")
+    validation_size: int = Field(64, ge=1, description="as train_size, for the validation split")
+    test_size: int = Field(100, ge=1, description="as train_size, for the test split")
     on_bad_row: Literal["fail", "skip"] = Field("fail", description="what to do with an unusable row")
     max_image_pixels: int = Field(50_000_000, ge=1, description="larger images are refused (decompression bombs)")
+    allow_outside: list[Path] = Field(
+        default_factory=list, description="folders outside data.source that its images may lie in (through symbolic "
+                                          "links or paths); any other image outside data.source is refused"
+    )
+    max_overlap: int = Field(0, ge=0, description="test rows identical to a train row (same image, same question) "
+                                                  "allowed; more refuse the run")
+
+    @field_validator("source")
+    @classmethod
+    def _data_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            what = "is not a directory" if value.exists() else "does not exist"
+            raise ValueError(f"{value} {what}; give a folder holding train.jsonl, validation.jsonl (or val.jsonl, "
+                             "valid.jsonl, dev.jsonl) and test.jsonl, or null for the vertical's generated data")
+        return value
+
+    @field_validator("allow_outside")
+    @classmethod
+    def _allowed_dirs(cls, value: list[Path]) -> list[Path]:
+        missing = [str(path) for path in value if not path.is_dir()]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: not an existing folder; list folders that images may lie in")
+        return value
 
 
 class PipelineSection(Section):

@@ -21,7 +21,8 @@ from .config import RunConfig
 from .errors import ConfigError, DsvlAdaptError, StageError
 from .manifest import write_or_check_manifest
 from .plugins import PluginManager
-from .schemas import DatasetRequest, HardwareTarget, PromptTemplate, Vertical
+from .preflight import preflight
+from .schemas import HardwareTarget, PromptTemplate, Vertical
 
 STAGE_RECORD = "stage.json"
 
@@ -72,21 +73,11 @@ class RunContext:
     # -- data ----------------------------------------------------------------------------
     def split(self, name: str, image_size: int, size: int | None = None) -> Any:
         """Validated rows of a split of the vertical's dataset (cached per image size)."""
-        from .data.loading import load_split
+        from .data.loading import load_configured_split
 
         key = (name, image_size)
         if key not in self._splits:
-            data = self.config.data
-            request = DatasetRequest(
-                split=name,  # type: ignore[arg-type]
-                size=size or getattr(data, f"{name}_size"),
-                seed=self.config.seed,
-                image_size=image_size,
-                source=data.source,
-            )
-            spec = self.registry.datasets.get(self.vertical.dataset)
-            self._splits[key] = load_split(spec, request, on_bad_row=data.on_bad_row,
-                                           max_pixels=data.max_image_pixels)
+            self._splits[key] = load_configured_split(self.config, self.registry, name, image_size, size)
         return self._splits[key]
 
     def skipped_rows(self) -> dict[str, int]:
@@ -169,17 +160,18 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
     check_pipeline(config, manager)
     run_dir = Path(run_dir).absolute()  # a relative run_dir names the same folder whatever a library does to cwd
     processes = Processes(config.device)
+    checked = preflight(config, manager.registry, log=log if processes.is_main else _silent)
     if processes.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_or_check_manifest(run_dir, config, raw_config, manager)
+        write_or_check_manifest(run_dir, config, raw_config, manager, data=checked.data)
         (run_dir / "stages").mkdir(exist_ok=True)
     processes.barrier()
     if not processes.is_main:
         log = _silent
     context = RunContext(config, raw_config, run_dir, manager)
     stages_dir = run_dir / "stages"
-    chain = StageKeys(raw_config)
-    cache = StageCache(config.cache_dir)
+    chain = StageKeys(raw_config, data=checked.data)
+    cache = StageCache(config.cache_dir, log=log)
     for name in config.pipeline.stages:
         stage = manager.registry.stages.get(name)
         final = stages_dir / name

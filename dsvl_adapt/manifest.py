@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -41,13 +42,22 @@ def check_run_dir(run_dir: Path, raw: dict[str, Any]) -> None:
         )
 
 
-def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: Any) -> None:
+def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any], manager: Any,
+                            data: Any = None) -> None:
+    """Write the manifest of a new run; for a resumed one, refuse other settings or other data.
+
+    ``data`` is the run's ``DataFingerprint``: a run folder whose data changed since it was made
+    is not continued on the new data (its finished stages were made from the old), and the message
+    names the files that changed.
+    """
     path = run_dir / MANIFEST
     check_run_dir(run_dir, raw)
     if path.is_file():
+        _check_same_data(run_dir, json.loads(path.read_text()).get("data"), data)
         return
     manifest = {
         "config": raw,
+        "data": data.as_dict() if data is not None else None,
         "seed": config.seed,
         "versions": package_versions(),
         "plugins": [info.as_dict() for info in manager.plugins()],
@@ -57,6 +67,23 @@ def write_or_check_manifest(run_dir: Path, config: RunConfig, raw: dict[str, Any
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _check_same_data(run_dir: Path, recorded: dict[str, Any] | None, data: Any) -> None:
+    if data is None:
+        return
+    if recorded is None:
+        print(f"note: {run_dir / MANIFEST} records no data fingerprint (made by an earlier version): whether the "
+              "data changed since is unknown", file=sys.stderr)
+        return
+    changes = data.changes_since(recorded)
+    if changes:
+        listed = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise ConfigError(
+            f"{run_dir} holds a run made from other data: since it was made, {listed}. Its finished stages were "
+            "computed from the data as it was, so it is not continued on the new data: restore the data to resume "
+            "it, or start a new run_dir for the new data."
+        )
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import DataError
 from ..schemas import Row
@@ -12,10 +13,13 @@ from .images import open_image
 REQUIRED = ("image", "question", "answer")
 
 
-def parse_row(raw: Any, *, source: str, root: Path | None = None, max_pixels: int = 50_000_000) -> Row:
+def parse_row(raw: Any, *, source: str, root: Path | None = None, max_pixels: int = 50_000_000,
+              allow_outside: Sequence[Path] = (), image_files: set[Path] | None = None) -> Row:
     """Check one raw row and load its image. ``source`` (e.g. ``train.jsonl:12``) is named in errors.
 
-    Image paths are resolved against ``root``; a path that escapes ``root`` is refused.
+    Image paths are resolved against ``root``, symbolic links followed: the file must lie inside
+    ``root`` or under one of ``allow_outside`` (see :func:`resolve_inside`). The resolved path of
+    an image file is added to ``image_files`` when given (the data fingerprint hashes them).
     """
     if not isinstance(raw, dict):
         raise DataError(f"{source}: a row must be an object with {', '.join(REQUIRED)}; got {type(raw).__name__}")
@@ -44,7 +48,9 @@ def parse_row(raw: Any, *, source: str, root: Path | None = None, max_pixels: in
         raise DataError(f"{source}: 'meta' must be an object, got {type(meta).__name__}")
     image = raw["image"]
     if isinstance(image, str) and root is not None:
-        image = resolve_inside(root, image, source)
+        image = resolve_inside(root, image, source, allow_outside)
+        if image_files is not None:
+            image_files.add(image)
     return Row(
         id=str(raw.get("id") or source),
         image=open_image(image, source=source, max_pixels=max_pixels),
@@ -54,12 +60,40 @@ def parse_row(raw: Any, *, source: str, root: Path | None = None, max_pixels: in
     )
 
 
-def resolve_inside(root: Path, relative: str, source: str) -> Path:
+def resolve_inside(root: Path, relative: str, source: str, allow_outside: Sequence[Path] = ()) -> Path:
+    """The real path of image ``relative`` (relative to ``root``), symbolic links followed.
+
+    Accepted when the file itself lies inside ``root`` or under one of the ``allow_outside``
+    folders (``data.allow_outside``): an image folder that is a symbolic link to elsewhere in the
+    dataset is fine, one that leads out of it must be allowed by name. Refused otherwise, saying
+    where the path leads, through which link, and the option that would allow it.
+    """
     root = root.resolve()
     path = (root / relative).resolve()
-    if path != root and root not in path.parents:
+    allowed = [root, *(Path(folder).resolve() for folder in allow_outside)]
+    if any(path == folder or folder in path.parents for folder in allowed):
+        return path
+    lexical = Path(os.path.normpath(root / relative))
+    if lexical == root or root in lexical.parents:
+        link = _first_link(root, lexical)
+        target = link.resolve() if link.is_dir() else path.parent
         raise DataError(
-            f"{source}: image path {relative!r} points outside the dataset folder {root}; "
-            "keep images inside it and use paths relative to the JSONL file"
+            f"{source}: image path {relative!r} leads through the symbolic link {link} to {path}, outside the "
+            f"dataset folder {root}; move the files into the folder, or allow their location with "
+            f"data.allow_outside=[{target}]"
         )
-    return path
+    raise DataError(
+        f"{source}: image path {relative!r} points outside the dataset folder {root} (to {path}); keep images "
+        "inside it and use paths relative to the JSONL file, or allow their location with "
+        f"data.allow_outside=[{path.parent}]"
+    )
+
+
+def _first_link(root: Path, lexical: Path) -> Path:
+    """The first symbolic link on the way from ``root`` down to ``lexical`` (named in refusals)."""
+    current = root
+    for part in lexical.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return lexical

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..data.report import data_figures
 from ..engine import RunContext, StageResult
 from ..errors import ModelLoadError
 from .checkpoint import build_reference, load_checkpoint, save_checkpoint
@@ -67,7 +68,8 @@ class LoadStage:
         else:
             _link_files(path, directory, skip=set(files.ignored) | set(NOT_LINKED))
             figures["copy"] = "none: the stage's folder links to the checkpoint's files"
-        return {**figures, **model_figures(model, directory)}
+        image_size = processor.image_processor.size["height"]
+        return {**figures, **model_figures(model, directory), "data": data_figures(context, image_size)}
 
     @staticmethod
     def _preset(context: RunContext, directory: Path, stages: list[str]) -> dict[str, Any]:
@@ -83,7 +85,7 @@ class LoadStage:
                                            dtype=None if dtype == torch.float32 else dtype)
         save_checkpoint(model, processor, directory, preset=preset.name, vertical=context.vertical.name)
         return {"source": f"preset {preset.name}", "vocab_size": len(tokenizer), "dtype": dtype_name(dtype),
-                **model_figures(model, directory)}
+                **model_figures(model, directory), "data": data_figures(context, preset.image_size)}
 
 
 def _link_files(source: Path, directory: Path, skip: set[str]) -> None:

@@ -25,14 +25,15 @@ def _dataset(root: Path, bad_line: bytes | None = None, bad_image: bytes | None 
     root.mkdir(parents=True, exist_ok=True)
     for i, colour in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
         Image.new("RGB", (32, 32), colour).save(root / f"{i}.png")
-    rows = [json.dumps({"image": f"{i % 3}.png", "question": "What defect?", "answer": "none"}).encode()
-            for i in range(4)]
-    if bad_image is not None:
-        (root / "bad.png").write_bytes(bad_image)
-        rows.append(json.dumps({"image": "bad.png", "question": "What defect?", "answer": "dent"}).encode())
-    if bad_line is not None:
-        rows.append(bad_line)
     for split in ("train", "validation", "test"):
+        question = f"What defect is on this {split} part?"  # test rows must not repeat train rows (leakage)
+        rows = [json.dumps({"image": f"{i % 3}.png", "question": question, "answer": "none"}).encode()
+                for i in range(4)]
+        if bad_image is not None:
+            (root / "bad.png").write_bytes(bad_image)
+            rows.append(json.dumps({"image": "bad.png", "question": question, "answer": "dent"}).encode())
+        if bad_line is not None:
+            rows.append(bad_line)
         (root / f"{split}.jsonl").write_bytes(b"\n".join(rows) + b"\n")
     return root
 
@@ -62,13 +63,13 @@ def test_skip_policy_counts_skipped_rows_in_the_scorecard(tmp_path):
     assert card["skipped_rows"]["train"] == 1 and card["skipped_rows"]["test"] == 1
 
 
-def test_empty_split_is_named(tmp_path):
+def test_empty_split_is_named_before_any_stage(tmp_path):
     data = _dataset(tmp_path / "data")
     (data / "test.jsonl").write_text("")
     result = _cli("run", *QUICK, f"data.source={data}", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and "'test'" in result.stderr and "no usable rows" in result.stderr
     assert "Traceback" not in result.stderr
-    assert (tmp_path / "run" / "stages" / "finetune" / "stage.json").is_file()  # what was produced is kept
+    assert not (tmp_path / "run" / "stages").exists()  # found by the preflight, before the first stage
 
 
 @pytest.mark.parametrize(("override", "named", "fix"), [

@@ -37,10 +37,13 @@ CATALOGUE_QUESTIONS = {
 def load_rows(request: DatasetRequest):
     """Generated products, or the user's ``<split>.jsonl`` or ``<split>.csv`` catalogue in ``request.source``."""
     if request.source is not None:
+        from dsvl_adapt.data.jsonl import find_split_file
         from dsvl_adapt.errors import DataError
 
         source = request.source
-        jsonl, csv = source / f"{request.split}.jsonl", source / f"{request.split}.csv"
+        # the validation split may be called val, valid or dev too
+        jsonl = find_split_file(source, request.split) or source / f"{request.split}.jsonl"
+        csv = find_split_file(source, request.split, ".csv") or source / f"{request.split}.csv"
         if jsonl.is_file() and csv.is_file():
             raise DataError(f"{source} holds both {jsonl.name} and {csv.name}; keep one format per split")
         if csv.is_file():

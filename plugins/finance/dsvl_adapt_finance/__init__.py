@@ -37,10 +37,11 @@ def load_rows(request: DatasetRequest):
     split with ``labels.jsonl`` and PDF files (see :mod:`dsvl_adapt_finance.pdf`).
     """
     if request.source is not None:
+        from dsvl_adapt.data.jsonl import find_split_file
         from dsvl_adapt.errors import DataError
 
         source = request.source
-        jsonl = source / f"{request.split}.jsonl"
+        jsonl = find_split_file(source, request.split) or source / f"{request.split}.jsonl"  # val.jsonl, dev.jsonl …
         pdf_labels = source / request.split / "labels.jsonl"
         if jsonl.is_file() and pdf_labels.is_file():
             raise DataError(f"{source} holds both {jsonl.name} and {request.split}/labels.jsonl for split "

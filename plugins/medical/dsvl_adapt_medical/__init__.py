@@ -37,10 +37,11 @@ def load_rows(request: DatasetRequest):
     split with ``labels.jsonl`` and DICOM files (see :mod:`dsvl_adapt_medical.dicom`).
     """
     if request.source is not None:
+        from dsvl_adapt.data.jsonl import find_split_file
         from dsvl_adapt.errors import DataError
 
         source = request.source
-        jsonl = source / f"{request.split}.jsonl"
+        jsonl = find_split_file(source, request.split) or source / f"{request.split}.jsonl"  # val.jsonl, dev.jsonl …
         dicom_labels = source / request.split / "labels.jsonl"
         if jsonl.is_file() and dicom_labels.is_file():
             raise DataError(f"{source} holds both {jsonl.name} and {request.split}/labels.jsonl for split "
