@@ -1,14 +1,15 @@
 """Which precision a training phase runs in, and the autocast context that applies it.
 
 ``precision: auto`` is decided on the machine the run is on, not from a CPU flag: on a CPU with
-native bf16 instructions one forward + backward pass of the phase's own model on its own first
-batch is timed in fp32 and under bf16 autocast (alternating, after a warm-up of each), and bf16
-is chosen only when it is at least :data:`BF16_MIN_SPEEDUP` times faster. Measured on these
-machines: bf16 autocast was 1.5x faster per step on an AMD EPYC with AVX512-BF16, and 1.39x
+native bf16 instructions, forward + backward passes of the phase's own model on its own first
+batch are timed in fp32 and under bf16 autocast (a warm-up each, then the fastest of five alternated
+passes each), and bf16 is chosen only when it is at least :data:`BF16_MIN_SPEEDUP` times faster. The optimizer step, the
+same in both, is left out: it cannot turn a slower forward + backward into a faster step. Measured
+on these machines: bf16 autocast was 1.5x faster per step on an AMD EPYC with AVX512-BF16, and 1.39x
 *slower* on an Intel Xeon with AVX512-BF16 but no AMX. A CPU without native bf16 (no AVX512-BF16,
 no AMX) runs fp32 without measuring; a GPU runs bf16 where it supports it, else fp16 with loss
 scaling. The decision is cached per process (one measurement per model, phase kind and batch
-shape) and recorded in the stage's figures with the measured times.
+size) and recorded in the stage's figures with the measured times.
 
 Precision is applied with :func:`torch.autocast` per phase rather than through accelerate's
 process-wide ``mixed_precision``, so the phases of one process may differ (``finetune.full``
@@ -18,7 +19,6 @@ in fp32 while LoRA runs ``auto``).
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ContextManager, Hashable
@@ -28,7 +28,7 @@ import torch
 #: bf16 autocast must be at least this much faster than fp32 per forward + backward to be chosen by ``auto``.
 BF16_MIN_SPEEDUP = 1.15
 #: Timed forward + backward passes per precision (after one warm-up pass each), alternated fp32 / bf16.
-MEASURE_ROUNDS = 2
+MEASURE_ROUNDS = 5
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,7 +40,7 @@ class PrecisionChoice:
     requested: str  # the config's value: auto, fp32, bf16 or fp16
     chosen: str  # fp32, bf16 or fp16
     reason: str
-    fp32_ms: float | None = None  # measured forward + backward, median, when ``auto`` measured
+    fp32_ms: float | None = None  # measured forward + backward (fastest pass), when ``auto`` measured
     bf16_ms: float | None = None
 
     @property
@@ -109,20 +109,19 @@ def autocast(precision: str, device: torch.device) -> ContextManager[Any]:
 
 
 def time_forward_backward(run_once: Callable[[str], None], rounds: int = MEASURE_ROUNDS) -> tuple[float, float]:
-    """Median milliseconds of ``run_once(precision)`` (a forward pass under :func:`autocast` of that precision,
-    then a backward pass) for ``fp32`` and ``bf16``.
+    """Milliseconds of ``run_once(precision)`` (a forward pass under :func:`autocast` of that precision, then a
+    backward pass) for ``fp32`` and ``bf16``: the fastest of ``rounds`` passes each, after a warm-up of each.
 
-    One warm-up pass of each, then ``rounds`` passes of each, alternated so that a change in the
-    machine's load hits both alike. Random number generators are restored afterwards, so the
-    measurement does not change what the training then draws (dropout).
+    fp32 and bf16 alternate, so a change in the machine's load hits both alike, and the fastest pass counts (as
+    in :mod:`timeit`): other work on a shared machine only adds time. Random number generators are restored
+    afterwards, so the measurement does not change what the training then draws (dropout).
     """
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     with torch.random.fork_rng(devices=[]):
-        for precision in ("fp32", "bf16"):
-            run_once(precision)
-        for _ in range(rounds):
+        for round_index in range(rounds + 1):
             for precision in ("fp32", "bf16"):
                 started = time.perf_counter()
                 run_once(precision)
-                times[precision].append((time.perf_counter() - started) * 1000)
-    return statistics.median(times["fp32"]), statistics.median(times["bf16"])
+                if round_index:  # round 0 warms both up
+                    times[precision].append((time.perf_counter() - started) * 1000)
+    return min(times["fp32"]), min(times["bf16"])

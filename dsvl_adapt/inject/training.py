@@ -148,8 +148,8 @@ class Trainer:
             return choose_precision(s.precision, self._device)
         choice = None
         if acc.is_main_process:
-            rows = batch_indices(0, dataset_size=len(train_items), batch_size=max(1, s.batch_size // acc.num_processes),
-                                 seed=self.seed)
+            rows = batch_indices(0, dataset_size=len(train_items), seed=self.seed,
+                                 batch_size=max(1, s.batch_size // acc.num_processes))
             batch = self._to_device(self.encoder.training_batch([train_items[i] for i in rows]))
             model = self._unwrapped()
             key = (self._device.type, type(model).__name__, type(self.loss_fn).__name__,

@@ -163,7 +163,8 @@ def test_a_kill_under_early_stopping_resumes_to_identical_weights(tiny_overrides
     assert resumed["resumed_from"] == killed_at["distill"]
     assert resumed["history"] == figures["history"] and resumed["best_step"] == figures["best_step"]
     for artifact in ("finetune/teacher/model.safetensors", "distill/student/model.safetensors"):
-        assert (run_dir / "stages" / artifact).read_bytes() == (tmp_path / "reference" / "stages" / artifact).read_bytes()
+        reference_bytes = (tmp_path / "reference" / "stages" / artifact).read_bytes()
+        assert (run_dir / "stages" / artifact).read_bytes() == reference_bytes, artifact
     assert not pickles_under(run_dir), pickles_under(run_dir)
 
 
