@@ -68,7 +68,7 @@ class WeightPruneConfig(BaseModel):
     """How to prune weights. Regexes in ``include``/``exclude`` are searched in module paths
     (``model.language_model.layers.0.mlp.up_proj``); only ``nn.Linear`` modules are pruned."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: Literal["magnitude", "wanda", "2:4"] = "magnitude"
     scope: Literal["layer", "global"] = Field(

@@ -89,7 +89,7 @@ def _supported_text(backend: str) -> str:
 class QuantizeConfig(BaseModel):
     """What to quantize and how. Field order matters: ``mode`` and ``bits`` are checked against ``backend``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     backend: Literal["torch", "onnxruntime", "openvino"] = "torch"
     mode: Literal["dynamic", "static", "weight_only"] = "dynamic"

@@ -19,6 +19,7 @@ from ..engine import RunContext, StageResult
 from ..models.checkpoint import save_checkpoint
 from ..models.figures import model_figures
 from ..score.quick import validation_accuracy
+from .numerics import NonFiniteTrainingError, first_non_finite
 from .training import Trainer, on_main_process
 
 
@@ -79,6 +80,22 @@ class DistillLoss:
         return loss
 
 
+def likely_causes(cfg: DistillSection) -> list[str]:
+    """Settings of the distillation loss that make it overflow, for the message of a non-finite loss."""
+    causes = []
+    if cfg.kl_weight and cfg.temperature < 0.05:
+        causes.append(f"distill.temperature={cfg.temperature:g} is tiny: the logits divided by it overflow; "
+                      "use a temperature around 1 to 4 (default 2)")
+    if cfg.kl_weight and cfg.temperature > 100:
+        causes.append(f"distill.temperature={cfg.temperature:g} is huge: the KL term is scaled by T^2; "
+                      "use a temperature around 1 to 4 (default 2)")
+    heavy = [f"distill.{name}={getattr(cfg, name):g}" for name in ("kl_weight", "ce_weight", "hidden_weight")
+             if getattr(cfg, name) > 1e4]
+    if heavy:
+        causes.append(f"{', '.join(heavy)} scales the loss towards the float range; use weights around 0.1 to 10")
+    return causes
+
+
 def sparsity_masks(model: torch.nn.Module, layer_names: list[str]) -> dict[str, torch.Tensor]:
     """Masks of the weights ``prune.weights`` zeroed, to keep them zero while training."""
     modules = dict(model.named_modules())
@@ -92,6 +109,11 @@ class DistillStage:
     def run(self, context: RunContext) -> StageResult:
         cfg = context.config.distill
         teacher, _ = context.load_model("teacher")
+        broken = first_non_finite([teacher])
+        if broken is not None:
+            raise NonFiniteTrainingError(
+                f"the teacher ({context.artifact('teacher')}) holds NaN or inf values in {broken!r}: it cannot teach. "
+                "Rerun the stage that wrote it (delete its folder under stages/) or check the model you loaded.")
         student, processor = context.load_model("student")
         encoder = BatchEncoder(processor, context.prompt)
         image_size = processor.image_processor.size["height"]
@@ -104,9 +126,10 @@ class DistillStage:
         loss = DistillLoss(teacher, cfg, student.config)
         student.train().requires_grad_(True)
         trainer = Trainer(student, encoder, cfg.train, checkpoint_dir=context.work_dir / "checkpoints",
-                          seed=context.config.seed + 2, label="distill", loss_fn=loss,
+                          seed=context.config.seed + 2, label="distill", section="distill.train", loss_fn=loss,
                           extra_modules=[loss.projections] if len(loss.projections) else [],
-                          device=context.config.device, after_step=_reapply(student, masks))
+                          device=context.config.device, after_step=_reapply(student, masks),
+                          causes=lambda: likely_causes(cfg))
         result = trainer.train(train, validation)
         student = trainer.accelerator.unwrap_model(trainer.model).eval()
 

@@ -65,7 +65,7 @@ class FinetuneStage:
                 model.train()
                 model.requires_grad_(True)
                 trainer = Trainer(model, encoder, cfg.full, checkpoint_dir=phase_dir / "checkpoints", seed=seed,
-                                  label="finetune (full)", device=context.config.device)
+                                  label="finetune (full)", section="finetune.full", device=context.config.device)
                 result = trainer.train(train, validation)
                 model = trainer.accelerator.unwrap_model(trainer.model)
                 figures["full"] = result.as_dict()
@@ -82,7 +82,8 @@ class FinetuneStage:
             peft_model = lora_model(model, cfg.lora)
             trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
             trainer = Trainer(peft_model, encoder, cfg.lora.train, checkpoint_dir=work / "lora" / "checkpoints",
-                              seed=seed + 1, label="finetune (LoRA)", device=context.config.device)
+                              seed=seed + 1, label="finetune (LoRA)", section="finetune.lora.train",
+                              device=context.config.device)
             result = trainer.train(train, validation)
             merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
             merged.requires_grad_(True)  # merged weights stay frozen otherwise; pruning would then remove nothing

@@ -2,15 +2,17 @@
 
 Built on ``accelerate`` so the same code runs on one CPU process, under
 ``accelerate launch --cpu --num_processes 2`` (DDP over gloo) or on GPUs. Batches are a pure
-function of (seed, step), so a run resumed from a checkpoint sees exactly the batches an
-uninterrupted run would have seen.
+function of (seed, step), and checkpoints (safetensors + JSON, :mod:`.checkpoints`) hold the
+weights, optimizer, scheduler, early-stopping state and random generators, so a run resumed from a
+checkpoint ends with exactly the weights of an uninterrupted run. Each phase runs in its own
+precision (:mod:`.precision`), and a NaN or inf loss, gradient or weight stops it with the likely
+cause (:mod:`.numerics`) before anything is recorded as complete.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,11 @@ import torch
 from ..config import TrainSchedule
 from ..data.batches import BatchEncoder, Encoded
 from ..progress import progress_bar
+from .checkpoints import (MARKER, LoopState, is_current_format, latest_checkpoint, read_checkpoint, snapshot,
+                          write_checkpoint)
+from .numerics import (NonFiniteTrainingError, PhaseInfo, first_non_finite, generic_causes, is_finite,
+                       non_finite_message)
+from .precision import PrecisionChoice, autocast, choose_precision, time_forward_backward
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -47,10 +54,13 @@ class TrainResult:
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
     precision: str = "fp32"  # what autocast ran in: fp32, bf16 or fp16 (``auto`` resolved)
+    precision_choice: dict[str, Any] = field(default_factory=dict)  # why: PrecisionChoice.as_dict()
+    best_step: int | None = None  # early stopping: the step whose weights were kept
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
-                "precision": self.precision, "history": self.history}
+                "best_step": self.best_step, "precision": self.precision,
+                "precision_choice": self.precision_choice, "history": self.history}
 
 
 def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int) -> list[int]:
@@ -65,26 +75,13 @@ def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int) -
     return out
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Map the config's precision to accelerate's ``mixed_precision``."""
-    if precision == "fp32":
-        return "no"
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if _cpu_has_bf16() else "no"
-    return precision
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 class Trainer:
-    """Trains ``model`` (its parameters with ``requires_grad``) on encoded rows."""
+    """Trains ``model`` (its parameters with ``requires_grad``) on encoded rows.
+
+    ``label`` names the phase in progress bars and errors (``finetune (LoRA)``), ``section`` its
+    config section (``finetune.lora.train``); ``causes`` returns phase-specific likely causes of a
+    non-finite loss (the distillation temperature, say), listed before the generic ones.
+    """
 
     def __init__(
         self,
@@ -95,10 +92,12 @@ class Trainer:
         checkpoint_dir: Path,
         seed: int,
         label: str,
+        section: str | None = None,
         loss_fn: LossFn = causal_lm_loss,
         extra_modules: Sequence[torch.nn.Module] = (),
         device: str = "cpu",
         after_step: Callable[[], None] | None = None,
+        causes: Callable[[], list[str]] | None = None,
     ) -> None:
         from accelerate import Accelerator
 
@@ -107,108 +106,227 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.seed = seed
         self.label = label
+        self.phase = PhaseInfo(label, section or label, schedule)
         self.loss_fn = loss_fn
         self.after_step = after_step
+        self.causes = causes
         cpu = device == "cpu" or not torch.cuda.is_available()
-        target = torch.device("cpu" if cpu else "cuda")
-        self.accelerator = Accelerator(
-            cpu=cpu,
-            mixed_precision=resolve_precision(schedule.precision, target),
-            gradient_accumulation_steps=schedule.grad_accum,
-        )
+        # No mixed_precision here: it is process-wide in accelerate, and phases of one process may differ.
+        # Each phase applies its own precision with torch.autocast (see precision.py).
+        self.accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=schedule.grad_accum)
         _refuse_sharded(self.accelerator)
         params = [p for p in model.parameters() if p.requires_grad]
         for module in extra_modules:
             params += [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{label}: the model has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
-        prepared = self.accelerator.prepare(model, optimizer, *extra_modules)
+        self.raw_optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+        prepared = self.accelerator.prepare(model, self.raw_optimizer, *extra_modules)
         self.model, self.optimizer = prepared[:2]
         self.extra_modules = list(prepared[2:])
         # Stepped once per optimizer step, by us: not handed to accelerate, which would step it once per process.
-        self.scheduler = _warmup_cosine(optimizer, schedule.warmup_steps, max(schedule.steps, 1))
-        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.scheduler = _warmup_cosine(self.raw_optimizer, schedule.warmup_steps, max(schedule.steps, 1))
+        self.precision = PrecisionChoice(schedule.precision, "fp32", "not resolved yet")
+        self.scaler: torch.amp.GradScaler | None = None
+        self.last_checkpoint: int | None = None
 
-    # -- checkpoints ---------------------------------------------------------------------
-    def _latest_checkpoint(self) -> tuple[int, Path] | None:
-        found = []
-        for path in self.checkpoint_dir.glob("step-*"):  # ".step-N.partial" (being written) never matches
-            if (path / "complete.json").is_file():
-                found.append((int(path.name.split("-")[1]), path))
-        return max(found) if found else None
+    @property
+    def _device(self) -> torch.device:
+        return self.accelerator.device
 
-    def _save_checkpoint(self, step: int, history: list[dict[str, float]], best: dict[str, Any]) -> None:
-        final = self.checkpoint_dir / f"step-{step}"
-        partial = self.checkpoint_dir / f".step-{step}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(partial))
-        if self.accelerator.is_main_process:
-            (partial / "complete.json").write_text(json.dumps({"step": step, "history": history,
-                                                               "best": best.get("loss")}))
-            partial.rename(final)
-            for old in self.checkpoint_dir.glob("step-*"):
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
+    def _unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _extra(self) -> list[torch.nn.Module]:
+        return [self.accelerator.unwrap_model(m) for m in self.extra_modules]
+
+    # -- precision -----------------------------------------------------------------------
+    def _resolve_precision(self, train_items: Sequence[Encoded]) -> PrecisionChoice:
+        """Decide ``auto`` (main process measures, the others follow), else take the config's value."""
+        acc, s = self.accelerator, self.schedule
+        if s.precision != "auto":
+            return choose_precision(s.precision, self._device)
+        choice = None
+        if acc.is_main_process:
+            rows = batch_indices(0, dataset_size=len(train_items), seed=self.seed,
+                                 batch_size=max(1, s.batch_size // acc.num_processes))
+            batch = self._to_device(self.encoder.training_batch([train_items[i] for i in rows]))
+            model = self._unwrapped()
+            key = (self._device.type, type(model).__name__, type(self.loss_fn).__name__,
+                   sum(p.numel() for p in model.parameters()),
+                   sum(p.numel() for p in model.parameters() if p.requires_grad), tuple(batch["input_ids"].shape))
+            choice = choose_precision(s.precision, self._device, key=key,
+                                      measure=lambda: time_forward_backward(self._probe(model, batch)))
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            code = torch.tensor([list(DTYPES_BY_NAME).index(choice.chosen) if choice else 0], device=self._device)
+            chosen = list(DTYPES_BY_NAME)[int(broadcast(code, from_process=0).item())]
+            choice = choice or PrecisionChoice(s.precision, chosen, "decided by the main process")
+        assert choice is not None
+        return choice
+
+    def _probe(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[str], None]:
+        """One forward (under the given precision's autocast) + backward pass that leaves no gradient behind."""
+        params = self._all_params()
+
+        def run_once(precision: str) -> None:
+            with autocast(precision, self._device):
+                loss = self.loss_fn(model, batch)
+            loss.backward()
+            for p in params:
+                p.grad = None
+
+        return run_once
+
+    def _autocast(self) -> Any:
+        return autocast(self.precision.chosen, self._device)
 
     # -- the loop ------------------------------------------------------------------------
     def train(self, train_items: Sequence[Encoded], validation_items: Sequence[Encoded] = ()) -> TrainResult:
         s = self.schedule
         acc = self.accelerator
-        step, resumed_from, history = 0, None, []
-        best: dict[str, Any] = {"loss": math.inf, "state": None, "bad_evals": 0}
-        latest = self._latest_checkpoint()
+        micro = s.batch_size * s.grad_accum
+        data_order = {"seed": self.seed, "dataset_size": len(train_items), "batch_size": micro,
+                      "rule": "epoch-wise shuffles seeded by (seed, epoch); batch = rows [step*size, (step+1)*size)"}
+        loop, resumed_from = LoopState(), None
+        self._check_weights(0, "entering")
+        latest = self._usable_checkpoint(data_order)
         if latest is not None:
             step, path = latest
-            acc.load_state(str(path))
-            meta = json.loads((path / "complete.json").read_text())
-            history = meta["history"]
-            best["loss"] = meta["best"] if meta["best"] is not None else math.inf
-            resumed_from = step
+            precision = json.loads((path / MARKER).read_text())["precision"]
+            self._set_precision(PrecisionChoice.from_dict(precision))
+            restored = read_checkpoint(path, model=self._unwrapped(), extra_modules=self._extra(),
+                                       optimizer=self.raw_optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                                       rank=acc.process_index)
+            loop, resumed_from, self.last_checkpoint = restored.loop, step, step
             if acc.is_main_process:
                 print(f"  {self.label}: resuming from the checkpoint at step {step}", file=sys.stderr, flush=True)
-        micro = s.batch_size * s.grad_accum
+        else:
+            self._set_precision(self._resolve_precision(train_items))
         world, rank = acc.num_processes, acc.process_index
         self.model.train()
         stopped_early = False
-        with progress_bar(self.label, total=s.steps, completed=step, disable=not acc.is_main_process) as advance:
-            while step < s.steps:
-                indices = batch_indices(step, dataset_size=len(train_items), batch_size=micro, seed=self.seed)
+        with progress_bar(self.label, total=s.steps, completed=loop.step, disable=not acc.is_main_process) as advance:
+            while loop.step < s.steps:
+                indices = batch_indices(loop.step, dataset_size=len(train_items), batch_size=micro, seed=self.seed)
                 shard = indices[rank::world] or indices[:1]
                 losses = []
                 for chunk_start in range(0, len(shard), max(1, s.batch_size // world)):
                     chunk = shard[chunk_start: chunk_start + max(1, s.batch_size // world)]
-                    batch = self.encoder.training_batch([train_items[i] for i in chunk])
-                    batch = {k: v.to(acc.device) for k, v in batch.items()}
-                    with acc.accumulate(self.model), acc.autocast():
-                        loss = self.loss_fn(self.model, batch)
-                        acc.backward(loss)
-                        if acc.sync_gradients and s.max_grad_norm:
-                            acc.clip_grad_norm_(self._all_params(), s.max_grad_norm)
-                        self.optimizer.step()
-                        self.optimizer.zero_grad()
-                        if self.after_step is not None and acc.sync_gradients:
-                            self.after_step()
-                    losses.append(loss.detach())
+                    batch = self._to_device(self.encoder.training_batch([train_items[i] for i in chunk]))
+                    with acc.accumulate(self.model):
+                        with self._autocast():
+                            loss = self.loss_fn(self.model, batch)
+                        losses.append(loss.detach().float())
+                        acc.backward(self.scaler.scale(loss) if self.scaler is not None else loss)
+                        if acc.sync_gradients:
+                            self._optimizer_step(loop.step + 1, losses)
                 self.scheduler.step()
-                step += 1
+                loop.step += 1
                 mean_loss = acc.gather(torch.stack(losses).mean().reshape(1)).mean().item()
-                record: dict[str, float] = {"step": step, "loss": round(mean_loss, 5)}
-                if validation_items and (step % s.eval_every == 0 or step == s.steps):
-                    record["validation_loss"] = round(self.evaluate(validation_items), 5)
-                    stopped_early = self._early_stopping(record["validation_loss"], best)
-                history.append(record)
+                record: dict[str, float] = {"step": loop.step, "loss": round(mean_loss, 5)}
+                if validation_items and (loop.step % s.eval_every == 0 or loop.step == s.steps):
+                    validation_loss = self.evaluate(validation_items)
+                    if not math.isfinite(validation_loss):
+                        self._fail(loop.step, f"the validation loss is {validation_loss}")
+                    record["validation_loss"] = round(validation_loss, 5)
+                    stopped_early = self._early_stopping(record["validation_loss"], loop)
+                loop.history.append(record)
                 advance(1, loss=mean_loss)
-                if step % s.checkpoint_every == 0 and step < s.steps:
-                    self._save_checkpoint(step, history, best)
+                if loop.step % s.checkpoint_every == 0 and loop.step < s.steps and not stopped_early:
+                    self._save_checkpoint(loop, data_order)
                 if stopped_early:
                     break
-        if best["state"] is not None:
-            acc.unwrap_model(self.model).load_state_dict(best["state"])
-        precision = {"no": "fp32"}.get(str(acc.mixed_precision), str(acc.mixed_precision))
-        return TrainResult(step, resumed_from, stopped_early, history, precision)
+        if loop.best_weights is not None:
+            self._unwrapped().load_state_dict(loop.best_weights)
+        self._check_weights(loop.step, "leaving")
+        return TrainResult(loop.step, resumed_from, stopped_early, loop.history, self.precision.chosen,
+                           self.precision.as_dict(), loop.best_step)
+
+    def _set_precision(self, choice: PrecisionChoice) -> None:
+        self.precision = choice
+        self.scaler = torch.amp.GradScaler(self._device.type) if choice.chosen == "fp16" else None
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _optimizer_step(self, step: int, losses: list[torch.Tensor]) -> None:
+        """Clip, check that loss and gradients are finite (on every process alike), then update."""
+        acc, s = self.accelerator, self.schedule
+        if self.scaler is not None:
+            self.scaler.unscale_(self.raw_optimizer)
+        if s.max_grad_norm:
+            grad_norm = acc.clip_grad_norm_(self._all_params(), s.max_grad_norm)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._all_params() if p.grad is not None])
+        loss_bad = not all(is_finite(loss) for loss in losses)
+        # fp16 overflows are expected now and then: the loss scaler skips those steps and lowers its scale
+        grad_bad = self.scaler is None and not is_finite(grad_norm)
+        flags = torch.tensor([float(loss_bad), float(grad_bad)], device=self._device)
+        if acc.num_processes > 1:
+            flags = acc.reduce(flags, reduction="sum")
+        if flags.sum() > 0:
+            local = torch.stack(losses)
+            what = (f"the training loss is {_describe(local)}" if flags[0] > 0 else "the training loss is finite")
+            what += f" and the gradient norm is {float(grad_norm):g}"
+            self._fail(step, what)
+        if self.scaler is not None:
+            self.scaler.step(self.raw_optimizer)
+            self.scaler.update()
+        else:
+            self.raw_optimizer.step()
+        self.raw_optimizer.zero_grad(set_to_none=True)
+        if self.after_step is not None:
+            self.after_step()
+
+    # -- numerical safety ----------------------------------------------------------------
+    def _fail(self, step: int, what: str) -> None:
+        causes = list(self.causes() if self.causes is not None else [])
+        causes += generic_causes(self.phase, step, self.precision.chosen)
+        raise NonFiniteTrainingError(non_finite_message(self.phase, step=step, what=what, causes=causes,
+                                                        kept_checkpoint=self.last_checkpoint))
+
+    def _check_weights(self, step: int, moment: str) -> None:
+        name = first_non_finite([self._unwrapped(), *self._extra()])
+        if name is None:
+            return
+        if moment == "entering":
+            raise NonFiniteTrainingError(
+                f"{self.label} [{self.phase.section}]: the model entering this phase holds NaN or inf values in "
+                f"{name!r}, before any training step. The input checkpoint is damaged: rerun the stage that wrote "
+                "it (delete its folder under stages/) or check the model you loaded.")
+        self._fail(step, f"the trained weights hold NaN or inf values in {name!r}")
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _usable_checkpoint(self, data_order: dict[str, Any]) -> tuple[int, Path] | None:
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if latest is None:
+            return None
+        step, path = latest
+        if not is_current_format(path):
+            if self.accelerator.is_main_process:
+                print(f"  {self.label}: ignoring the checkpoint at step {step}, written in an earlier format (pickles, "
+                      "which are never loaded); the phase starts over", file=sys.stderr, flush=True)
+            return None
+        saved = json.loads((path / MARKER).read_text())["data_order"]
+        changed = [k for k in ("seed", "dataset_size", "batch_size") if saved.get(k) != data_order[k]]
+        if changed:
+            from ..errors import StageError
+
+            raise StageError(f"{self.label}: the checkpoint at {path} was written with a different "
+                             f"{', '.join(changed)} ({', '.join(f'{k}={saved.get(k)}' for k in changed)}; now "
+                             f"{', '.join(f'{k}={data_order[k]}' for k in changed)}), so resuming would not continue "
+                             f"the same run. Delete {self.checkpoint_dir} to start the phase over.")
+        return latest
+
+    def _save_checkpoint(self, loop: LoopState, data_order: dict[str, Any]) -> None:
+        acc = self.accelerator
+        write_checkpoint(self.checkpoint_dir, loop, model=self._unwrapped(), extra_modules=self._extra(),
+                         optimizer=self.raw_optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                         precision=self.precision.as_dict(), data_order=data_order, rank=acc.process_index,
+                         world_size=acc.num_processes, barrier=acc.wait_for_everyone)
+        self.last_checkpoint = loop.step
 
     def _all_params(self) -> list[torch.nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -216,16 +334,15 @@ class Trainer:
             params += [p for p in module.parameters() if p.requires_grad]
         return params
 
-    def _early_stopping(self, validation_loss: float, best: dict[str, Any]) -> bool:
+    def _early_stopping(self, validation_loss: float, loop: LoopState) -> bool:
         if self.schedule.patience is None:
             return False
-        if validation_loss < best["loss"] - 1e-6:
-            best.update(loss=validation_loss, bad_evals=0)
-            state = self.accelerator.unwrap_model(self.model).state_dict()
-            best["state"] = {k: v.detach().clone() for k, v in state.items()}
+        if loop.best_loss is None or validation_loss < loop.best_loss - 1e-6:
+            loop.best_loss, loop.best_step, loop.bad_evals = validation_loss, loop.step, 0
+            loop.best_weights = snapshot(self._unwrapped())
             return False
-        best["bad_evals"] += 1
-        return best["bad_evals"] >= self.schedule.patience
+        loop.bad_evals += 1
+        return loop.bad_evals >= self.schedule.patience
 
     @torch.no_grad()
     def evaluate(self, items: Sequence[Encoded]) -> float:
@@ -233,13 +350,20 @@ class Trainer:
         total, count = 0.0, 0
         size = self.schedule.batch_size
         for start in range(0, len(items), size):
-            batch = self.encoder.training_batch(items[start: start + size])
-            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
-            with self.accelerator.autocast():
+            batch = self._to_device(self.encoder.training_batch(items[start: start + size]))
+            with self._autocast():
                 total += self.loss_fn(self.model, batch).item() * len(batch["input_ids"])
             count += len(batch["input_ids"])
         self.model.train()
         return total / max(count, 1)
+
+
+DTYPES_BY_NAME = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _describe(losses: torch.Tensor) -> str:
+    bad = losses[~torch.isfinite(losses)]
+    return ", ".join(sorted({f"{float(v):g}" for v in bad})) or "not finite"
 
 
 def _refuse_sharded(accelerator: Any) -> None:
