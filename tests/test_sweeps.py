@@ -38,7 +38,8 @@ from dsvl_adapt.schemas import Objectives, Vertical
 def dsvl_adapt_register_verticals(register):
     register(Vertical(name="sweeptest", description="industrial's data, an objective a tiny model can meet",
                       dataset="industrial-surfaces", prompt="industrial-inspection", metrics=["accuracy"],
-                      targets=["cpu-box"], objectives=Objectives(min_accuracy=0.0), max_answer_tokens=6))
+                      targets=["cpu-box"], max_answer_tokens=6,
+                      objectives=Objectives(min_accuracy=0.0, floor_margin=None, max_forgetting=None)))
 
 
 @hookimpl
