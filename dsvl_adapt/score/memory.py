@@ -27,6 +27,8 @@ import torch
 from .timing import peak_rss_bytes
 
 TIMEOUT_S = 900
+DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                   "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ def measure_serving_memory(directory: Path, batch: dict[str, torch.Tensor], *, w
     command += ["--allow-pickle"] if allow_pickle else []
     command += ["--trust-remote-code"] if trust_remote_code else []
     package_root = str(Path(__file__).resolve().parents[2])  # the same dsvl_adapt as this process
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    env = {k: v for k, v in os.environ.items()  # a lone server: not a rank of a distributed launch
+           if k not in DISTRIBUTED_ENV and not k.startswith(("ACCELERATE_", "TORCHELASTIC_"))}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
                DSVL_ADAPT_NO_PROGRESS="1")
     with open(work_dir / f"{stem}.log", "w") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
