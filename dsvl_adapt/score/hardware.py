@@ -99,9 +99,10 @@ def _far_below(estimate: float, measured: float, what: str) -> str:
 
 
 def _memory_check(target: HardwareTarget, *, weight_bytes: int, config: Any, value_bytes: float,
-                  serving: Memory | None, reference: Memory | None) -> FitCheck:
+                  serving: Memory | None, stand_in: bool, reference: Memory | None) -> FitCheck:
     """Measured peak RSS of the process serving the student when it ran here for this target (plus the KV cache
-    for the target's context beyond the measured one), else weights + KV cache + activations, estimated."""
+    for the target's context beyond the measured one; ``stand_in``: served through another runtime than the
+    target's, so an estimate), else weights + KV cache + activations, estimated."""
     batch, context = target.batch_size, target.sequence_length
     if serving is not None and serving.peak_rss_bytes is not None:
         served = serving.prompt_tokens + serving.new_tokens
@@ -109,10 +110,13 @@ def _memory_check(target: HardwareTarget, *, weight_bytes: int, config: Any, val
                     kv_cache_bytes(config, served, batch, value_bytes))
         total = serving.peak_rss_bytes + extra
         note = f"peak RSS {serving.peak_rss_bytes:,} B measured: {serving.how}"
+        if stand_in:
+            note += f"; the target runs {target.runtime}, which did not serve this model here"
         if extra:
             note += f"; + KV cache for {context - served} more tokens up to {context} (estimated) {extra:,} B"
         return FitCheck(name="memory", ok=total / 1e9 <= target.memory_gb, value=round(total / 1e9, 4),
-                        limit=target.memory_gb, unit="GB", estimated=extra > ESTIMATED_SHARE * total, note=note)
+                        limit=target.memory_gb, unit="GB", note=note,
+                        estimated=stand_in or extra > ESTIMATED_SHARE * total)
     kv = kv_cache_bytes(config, context, batch, value_bytes)
     activations = activation_bytes(config, context, batch, value_bytes)
     total = weight_bytes + kv + activations
@@ -127,9 +131,9 @@ def _memory_check(target: HardwareTarget, *, weight_bytes: int, config: Any, val
 
 
 def _latency_check(target: HardwareTarget, *, macs: int, weight_bytes: int, model_dtype: str,
-                   measured: dict[str, Latency]) -> FitCheck:
+                   measured: dict[str, Latency], deployed: str | None) -> FitCheck:
     """Measured through the target's runtime on this CPU when it ran here; for another CPU target, the figure
-    measured here through another runtime (estimated); otherwise a roofline (estimated), called out when far below
+    measured here through another runtime (the deployed artifact's, when it ran), estimated; otherwise a roofline (estimated), called out when far below
     what this model measured here."""
     limit = target.latency_p90_ms
     assert limit is not None
@@ -137,7 +141,8 @@ def _latency_check(target: HardwareTarget, *, macs: int, weight_bytes: int, mode
     if runtime_here is not None:
         p90, estimated, how = runtime_here.p90_ms, False, f"measured on {runtime_here.cpu} ({target.runtime})"
     elif target.device == "cpu" and measured:
-        runtime, other = min(measured.items(), key=lambda item: item[1].p90_ms)
+        runtime = deployed if deployed in measured else min(measured, key=lambda name: measured[name].p90_ms)
+        other = measured[runtime]
         p90, estimated = other.p90_ms, True
         how = (f"measured on {other.cpu} through {runtime} ({other.runtime}); the target runs {target.runtime}, "
                "which did not serve this model here")
@@ -165,18 +170,22 @@ def check_target(
     inventory: dict[str, Any] | None,
     throughput: Throughput | None = None,
     serving: Memory | None = None,
+    serving_stand_in: bool = False,
     reference_memory: Memory | None = None,
+    deployed_runtime: str | None = None,
 ) -> TargetFit:
     """All fit checks for one target. ``measured`` maps a runtime name to a latency measured here; ``throughput``
     is the student's at this target's batch size (measured or estimated); ``serving`` the peak memory of a process
-    serving the student through this target's runtime here at its batch size (when it ran), ``reference_memory``
-    any such measurement of the same model (to call out an estimate far below it).
+    serving the student through this target's runtime here at its batch size (when it ran; through another runtime
+    when ``serving_stand_in``, for a CPU target whose runtime did not run), ``reference_memory``
+    any such measurement of the same model (to call out an estimate far below it); ``deployed_runtime`` the runtime
+    of the deployed student (the stand-in for a CPU target whose runtime did not run here).
 
     ``fits`` is true only when every check was made and passed: an unknown check (``ok`` null) is not a pass."""
     checks: list[FitCheck] = []
     value_bytes = max(BYTES_PER_DTYPE.get(model_dtype, 4), 1)
     checks.append(_memory_check(target, weight_bytes=weight_bytes, config=config, value_bytes=value_bytes,
-                                serving=serving, reference=reference_memory))
+                                serving=serving, stand_in=serving_stand_in, reference=reference_memory))
     checks.append(FitCheck(name="dtype", ok=model_dtype in target.dtypes, value=model_dtype,
                            limit=", ".join(target.dtypes)))
     if inventory is None:
@@ -194,7 +203,7 @@ def check_target(
                                    note="unsupported op types listed" if missing else ""))
     if target.latency_p90_ms is not None:
         checks.append(_latency_check(target, macs=macs, weight_bytes=weight_bytes, model_dtype=model_dtype,
-                                     measured=measured))
+                                     measured=measured, deployed=deployed_runtime))
     if target.throughput_rps is not None:
         rps = throughput.requests_per_s if throughput is not None else None
         checks.append(FitCheck(name="throughput", ok=None if rps is None else rps >= target.throughput_rps,

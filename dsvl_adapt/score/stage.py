@@ -21,7 +21,7 @@ from ..engine import RunContext, StageResult
 from ..errors import PluginError
 from ..manifest import git_revision, package_versions
 from ..schemas import MetricSpec, Row
-from .hardware import check_target, count_linear_macs, estimate_throughput
+from .hardware import FAR_BELOW, check_target, count_linear_macs, estimate_throughput
 from .runners import Runner, open_runner
 from .intervals import (
     LEVEL,
@@ -314,15 +314,30 @@ def _targets(context: RunContext, results: dict[Path, dict[str, Any]]
     fits, throughputs = [], []
     for target in context.targets():
         path, source = here.get(target.runtime, (None, None)) if target.device == "cpu" else (None, None)
-        throughput = (_measure_throughput(context, target, source) if source is not None else
-                      estimate_throughput(target, macs=macs, weight_bytes=runner.weight_bytes, dtype=runner.dtype))
+        stand_in = False
+        if source is not None:
+            throughput = _measure_throughput(context, target, source)
+        elif target.device == "cpu" and here:  # another runtime ran here: a better stand-in than a roofline
+            path, source = here.get(runner.runtime) or min(here.values(), key=lambda item: item[1]["latency"].p90_ms)
+            stand_in = True
+            throughput = _measure_throughput(context, target, source, stand_in=True)
+        else:
+            throughput = estimate_throughput(target, macs=macs, weight_bytes=runner.weight_bytes, dtype=runner.dtype)
+            fastest = min(measured.values(), key=lambda lat: lat.p50_ms, default=None)
+            if fastest is not None and target.batch_size == fastest.batch_size and throughput.requests_per_s:
+                here_rps = 1000.0 * fastest.batch_size / fastest.p50_ms
+                if throughput.requests_per_s >= FAR_BELOW * here_rps:
+                    throughput.how += (f"; NOTE: {throughput.requests_per_s / here_rps:.0f}x the {here_rps:.1f} "
+                                       f"req/s measured for the same model on this machine ({fastest.runtime}): a "
+                                       "roofline leaves out runtime overhead and kernel efficiency")
         throughputs.append(throughput)
         serving = None
         if source is not None and context.config.score.measure_memory:
             serving = _memory_of(context, path, source, target.batch_size)
         fits.append(check_target(target, model_dtype=runner.dtype, weight_bytes=runner.weight_bytes,
                                  config=runner.config, macs=macs, measured=measured, inventory=inventory,
-                                 throughput=throughput, serving=serving, reference_memory=memory.get("student")))
+                                 throughput=throughput, serving=serving, serving_stand_in=stand_in,
+                                 reference_memory=memory.get("student"), deployed_runtime=runner.runtime))
     return fits, throughputs, memory
 
 
@@ -363,9 +378,11 @@ def _memory_of(context: RunContext, path: Path, result: dict[str, Any], batch_si
     return cache[batch_size]
 
 
-def _measure_throughput(context: RunContext, target: Any, result: dict[str, Any]) -> Throughput:
+def _measure_throughput(context: RunContext, target: Any, result: dict[str, Any], *,
+                        stand_in: bool = False) -> Throughput:
     """Forwards over ``target.batch_size`` test requests at once (test rows repeated when there are fewer), timed
-    by the same method as latency; at the latency's batch size, the latency's own forwards."""
+    by the same method as latency; at the latency's batch size, the latency's own forwards. ``stand_in``: the
+    result is of another runtime than the target's (an estimate for it, marked so)."""
     cfg = context.config.score
     runner: Runner = result["runner"]
     latency: Latency = result["latency"]
@@ -383,7 +400,9 @@ def _measure_throughput(context: RunContext, target: Any, result: dict[str, Any]
                f"{len(samples)} forwards over a batch of {target.batch_size} after {cfg.latency_warmup} warm-up "
                "(timed as latency is)")
     p50 = float(np.median(samples))
-    return Throughput(target=target.name, runtime=target.runtime, batch_size=target.batch_size, measured=True,
+    if stand_in:
+        how += f"; the target runs {target.runtime}, which did not serve this model here"
+    return Throughput(target=target.name, runtime=target.runtime, batch_size=target.batch_size, measured=not stand_in,
                       requests_per_s=round(target.batch_size / p50 * 1000.0, 2), batch_p50_ms=round(p50, 3), how=how)
 
 

@@ -76,6 +76,15 @@ def test_throughput_at_batch_one_is_the_latency_measurement(tiny_run):
     assert cpu_box["measured"] and cpu_box["batch_size"] == student["batch_size"] == 1
     assert cpu_box["batch_p50_ms"] == pytest.approx(student["p50_ms"], abs=1e-3)
     assert "the latency measurement itself" in cpu_box["how"]
+    openvino = next(t for t in card["throughput"] if t["target"] == "cpu-box-openvino")  # OpenVINO did not run
+    assert openvino["measured"] is False and "did not serve this model here" in openvino["how"]
+    assert openvino["batch_p50_ms"] == pytest.approx(student["p50_ms"], abs=1e-3)  # ONNX Runtime's, as a stand-in
+    fit = next(t for t in card["targets"] if t["name"] == "cpu-box-openvino")
+    latency = next(c for c in fit["checks"] if c["name"] == "latency_p90")
+    assert latency["estimated"] and latency["value"] == pytest.approx(student["p90_ms"], abs=1e-3)
+    npu = next(t for t in card["throughput"] if t["target"] == "edge-npu")
+    if npu["requests_per_s"] >= 10 * 1000.0 / student["p50_ms"]:
+        assert "NOTE:" in npu["how"]
 
 
 def test_no_stale_partial_paths_and_one_predictions_file_per_model(tiny_run):
@@ -131,6 +140,9 @@ def test_without_an_export_the_targets_fit_is_unknown_and_latency_is_not_a_roofl
     measured = card["latency"]["student"]["p90_ms"]  # through PyTorch on this CPU
     assert latency["estimated"] is True and latency["value"] == pytest.approx(measured, abs=1e-3)
     assert "did not serve this model here" in latency["note"]
+    memory = next(c for c in cpu_box["checks"] if c["name"] == "memory")  # the process serving it here, a stand-in
+    assert memory["estimated"] is True and "did not serve this model here" in memory["note"]
+    assert memory["value"] * 1e9 >= card["memory"]["student"]["peak_rss_bytes"] - 1e5
     npu = next(t for t in card["targets"] if t["name"] == "edge-npu")
     roofline = next(c for c in npu["checks"] if c["name"] == "latency_p90")
     assert roofline["estimated"] and roofline["note"].startswith("roofline")
