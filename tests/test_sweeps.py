@@ -258,7 +258,8 @@ def test_trial_objectives_penalties_and_checks(tmp_path, grid_sweep):
     accuracy, p90 = trial_objectives(infeasible, {}, ["maximize", "minimize"])
     assert accuracy >= 0 and 0 < p90 < WORST
     record = json.loads((infeasible / "objectives.json").read_text())
-    assert not record["feasible"] and record["constraints"][0] > 0 and "min_retention" in record["reasons"][0]
+    assert not record["feasible"] and record["constraints"][0] > 0
+    assert any(r.startswith("min_retention") for r in record["reasons"])
     assert trial_objectives(infeasible, {"penalize_infeasible": True}, ["maximize", "minimize"]) == (-WORST, WORST)
     with pytest.raises(ConfigError, match="unknown objective"):
         objective_names({"objectives": ["speed"]})
