@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: sweep over comma lists")
     run.add_argument("--fail-on-objectives", action="store_true",
-                     help="exit with status 3 when the scorecard's objectives are not met")
+                     help="exit with status 3 when the scorecard's objectives are not met (or one could not "
+                          "be checked)")
     run.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     run.set_defaults(handler=_cmd_run)
 
@@ -146,8 +147,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     card = outcome.get("scorecard")
     if card is not None:
         _print_summary(card, outcome["run_dir"])
-        if args.fail_on_objectives and card.verdict is False:
-            print("objectives not met (see scorecard.md)", file=sys.stderr)
+        if args.fail_on_objectives and card.objectives and card.verdict is not True:
+            print("objectives not met or not checked (see scorecard.md)", file=sys.stderr)
             return 3
     return 0
 
@@ -218,15 +219,31 @@ def _print_summary(card: Any, run_dir: Path) -> None:
     table = Table(title=f"{card.vertical}: {card.metric} (retention {card.retention})")
     table.add_column("model")
     table.add_column(card.metric, justify="right")
+    table.add_column("95% interval", justify="right")
     table.add_column("p50 ms", justify="right")
     table.add_column("size MiB", justify="right")
     for name, value in card.accuracy.items():
         latency = card.latency.get(name)
         size = card.size.get(name)
-        table.add_row(name, f"{value:.3f}", f"{latency.p50_ms:.1f}" if latency else "—",
-                      f"{size.bytes / 2**20:.1f}" if size else "—")
+        ci = card.accuracy_ci.get(name)
+        table.add_row(name, f"{value:.3f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—",
+                      f"{latency.p50_ms:.1f}" if latency else "—", f"{size.bytes / 2**20:.1f}" if size else "—")
     console = Console(stderr=True)
     console.print(table)
+    from .score.scorecard import verdict_text
+
+    if card.floor is not None:
+        console.print(f"floor: a constant answer scores {card.floor.constant_answer:.3f}; the teacher and the student "
+                      f"must each reach {card.floor.bar:.3f}", highlight=False)
+    if card.objectives:
+        colour = "green" if card.verdict else "red" if card.verdict is False else "yellow"
+        console.print(f"[{colour}]{verdict_text(card)}[/]", highlight=False)
+    if card.teacher_diagnosis is not None:
+        diagnosis = card.teacher_diagnosis
+        console.print(f"[red]{diagnosis.summary}[/]", highlight=False)
+        console.print("likely causes: " + "; ".join(diagnosis.causes), highlight=False)
+        for remedy in diagnosis.remedies:
+            console.print(f"  try: {remedy}", highlight=False)
     console.print(f"scorecard: {run_dir / 'scorecard.md'}")
 
 

@@ -232,6 +232,9 @@ class ScoreSection(Section):
     latency_warmup: int = Field(2, ge=0)
     latency_repeats: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1, description="CPU threads for latency; null = torch default")
+    measure_memory: bool = Field(
+        True, description="measure the peak resident memory of a fresh process serving each timed model (teacher, "
+                          "student; a few seconds each); false = the memory fit check is an estimate")
     models: list[Literal["base", "teacher", "student"]] = Field(default_factory=lambda: ["base", "teacher", "student"])
 
 

@@ -33,9 +33,21 @@ class Objectives(_Strict):
     """What a vertical requires of an adapted model before it ships."""
 
     min_retention: float | None = Field(
-        None, ge=0, le=2, description="student primary metric / teacher primary metric must be at least this"
+        None, ge=0, le=2, allow_inf_nan=False,
+        description="student primary metric / teacher primary metric must be at least this"
     )
-    min_accuracy: float | None = Field(None, description="the student's primary metric must be at least this")
+    min_accuracy: float | None = Field(None, allow_inf_nan=False,
+                                       description="the student's primary metric must be at least this")
+    floor_margin: float | None = Field(
+        0.5, ge=0, lt=1, allow_inf_nan=False,
+        description="the teacher and the student must each beat the constant-answer floor (every row given the "
+                    "test split's most common answer) of the primary metric by this share of the way to a perfect "
+                    "score: bar = floor + floor_margin x (best - floor); null = no floor check")
+    max_forgetting: float | None = Field(
+        0.05, ge=0, le=1, allow_inf_nan=False,
+        description="largest drop of general-capability accuracy accepted, fine-tuning (teacher vs base) and "
+                    "compression (student vs teacher) each; a drop within its 95% paired bootstrap interval is "
+                    "noise, not forgetting; null = not checked")
 
 
 class Vertical(_Strict):

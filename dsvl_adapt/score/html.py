@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .plots import byte_unit
-from .scorecard import Scorecard, _fmt, _mib
+from .scorecard import Scorecard, _fmt, _mib, ci_text, comparison_text, fit_text, verdict_text
 
 CSS = """
 :root { --ok: #2e7d4f; --bad: #c62828; --muted: #6b7280; --line: #e5e7eb; --est: #8a5a00; }
@@ -78,7 +78,7 @@ def _figure_text(value: Any) -> str:
 
 def _ok(ok: bool | None) -> str:
     if ok is None:
-        return '<td class="na">unchecked</td>'
+        return '<td class="na">unknown</td>'
     return '<td class="yes">yes</td>' if ok else '<td class="no">no</td>'
 
 
@@ -103,20 +103,21 @@ def _change(new: float | None, old: float | None) -> str:
 
 
 def _summary(card: Scorecard) -> str:
-    if card.verdict is None:
-        verdict = '<span class="verdict none">no objectives declared</span>'
-    elif card.verdict:
-        verdict = '<span class="verdict ok">objectives met</span>'
-    else:
-        failed = ", ".join(o.name for o in card.objectives if not o.ok)
-        verdict = f'<span class="verdict bad">objectives NOT met</span> <span class="how">({_e(failed)})</span>'
+    text = verdict_text(card)
+    head, _, detail = text.partition(" (")
+    cls = "ok" if card.verdict else "bad" if card.verdict is False else "none"
+    verdict = f'<span class="verdict {cls}">{_e(head)}</span>' + \
+        (f' <span class="how">({_e(detail)}</span>' if detail else "")
     tiles = []
     student = "student" if "student" in card.accuracy else next(reversed(card.accuracy), None)
     if student is not None:
         teacher = card.accuracy.get("teacher")
         detail = f"teacher {_fmt(teacher)}" if teacher is not None and student != "teacher" else ""
+        ci = card.accuracy_ci.get(student)
+        detail = "; ".join(filter(None, [ci_text(ci), detail]))
         tiles.append((f"{card.metric} ({student})", _fmt(card.accuracy[student]), detail))
-    tiles.append(("retention", _fmt(card.retention), f"student / teacher, {card.metric}"))
+    tiles.append(("retention", _fmt(card.retention), f"student / teacher, {card.metric}"
+                  + (f"; {ci_text(card.retention_ci)}" if card.retention_ci else "")))
     lat = card.latency.get("student")
     if lat is not None:
         teacher = card.latency.get("teacher")
@@ -137,7 +138,15 @@ def _summary(card: Scorecard) -> str:
         tiles.append(("targets fit", f"{len(fits)} / {len(card.targets)}", ", ".join(fits) or "none"))
     body = "".join(f'<div class="tile"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div>'
                    f'<div class="d">{_e(d)}</div></div>' for k, v, d in tiles)
-    return f'<section id="summary"><p>{verdict}</p><div class="tiles">{body}</div></section>'
+    diagnosis = ""
+    if card.teacher_diagnosis is not None:
+        d = card.teacher_diagnosis
+        diagnosis = ('<div id="teacher-diagnosis"><h2>The teacher did not reach the floor\'s bar</h2>'
+                     f"<p>{_e(d.summary)}</p><p>Likely causes:</p><ul>"
+                     + "".join(f"<li>{_e(c)}</li>" for c in d.causes) + "</ul><p>What to try:</p><ul>"
+                     + "".join(f"<li><code>{_e(r)}</code></li>" if "=" in r.split(" ")[0] else f"<li>{_e(r)}</li>"
+                               for r in d.remedies) + "</ul></div>")
+    return f'<section id="summary"><p>{verdict}</p><div class="tiles">{body}</div>{diagnosis}</section>'
 
 
 def _accuracy(card: Scorecard, plots: dict[str, bytes]) -> str:
@@ -146,20 +155,37 @@ def _accuracy(card: Scorecard, plots: dict[str, bytes]) -> str:
     for values in card.metrics.values():
         names += [n for n in values if n not in names]
     rows, classes = [], []
+    def cell(value: float | None, ci: list[float] | None) -> str:
+        interval = f' <span class="how">{_e(ci_text(ci))}</span>' if ci else ""
+        return f'<td class="num">{_e(_fmt(value))}{interval}</td>'
+
     for name in names:
         label = f"{_e(name)} (primary)" if name == card.metric else _e(name)
-        rows.append([f"<td>{label}</td>", *(_td(card.metrics.get(m, {}).get(name)) for m in models)])
+        rows.append([f"<td>{label}</td>", *(cell(card.metrics.get(m, {}).get(name),
+                                                  card.accuracy_ci.get(m) if name == card.metric else None)
+                                             for m in models)])
         classes.append("primary" if name == card.metric else "")
     if card.general:
-        rows.append(["<td>general capability</td>", *(_td(card.general.get(m)) for m in models)])
+        rows.append(["<td>general capability</td>", *(cell(card.general.get(m), card.general_ci.get(m))
+                                                      for m in models)])
         classes.append("")
+    retention_ci = f" {_e(ci_text(card.retention_ci))}" if card.retention_ci else ""
     out = ['<section id="accuracy"><h2>Accuracy</h2>',
            _table(["metric", *map(_e, models)], rows, classes),
            (f"<p>Retention (student / teacher, {_e(card.metric)}): <strong>{_e(_fmt(card.retention))}</strong>"
-            f"{'' if not card.test_rows else f' ({card.test_rows} test rows)'}</p>")]
+            f"{retention_ci}{'' if not card.test_rows else f' ({card.test_rows} test rows)'}</p>")]
+    if card.intervals is not None:
+        out.append(f'<p class="how">[low, high]: {card.intervals.level:.0%} {_e(card.intervals.method)} '
+                   f"({card.intervals.resamples} resamples, seed {card.intervals.seed}).</p>")
+    items = [comparison_text(f" ({card.metric})", c) for c in card.comparisons.values()] + \
+            [comparison_text(" (general capability)", c) for c in card.general_comparisons.values()]
+    if items:
+        out.append('<ul class="comparisons">' + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>")
     if card.constant_answer:
+        bar = (f" The teacher and the student must each reach {card.floor.bar:.3f} (floor + {card.floor.margin:g} x "
+               "the way to a perfect score).") if card.floor is not None else ""
         out.append(f'<p class="how">Floor: answering every row with the test split\'s most common answer scores '
-                   f"{_e(card.metric)} {_e(_fmt(card.constant_answer.get(card.metric)))}.</p>")
+                   f"{_e(card.metric)} {_e(_fmt(card.constant_answer.get(card.metric)))}.{_e(bar)}</p>")
     if "accuracy" in plots:
         out.append(_img(plots["accuracy"], "accuracy per model and metric",
                         f"Every metric per model; the primary metric ({_e(card.metric)}) is highlighted."))
@@ -206,8 +232,15 @@ def _speed_size(card: Scorecard, plots: dict[str, bytes]) -> str:
                 for t in card.throughput]
         out += ["<h3>Throughput at each target's batch size</h3>",
                 _table(["target", "runtime", "batch", "requests/s", "batch p50 ms", "how"], rows)]
+    if card.memory:
+        rows = [[f"<td>{_e(m)}</td>", f'<td class="num">{_e(_mib(mem.peak_rss_bytes))}</td>',
+                 f'<td class="num">{_e(_mib(mem.baseline_rss_bytes))}</td>', f"<td>{_e(mem.runtime)}</td>",
+                 _td(mem.batch_size), f'<td class="how">{_e(mem.how)}</td>'] for m, mem in card.memory.items()]
+        out += ["<h3>Memory of a process serving each model</h3>",
+                _table(["model", "peak RSS", "before the model loads", "runtime", "batch", "how"], rows)]
     if card.peak_rss_bytes:
-        out.append(f'<p class="how">Peak resident memory of the scoring process: {_e(_mib(card.peak_rss_bytes))}.</p>')
+        out.append(f'<p class="how">Peak resident memory of the scoring process (every model it scored): '
+                   f"{_e(_mib(card.peak_rss_bytes))}.</p>")
     if "latency_size" in plots:
         out.append(_img(plots["latency_size"], "latency and size, teacher vs student",
                         "Teacher vs student; hatched bars are estimates."))
@@ -234,7 +267,8 @@ def _targets(card: Scorecard, plots: dict[str, bytes]) -> str:
         out.append(_img(plots["target_fit"], "fit checks per target",
                         "Each check per target: ok, failed, unchecked; hatched cells are estimated."))
     for target in card.targets:
-        verdict = '<span class="yes">fits</span>' if target.fits else '<span class="no">does NOT fit</span>'
+        cls = "yes" if target.status == "fits" else "no" if target.status == "does not fit" else "na"
+        verdict = f'<span class="{cls}">{_e(fit_text(target))}</span>'
         rows = []
         for c in target.checks:
             unit = f" {_e(c.unit)}" if c.unit else ""
@@ -257,9 +291,11 @@ def _targets(card: Scorecard, plots: dict[str, bytes]) -> str:
 def _objectives(card: Scorecard) -> str:
     if not card.objectives:
         return ""
-    rows = [[f"<td>{_e(o.name)}</td>", _ok(o.ok), _td(o.value), _td(o.limit)] for o in card.objectives]
-    return '<section id="objectives"><h2>Objectives</h2>' + _table(["objective", "ok", "value", "limit"], rows) + \
-        "</section>"
+    rows = [[f"<td>{_e(o.name)}</td>", _ok(o.ok), _td(o.value),
+             f'<td class="num">{"≥" if o.higher_is_better else "≤"} {_e(_fmt(o.limit))}</td>',
+             f'<td class="how">{_e(o.note)}</td>'] for o in card.objectives]
+    return '<section id="objectives"><h2>Objectives</h2>' + \
+        _table(["objective", "ok", "value", "limit", "note"], rows) + "</section>"
 
 
 def _lists(card: Scorecard) -> str:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from .plots import byte_unit
-from .scorecard import Scorecard, _fmt
+from .scorecard import Scorecard, _fmt, fit_text, verdict_text
 
 
 def _yaml_str(value: str) -> str:
@@ -68,9 +68,8 @@ def render_model_card(card: Scorecard, model_name: str, role: str = "student") -
         lines.append(f"- **{card.metric}: {_fmt(value)}**")
     if card.retention is not None:
         lines.append(f"- retention (student / teacher {card.metric}): **{_fmt(card.retention)}**")
-    if card.verdict is not None:
-        failed = [o.name for o in card.objectives if not o.ok]
-        lines.append(f"- objectives: {'met' if card.verdict else 'NOT met (' + ', '.join(failed) + ')'}")
+    if card.objectives:
+        lines.append(f"- {verdict_text(card)}")
     size = card.size.get(role)
     teacher_size = card.size.get("teacher")
     if size is not None:
@@ -95,11 +94,12 @@ def render_model_card(card: Scorecard, model_name: str, role: str = "student") -
         for target in card.targets:
             checks = []
             for c in target.checks:
-                state = "unchecked" if c.ok is None else ("ok" if c.ok else "**failed**")
+                state = "unknown" if c.ok is None else ("ok" if c.ok else "**failed**")
                 figure = "" if c.value is None else f" {_fmt(c.value)}{(' ' + c.unit) if c.unit else ''}"
                 checks.append(f"{c.name}{figure}: {state}{' (estimated)' if c.estimated else ''}")
             lines.append(f"| {target.name} | {target.device} | {target.runtime} | "
-                         f"{'yes' if target.fits else '**does not fit**'} | {'; '.join(checks)} |")
+                         f"{'yes' if target.fits else '**' + (fit_text(target) if target.status == 'unknown' else target.status) + '**'}"
+                         f" | {'; '.join(checks)} |")
         estimated = [(t.name, c) for t in card.targets for c in t.checks if c.estimated]
         if estimated:
             lines += ["", "Estimated figures (not measured on the target):", ""]

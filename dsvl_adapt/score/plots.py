@@ -209,8 +209,8 @@ def target_fit_plot(card: Scorecard) -> bytes | None:
             "failed (estimated)": "FAIL (est.)"}
     for row, target in enumerate(card.targets):
         checks = {c.name: c for c in target.checks}
-        cells: list[tuple[str, str | None]] = [("fits" if target.fits else "does not fit",
-                                                "ok" if target.fits else "failed")]
+        cells: list[tuple[str, str | None]] = [
+            (target.status, "ok" if target.fits else "unchecked" if target.status == "unknown" else "failed")]
         for name in columns:
             check = checks.get(name)
             if check is None:

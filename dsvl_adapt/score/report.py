@@ -4,9 +4,9 @@ A run is a folder holding ``scorecard.json`` (a finished run) or ``failure.json`
 trial); folders are searched recursively, so a Hydra multirun folder with numbered trial folders
 works as is. A folder with ``manifest.json`` but neither file is an incomplete run.
 
-A run is *feasible* when it meets its vertical's objectives (``verdict`` not false) and no
-checked latency objective of its hardware targets (``latency_p90``, ``throughput``; estimated
-checks count, and are said to be estimated) failed. When the run's config names one target
+A run is *feasible* when every objective of its vertical was checked and met, and every
+latency objective of its hardware targets (``latency_p90``, ``throughput``; estimated checks
+count, and are said to be estimated) was checked and met: an unknown check is never a pass. When the run's config names one target
 (``vertical.target``), only that target counts. The best run is the feasible one with the best
 primary metric of the student (ties: lower p90 latency, then smaller size); when none is
 feasible, the nearest miss (smallest relative shortfall over its failed objectives).
@@ -254,9 +254,13 @@ def assess(run: Run) -> None:
         run.reasons = [run.failure or run.status]
         return
     for objective in card.objectives:
-        if not objective.ok:
+        if objective.ok is None:
+            run.reasons.append(f"{objective.name}: unknown ({objective.note or 'not checked'})")
+            run.shortfall += 1.0
+        elif not objective.ok:
             run.reasons.append(f"{objective.name}: {_fmt(objective.value)} (limit {_fmt(objective.limit)})")
-            run.shortfall += _objective_miss(objective.name, objective.value, objective.limit, False)
+            run.shortfall += _objective_miss(objective.name, objective.value, objective.limit,
+                                             not objective.higher_is_better)
     if card.verdict is False and not any(not o.ok for o in card.objectives):
         run.reasons.append("objectives not met")
         run.shortfall += 1.0
@@ -267,7 +271,10 @@ def assess(run: Run) -> None:
         if only and target.name != only:
             continue
         for check in target.checks:
-            if check.name in TARGET_OBJECTIVES and check.ok is False:
+            if check.name in TARGET_OBJECTIVES and check.ok is None:
+                run.reasons.append(f"{target.name} {check.name}: unknown ({check.note or 'not checked'})")
+                run.shortfall += 1.0
+            elif check.name in TARGET_OBJECTIVES and check.ok is False:
                 unit = f" {check.unit}" if check.unit else ""
                 run.reasons.append(f"{target.name} {check.name}: {_fmt(check.value)}{unit} (limit "
                                    f"{_fmt(check.limit)}{unit}){' estimated' if check.estimated else ''}")

@@ -17,7 +17,7 @@ from ..data.batches import BatchEncoder, Encoded
 from ..models.figures import model_figures, size_on_disk
 from ..progress import progress_bar
 from .generate import generate_answers
-from .timing import cpu_model, percentiles, time_calls
+from .timing import cpu_model, percentiles, time_calls, torch_threads
 
 TORCH_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -55,36 +55,54 @@ class Runner:
                 advance(len(chunk))
         return answers
 
-    def latency(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int, threads: int | None,
-                decode_tokens: int = 8) -> dict[str, Any]:
-        """Prefill latency percentiles and per-token decode time, warm-up then timed repeats."""
+    def generate_tokens(self, batch: dict[str, torch.Tensor], max_new_tokens: int, *, eos_id: int | None,
+                        pad_id: int | None) -> torch.Tensor:
+        """Greedy answer tokens for ``batch`` (prompt excluded), through whichever runtime this runner holds."""
         if self.torch_model is not None:
-            from .timing import measure_torch_latency
+            with torch.no_grad():
+                output = self.torch_model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                                   pad_token_id=pad_id, eos_token_id=eos_id)
+            return output[:, batch["input_ids"].shape[1]:]
+        return torch.as_tensor(self.onnx_model.generate(batch, max_new_tokens, eos_token_id=eos_id,
+                                                        pad_token_id=pad_id))
 
-            result = measure_torch_latency(self.torch_model, batch, warmup=warmup, repeats=repeats, threads=threads,
-                                           decode_tokens=decode_tokens)
-            return {**result, "runtime": f"torch-eager ({self.label})"}
-        model = self.onnx_model
-        prefill = time_calls(lambda: model.forward(batch), warmup=warmup, repeats=repeats)
-        whole = time_calls(lambda: model.generate(batch, decode_tokens), warmup=1, repeats=max(3, repeats // 3))
-        per_token = max(0.0, (float(np.median(whole)) - float(np.median(prefill))) / max(1, decode_tokens - 1))
-        return {**percentiles(prefill), "decode_ms_per_token": round(per_token, 3),
-                "runtime": f"{self.runtime} ({self.label}{self.note}; decode re-runs the prompt, no KV cache)",
-                "threads": threads or model.threads, "cpu": cpu_model(), "batch_size": int(batch["input_ids"].shape[0]),
-                "warmup": warmup, "repeats": repeats, "measured": True}
+    def forward_ms(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int,
+                   threads: int | None) -> list[float]:
+        """Milliseconds per forward over the whole ``batch`` (image + prompt, no cache), warm-up then timed repeats.
 
-
-    def batch_ms(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int,
-                 threads: int | None) -> list[float]:
-        """Milliseconds per forward over the whole ``batch`` (image + prompt), warm-up then timed repeats."""
+        The one timing method behind both latency (batch 1) and throughput (a target's batch size)."""
         if self.torch_model is not None:
-            from .timing import torch_threads
-
             model = self.torch_model
+            model.eval()
             with torch.no_grad(), torch_threads(threads):
                 return time_calls(lambda: model(**batch, use_cache=False), warmup=warmup, repeats=repeats)
         onnx_model = self.onnx_model
         return time_calls(lambda: onnx_model.forward(batch), warmup=warmup, repeats=repeats)
+
+    def latency(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int, threads: int | None,
+                decode_tokens: int = 8) -> tuple[dict[str, Any], list[float]]:
+        """Prefill latency percentiles (from :meth:`forward_ms`) and per-token decode time; also the prefill
+        samples themselves, which throughput at the same batch size reuses."""
+        prefill = self.forward_ms(batch, warmup=warmup, repeats=repeats, threads=threads)
+
+        def generate() -> None:
+            if self.torch_model is not None:
+                self.torch_model.generate(**batch, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens,
+                                          do_sample=False)
+            else:
+                self.onnx_model.generate(batch, decode_tokens)
+
+        with torch.no_grad(), torch_threads(threads if self.torch_model is not None else None) as used:
+            whole = time_calls(generate, warmup=1, repeats=max(3, repeats // 3))
+        per_token = max(0.0, (float(np.median(whole)) - float(np.median(prefill))) / max(1, decode_tokens - 1))
+        if self.torch_model is not None:
+            runtime, used_threads = f"torch-eager ({self.label})", used
+        else:
+            runtime = f"{self.runtime} ({self.label}{self.note}; decode re-runs the prompt, no KV cache)"
+            used_threads = threads or self.onnx_model.threads
+        return {**percentiles(prefill), "decode_ms_per_token": round(per_token, 3), "runtime": runtime,
+                "threads": used_threads, "cpu": cpu_model(), "batch_size": int(batch["input_ids"].shape[0]),
+                "warmup": warmup, "repeats": repeats, "measured": True}, prefill
 
 
 def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None) -> Runner:

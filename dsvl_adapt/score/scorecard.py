@@ -2,18 +2,31 @@
 
 Stable fields that scripts rely on (see the design notes): ``vertical``, ``metric``,
 ``accuracy.<model>``, ``retention``, ``metrics.<model>.<name>``, ``latency.<model>.p50_ms|p90_ms|
-p99_ms|runtime``, ``size.<model>.bytes``, ``params.<model>``, ``targets[].name|fits|checks[]``.
+p99_ms|runtime``, ``size.<model>.bytes``, ``params.<model>``, ``targets[].name|fits|checks[]``,
+``accuracy_ci.<model>``, ``memory.<model>.peak_rss_bytes``.
+
+Schema version 2 (what changed in meaning since 1):
+
+* ``targets[].fits`` is true only when every check was made and passed; a check that could not be
+  made (``ok: null``) makes it false, and ``targets[].status`` says ``unknown`` (``fits`` stays a
+  bool, so ``if target["fits"]`` never passes an unchecked target).
+* ``objectives[].ok`` may be null (the check could not be made), and ``verdict`` is null when no
+  objective failed but one is unknown (as well as when none are declared).
+* the verdict includes floors (teacher and student must clear the constant-answer floor by the
+  vertical's ``floor_margin``) and forgetting (``max_forgetting``) beside retention.
+* the ``memory`` fit check reads the measured peak resident memory of a process serving the
+  student when its runtime ran here on a CPU target, else an estimate with activations and KV cache.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class _Model(BaseModel):
@@ -68,15 +81,79 @@ class TargetFit(_Model):
     name: str
     device: str
     runtime: str
-    fits: bool
+    fits: bool = Field(description="true only when every check was made and passed (an unknown check is not a "
+                                   "pass: see `status`)")
+    status: Literal["fits", "does not fit", "unknown"] = Field(
+        "fits", description="`does not fit` when a check failed; `unknown` when none failed but one could not be "
+                            "made (then `fits` is false)")
+    unknown: list[str] = Field(default_factory=list, description="checks that could not be made")
     checks: list[FitCheck]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _status_of_old_cards(cls, data: Any) -> Any:
+        """Schema 1 had no status: derive it from ``fits``."""
+        if isinstance(data, dict) and "status" not in data:
+            data = {**data, "status": "fits" if data.get("fits") else "does not fit"}
+        return data
 
 
 class ObjectiveCheck(_Model):
     name: str
-    ok: bool
+    ok: bool | None = Field(description="null when it could not be checked (see note)")
     value: float | None
     limit: float
+    higher_is_better: bool = Field(True, description="true: value must be at least limit; false: at most")
+    note: str = ""
+
+
+class Memory(_Model):
+    """Peak resident memory of a process that loads one model through its runtime and answers requests."""
+
+    peak_rss_bytes: int | None = Field(description="peak resident set size of the serving process (null: not "
+                                                   "measured, see how)")
+    baseline_rss_bytes: int | None = Field(None, description="the same process after its imports, before loading "
+                                                             "the model (interpreter + libraries)")
+    runtime: str
+    batch_size: int
+    prompt_tokens: int = Field(0, description="tokens in the longest prompt of the batch (image tokens included)")
+    new_tokens: int = Field(0, description="answer tokens generated at most")
+    how: str
+
+
+class Comparison(_Model):
+    """``after - before`` on the same rows, with its 95% paired bootstrap interval."""
+
+    before: str
+    after: str
+    difference: float
+    ci: list[float] = Field(description="[low, high] of the difference (paired bootstrap over the same rows)")
+    within_noise: bool = Field(description="the interval contains 0: the difference is not shown by these rows")
+    forgetting: bool | None = Field(None, description="general set only: a drop outside the interval")
+
+
+class Floor(_Model):
+    """What a trained model must clear: the constant-answer floor of the primary metric, moved by the margin."""
+
+    metric: str
+    constant_answer: float = Field(description="the primary metric when every row gets the most common answer")
+    margin: float = Field(description="share of the way from the floor to a perfect score (objectives.floor_margin)")
+    bar: float = Field(description="floor + margin x (best - floor) (higher is better); a model must reach it")
+
+
+class TeacherDiagnosis(_Model):
+    """Why a teacher may not have learnt the task, and the options that address it."""
+
+    summary: str
+    causes: list[str]
+    remedies: list[str]
+
+
+class Intervals(_Model):
+    method: str = "percentile bootstrap over test rows"
+    level: float
+    resamples: int
+    seed: int
 
 
 class RuntimeScore(_Model):
@@ -88,6 +165,7 @@ class RuntimeScore(_Model):
     metrics: dict[str, float | None]
     latency: Latency | None = None
     size_bytes: int
+    predictions: str | None = Field(None, description="its answers to the test rows, in the score stage's folder")
 
 
 class Scorecard(_Model):
@@ -96,13 +174,31 @@ class Scorecard(_Model):
     metric: str = Field(description="the vertical's primary metric")
     higher_is_better: bool = True
     accuracy: dict[str, float] = Field(description="primary metric per model: base, teacher, student")
+    accuracy_ci: dict[str, list[float]] = Field(
+        default_factory=dict, description="[low, high] 95% bootstrap interval of accuracy.<model> over test rows")
     retention: float | None = Field(description="accuracy.student / accuracy.teacher")
+    retention_ci: list[float] | None = Field(None, description="[low, high] paired bootstrap interval of retention")
+    comparisons: dict[str, Comparison] = Field(
+        default_factory=dict, description="primary metric: `teacher_vs_base` (what fine-tuning gained) and "
+                                          "`student_vs_teacher` (what compression cost), paired over test rows")
     metrics: dict[str, dict[str, float | None]] = Field(
         description="every metric of the vertical, per model; null where the metric does not apply to the test split")
     general: dict[str, float] = Field(default_factory=dict, description="general-capability accuracy per model")
+    general_ci: dict[str, list[float]] = Field(default_factory=dict,
+                                               description="[low, high] 95% bootstrap interval of general.<model>")
+    general_comparisons: dict[str, Comparison] = Field(
+        default_factory=dict, description="general set: `teacher_vs_base` (forgetting by fine-tuning) and "
+                                          "`student_vs_teacher` (forgetting by compression); `forgetting` is true "
+                                          "when the drop is outside the paired interval")
     constant_answer: dict[str, float | None] = Field(
         default_factory=dict, description="every metric for a predictor that gives the test split's most common "
                                           "answer to every row: the floor a trained model must clear")
+    floor: Floor | None = Field(None, description="the bar the teacher and the student must each reach")
+    teacher_diagnosis: TeacherDiagnosis | None = Field(
+        None, description="set when the teacher did not clear the floor's bar: likely causes and remedies")
+    intervals: Intervals | None = Field(None, description="how the intervals were computed")
+    memory: dict[str, Memory] = Field(
+        default_factory=dict, description="per model: peak resident memory of a process serving it (measured)")
     latency: dict[str, Latency] = Field(default_factory=dict)
     throughput: list[Throughput] = Field(default_factory=list, description="the student at each target's batch size")
     runtimes: dict[str, RuntimeScore] = Field(
@@ -110,10 +206,12 @@ class Scorecard(_Model):
     )
     size: dict[str, Size] = Field(default_factory=dict)
     params: dict[str, int] = Field(default_factory=dict)
-    peak_rss_bytes: int | None = None
+    peak_rss_bytes: int | None = Field(None, description="peak resident memory of the scoring process itself "
+                                                         "(every model it scored); see `memory` per model")
     targets: list[TargetFit] = Field(default_factory=list)
     objectives: list[ObjectiveCheck] = Field(default_factory=list)
-    verdict: bool | None = Field(None, description="every objective met (null when the vertical declares none)")
+    verdict: bool | None = Field(None, description="true: every objective met; false: one failed; null: none "
+                                                   "declared, or none failed but one could not be checked")
     skipped_rows: dict[str, int] = Field(default_factory=dict)
     test_rows: int = 0
     stages: dict[str, Any] = Field(default_factory=dict, description="figures recorded by each stage")
@@ -150,22 +248,80 @@ def _mib(n: int | None) -> str:
     return "—" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def verdict_text(card: Scorecard) -> str:
+    """``objectives met`` / ``objectives NOT met (...)`` / ``objectives unknown (...)`` / ``no objectives declared``."""
+    if not card.objectives:
+        return "no objectives declared"
+    if card.verdict:
+        return "objectives met"
+    if card.verdict is False:
+        return "objectives NOT met (" + ", ".join(o.name for o in card.objectives if o.ok is False) + ")"
+    return "objectives unknown (" + ", ".join(o.name for o in card.objectives if o.ok is None) + " not checked)"
+
+
+def fit_text(target: TargetFit) -> str:
+    if target.status == "unknown":
+        return f"fit unknown ({', '.join(target.unknown)} not checked)"
+    return "fits" if target.status == "fits" else "does NOT fit"
+
+
+def ci_text(ci: list[float] | None, signed: bool = False) -> str:
+    if not ci:
+        return ""
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def comparison_text(name: str, c: Comparison) -> str:
+    """e.g. ``student - teacher: -0.021 [-0.063, +0.021], within noise``."""
+    if c.forgetting:
+        verdict = "forgetting (a drop outside the interval)"
+    else:
+        verdict = "within noise" if c.within_noise else ("a gain" if c.difference > 0 else "a loss") + \
+                  " outside noise"
+    return f"{c.after} - {c.before}{name}: {c.difference:+.3f} {ci_text(c.ci, signed=True)}, {verdict}"
+
+
 def render_markdown(card: Scorecard) -> str:
     models = list(card.accuracy)
     lines = [f"# Scorecard — {card.vertical}", ""]
-    if card.verdict is not None:
-        lines += [f"**Verdict: {'objectives met' if card.verdict else 'objectives NOT met'}**", ""]
+    if card.objectives:
+        lines += [f"**Verdict: {verdict_text(card)}**", ""]
+    diagnosis = card.teacher_diagnosis
+    if diagnosis is not None:
+        lines += ["## The teacher did not learn the task" if "did not learn" in diagnosis.summary
+                  else "## The teacher learnt little", "", diagnosis.summary, "", "Likely causes:", ""]
+        lines += [f"- {c}" for c in diagnosis.causes] + ["", "What to try:", ""]
+        lines += [f"- {r}" for r in diagnosis.remedies] + [""]
     lines += ["## Accuracy", "", "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     names = list(next(iter(card.metrics.values()), {}).keys())
     for name in names:
         mark = " (primary)" if name == card.metric else ""
-        lines.append(f"| {name}{mark} | " + " | ".join(_fmt(card.metrics[m].get(name)) for m in models) + " |")
+        cells = []
+        for m in models:
+            ci = card.accuracy_ci.get(m) if name == card.metric else None
+            cells.append(_fmt(card.metrics[m].get(name)) + (f" {ci_text(ci)}" if ci else ""))
+        lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
     if card.general:
-        lines.append("| general capability | " + " | ".join(_fmt(card.general.get(m)) for m in models) + " |")
-    lines += ["", f"Retention (student / teacher, {card.metric}): **{_fmt(card.retention)}**", ""]
+        lines.append("| general capability | " + " | ".join(
+            _fmt(card.general.get(m)) + (f" {ci_text(card.general_ci[m])}" if m in card.general_ci else "")
+            for m in models) + " |")
+    if card.intervals is not None:
+        lines += ["", f"[low, high]: {card.intervals.level:.0%} {card.intervals.method} ({card.intervals.resamples} "
+                      f"resamples, seed {card.intervals.seed}; {card.test_rows} test rows)."]
+    retention_ci = f" {ci_text(card.retention_ci)}" if card.retention_ci else ""
+    lines += ["", f"Retention (student / teacher, {card.metric}): **{_fmt(card.retention)}**{retention_ci}", ""]
+    for key, c in card.comparisons.items():
+        lines.append(f"- {comparison_text(f' ({card.metric})', c)}")
+    for key, c in card.general_comparisons.items():
+        lines.append(f"- {comparison_text(' (general capability)', c)}")
+    if card.comparisons or card.general_comparisons:
+        lines.append("")
     if card.constant_answer:
+        floor = card.floor
+        bar = (f" The teacher and the student must each reach {floor.bar:.3f} (floor + {floor.margin:g} x the way "
+               "to a perfect score).") if floor is not None else ""
         lines += [f"Floor: answering every row with the test split's most common answer scores {card.metric} "
-                  f"{_fmt(card.constant_answer.get(card.metric))}.", ""]
+                  f"{_fmt(card.constant_answer.get(card.metric))}.{bar}", ""]
     if card.latency or card.size:
         lines += ["## Speed and size", "",
                   "| model | p50 ms | p90 ms | p99 ms | decode ms/token | runtime | params | size on disk |",
@@ -185,6 +341,13 @@ def render_markdown(card: Scorecard) -> str:
                           f"{some.warmup} warm-up + {some.repeats} timed runs (latency = one forward over image + "
                           "prompt)."]
         lines.append("")
+    if card.memory:
+        lines += ["## Memory of a process serving each model", "",
+                  "| model | peak RSS | before the model loads | runtime | batch | how |", "|---|---|---|---|---|---|"]
+        for m, mem in card.memory.items():
+            lines.append(f"| {m} | {_mib(mem.peak_rss_bytes)} | {_mib(mem.baseline_rss_bytes)} | {mem.runtime} | "
+                         f"{mem.batch_size} | {mem.how} |")
+        lines.append("")
     if card.throughput:
         lines += ["## Throughput at each target's batch size", "",
                   "| target | runtime | batch | requests/s | batch p50 ms | how |", "|---|---|---|---|---|---|"]
@@ -195,28 +358,29 @@ def render_markdown(card: Scorecard) -> str:
         lines.append("")
     if card.runtimes:
         lines += ["## The student on each runtime", "",
-                  f"| artifact | {card.metric} | p50 ms | p90 ms | size |", "|---|---|---|---|---|"]
+                  f"| artifact | {card.metric} | p50 ms | p90 ms | size | predictions |", "|---|---|---|---|---|---|"]
         for label, r in card.runtimes.items():
             lat = r.latency
             lines.append(f"| {label} | {_fmt(r.metrics.get(card.metric))} | {_fmt(lat and lat.p50_ms, 1)} | "
-                         f"{_fmt(lat and lat.p90_ms, 1)} | {_mib(r.size_bytes)} |")
+                         f"{_fmt(lat and lat.p90_ms, 1)} | {_mib(r.size_bytes)} | {r.predictions or '—'} |")
         lines.append("")
     if card.targets:
         lines += ["## Hardware targets", ""]
         for target in card.targets:
-            lines += [f"### {target.name} ({target.device}, {target.runtime}): "
-                      f"{'fits' if target.fits else 'does NOT fit'}", "",
+            lines += [f"### {target.name} ({target.device}, {target.runtime}): {fit_text(target)}", "",
                       "| check | ok | value | limit | how |", "|---|---|---|---|---|"]
             for c in target.checks:
-                ok = "—" if c.ok is None else ("yes" if c.ok else "**no**")
+                ok = "unknown" if c.ok is None else ("yes" if c.ok else "**no**")
                 how = ("estimated: " if c.estimated else "measured" if c.ok is not None else "") + \
                       (c.note if c.estimated or c.ok is None else (f" — {c.note}" if c.note else ""))
                 lines.append(f"| {c.name} | {ok} | {_fmt(c.value)} {c.unit} | {_fmt(c.limit)} {c.unit} | {how} |")
             lines.append("")
     if card.objectives:
-        lines += ["## Objectives", "", "| objective | ok | value | limit |", "|---|---|---|---|"]
+        lines += ["## Objectives", "", "| objective | ok | value | limit | note |", "|---|---|---|---|---|"]
         for o in card.objectives:
-            lines.append(f"| {o.name} | {'yes' if o.ok else '**no**'} | {_fmt(o.value)} | {_fmt(o.limit)} |")
+            ok = "unknown" if o.ok is None else ("yes" if o.ok else "**no**")
+            limit = ("≥ " if o.higher_is_better else "≤ ") + _fmt(o.limit)
+            lines.append(f"| {o.name} | {ok} | {_fmt(o.value)} | {limit} | {o.note} |")
         lines.append("")
     if card.skipped_rows:
         lines += ["## Skipped rows", ""] + [f"- {k}: {v}" for k, v in card.skipped_rows.items()] + [""]

@@ -21,10 +21,31 @@ from ..engine import RunContext, StageResult
 from ..errors import PluginError
 from ..manifest import git_revision, package_versions
 from ..schemas import MetricSpec, Row
-from .hardware import check_target, count_linear_macs, estimate_throughput
+from .hardware import FAR_BELOW, check_target, count_linear_macs, estimate_throughput
 from .runners import Runner, open_runner
-from .scorecard import Latency, ObjectiveCheck, RuntimeScore, Scorecard, Size, TargetFit, Throughput
+from .intervals import (
+    LEVEL,
+    RESAMPLES,
+    PairedDifference,
+    bootstrap_interval,
+    metric_on_rows,
+    paired_difference,
+    paired_ratio_interval,
+    resample_indices,
+)
+from .scorecard import (
+    Comparison,
+    Intervals,
+    Latency,
+    Memory,
+    RuntimeScore,
+    Scorecard,
+    Size,
+    TargetFit,
+    Throughput,
+)
 from .timing import peak_rss_bytes
+from .verdict import TrainingFacts, apply_verdict, diagnose_teacher
 
 
 def compute_metrics(specs: list[MetricSpec], predictions: list[str], rows: list[Row]) -> dict[str, float | None]:
@@ -63,38 +84,42 @@ class ScoreStage:
         rows: list[Row] = []
         for path, label in plan.items():
             runner = open_runner(path, load_torch=_loader(context), threads=cfg.threads)
+            if label.startswith("student-"):  # another artifact of the student: named by what it is
+                label = f"student-{runner.label}"
             encoder = BatchEncoder(runner.processor, context.prompt)
             rows = context.split("test", runner.processor.image_processor.size["height"]).rows
             items = encoder.encode_all(rows)
             answers = runner.answers(encoder, items, batch_size=cfg.batch_size,
                                      max_new_tokens=vertical.max_answer_tokens, label=f"score {label}")
-            _write_predictions(context.work_dir / f"predictions-{label}.jsonl", rows, answers)
+            predictions = f"predictions-{label}.jsonl"
+            _write_predictions(context.work_dir / predictions, rows, answers)
             result: dict[str, Any] = {"runner": runner, "metrics": compute_metrics(specs, answers, rows),
-                                      "general": _general_accuracy(context, runner, label)}
+                                      "answers": answers, "predictions": predictions,
+                                      "general": _general_answers(context, runner, label)}
             if label != "base":
                 one = encoder.generation_batch(items[:1])
-                result["latency"] = Latency(**runner.latency(one, warmup=cfg.latency_warmup,
-                                                             repeats=cfg.latency_repeats, threads=cfg.threads))
+                latency, samples = runner.latency(one, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
+                                                  threads=cfg.threads)
+                result["latency"], result["prefill_samples"] = Latency(**latency), samples
                 if runner.torch_model is not None and runner.dtype == "fp32":
                     result["macs"] = count_linear_macs(runner.torch_model, one)
                 result["encoder"], result["items"] = encoder, items  # batches at each target's size
             results[path] = result
-            if label not in ("student", "teacher"):
-                runner.torch_model = runner.onnx_model = None  # free memory early
-        card = self._card(context, specs, primary, plan, results, len(rows))
-        if rows:
-            common = Counter(row.answer for row in rows).most_common(1)[0][0]
-            card.constant_answer = compute_metrics(specs, [common] * len(rows), rows)
+            if label == "base":
+                runner.torch_model = runner.onnx_model = None  # free memory early (the student's artifacts are timed
+                # again at each target's batch size)
+        card = self._card(context, specs, primary, plan, results, rows)
         card.write(context.work_dir)
         if "student" in context.artifacts and card.accuracy:
             from .modelcard import write_model_card
 
             write_model_card(card, context.artifacts["student"])
         return StageResult(artifacts={"scorecard": "scorecard.json"},
-                           figures={"accuracy": card.accuracy, "retention": card.retention})
+                           figures={"accuracy": card.accuracy, "retention": card.retention,
+                                    "verdict": card.verdict})
 
     def _card(self, context: RunContext, specs: list[MetricSpec], primary: MetricSpec, plan: dict[Path, str],
-              results: dict[Path, dict[str, Any]], test_rows: int) -> Scorecard:
+              results: dict[Path, dict[str, Any]], rows: list[Row]) -> Scorecard:
         roles = _roles(context)
         metrics, latency, sizes, params, notes = {}, {}, {}, {}, []
         for role, path in roles.items():
@@ -115,32 +140,120 @@ class ScoreStage:
             runner = result["runner"]
             runtimes[runner.label] = RuntimeScore(runtime=runner.runtime, dtype=runner.dtype, path=str(path),
                                                   metrics=result["metrics"], latency=result.get("latency"),
-                                                  size_bytes=runner.size_bytes)
+                                                  size_bytes=runner.size_bytes, predictions=result["predictions"])
         accuracy = {role: values[primary.name] for role, values in metrics.items()}
-        general = {role: results[path]["general"] for role, path in roles.items()
+        general = {role: results[path]["general"][0] for role, path in roles.items()
                    if results[path]["general"] is not None}
-        if "base" in general and "teacher" in general and general["teacher"] < general["base"] - 0.1:
-            notes.append(f"forgetting: general-capability accuracy fell from {general['base']:.2f} (base) to "
-                         f"{general['teacher']:.2f} (teacher) with fine-tuning")
         retention = None
         if "teacher" in accuracy and "student" in accuracy and accuracy["teacher"] > 0:
             retention = round(accuracy["student"] / accuracy["teacher"], 6)
-        objectives = _objectives(context.vertical.objectives, accuracy, retention)
-        targets, throughput = _targets(context, results)
-        return Scorecard(
+        targets, throughput, memory = _targets(context, results)
+        card = Scorecard(
             vertical=context.vertical.name, metric=primary.name, higher_is_better=primary.higher_is_better,
-            accuracy=accuracy, retention=retention, metrics=metrics, general=general, latency=latency, runtimes=runtimes, size=sizes,
-            params=params, peak_rss_bytes=peak_rss_bytes(), targets=targets, throughput=throughput,
-            objectives=objectives, verdict=all(o.ok for o in objectives) if objectives else None,
-            skipped_rows=context.skipped_rows(), test_rows=test_rows, stages=dict(context.figures), notes=notes,
+            accuracy=accuracy, retention=retention, metrics=metrics, general=general, latency=latency,
+            runtimes=runtimes, size=sizes, params=params, peak_rss_bytes=peak_rss_bytes(), targets=targets,
+            throughput=throughput, memory=memory, skipped_rows=context.skipped_rows(), test_rows=len(rows),
+            stages=_stage_figures(context), notes=notes,
             provenance={"config": context.raw_config, "seed": context.config.seed, "versions": package_versions(),
                         "git_revision": git_revision(), "run_dir": str(context.run_dir),
                         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         )
+        if rows:
+            common = Counter(row.answer for row in rows).most_common(1)[0][0]
+            card.constant_answer = compute_metrics(specs, [common] * len(rows), rows)
+            _test_intervals(card, context, primary, {role: results[path]["answers"] for role, path in roles.items()},
+                            rows)
+        _general_intervals(card, context, {role: results[path]["general"] for role, path in roles.items()})
+        best = primary.upper if primary.higher_is_better else primary.lower
+        apply_verdict(card, context.vertical.objectives, best=best)
+        if "teacher" in accuracy:
+            card.teacher_diagnosis = diagnose_teacher(card, _training_facts(context))
+        for key, comparison in card.general_comparisons.items():
+            if comparison.forgetting:
+                card.notes.append(f"forgetting: general-capability accuracy fell from "
+                                  f"{card.general[comparison.before]:.3f} ({comparison.before}) to "
+                                  f"{card.general[comparison.after]:.3f} ({comparison.after}), outside the paired "
+                                  f"95% interval [{comparison.ci[0]:+.3f}, {comparison.ci[1]:+.3f}]")
+        return card
 
 
-def _general_accuracy(context: RunContext, runner: Runner, label: str) -> float | None:
-    """Exact match on the core's general visual questions: flags what fine-tuning made the model forget."""
+def _comparison(before: str, after: str, difference: PairedDifference, *, general: bool = False) -> Comparison:
+    return Comparison(before=before, after=after, difference=difference.difference,
+                      ci=[difference.low, difference.high], within_noise=difference.within_noise,
+                      forgetting=(not difference.within_noise and difference.high < 0) if general else None)
+
+
+PAIRS = {"teacher_vs_base": ("base", "teacher"), "student_vs_teacher": ("teacher", "student")}
+
+
+def _test_intervals(card: Scorecard, context: RunContext, primary: MetricSpec, answers: dict[str, list[str]],
+                    rows: list[Row]) -> None:
+    """``accuracy_ci``, ``comparisons`` and ``retention_ci``: bootstrap over the test rows, paired across models."""
+    draws = resample_indices(len(rows), resamples=RESAMPLES, seed=context.config.seed)
+    references = [row.answer for row in rows]
+    score = {role: metric_on_rows(primary.compute, predictions, references, rows)
+             for role, predictions in answers.items()}
+    card.intervals = Intervals(level=LEVEL, resamples=RESAMPLES, seed=context.config.seed)
+    card.accuracy_ci = {role: list(bootstrap_interval(fn, draws)) for role, fn in score.items()}
+    for key, (before, after) in PAIRS.items():
+        if before in score and after in score:
+            card.comparisons[key] = _comparison(before, after, paired_difference(score[before], score[after], draws))
+    if card.retention is not None:
+        card.retention_ci = list(paired_ratio_interval(score["student"], score["teacher"], draws))
+
+
+def _general_intervals(card: Scorecard, context: RunContext,
+                       general: dict[str, tuple[float, list[str], list[str]] | None]) -> None:
+    """``general_ci`` and ``general_comparisons`` (forgetting: a drop outside the paired interval)."""
+    from ..metrics import exact_match
+
+    measured = {role: g for role, g in general.items() if g is not None}
+    if not measured:
+        return
+    size = len(next(iter(measured.values()))[2])
+    draws = resample_indices(size, resamples=RESAMPLES, seed=context.config.seed)
+    score = {role: metric_on_rows(exact_match, answers, references, references)
+             for role, (_, answers, references) in measured.items()}
+    card.general_ci = {role: list(bootstrap_interval(fn, draws)) for role, fn in score.items()}
+    for key, (before, after) in PAIRS.items():
+        if before in score and after in score:
+            card.general_comparisons[key] = _comparison(before, after, paired_difference(score[before], score[after],
+                                                                                         draws), general=True)
+
+
+def _training_facts(context: RunContext) -> TrainingFacts:
+    finetune = context.config.finetune
+    return TrainingFacts(from_preset=context.config.model.preset is not None, full_when=finetune.full_when,
+                         full_ran="full" in context.figures.get("finetune", {}), full_steps=finetune.full.steps,
+                         full_lr=finetune.full.lr, lora_steps=finetune.lora.train.steps,
+                         lora_lr=finetune.lora.train.lr,
+                         train_rows=context.config.data.train_size if context.config.data.source is None else None)
+
+
+def _stage_figures(context: RunContext) -> dict[str, Any]:
+    """Each stage's figures, with paths into a stage's ``.partial`` work folder (where it ran) rewritten to the
+    stage folder the engine moved it to (where its artifacts are)."""
+    stages = context.run_dir / "stages"
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: portable(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [portable(v) for v in value]
+        if isinstance(value, str) and ".partial" in value:
+            for name in context.figures:
+                for base in {str(stages), str(stages.resolve())}:
+                    partial = f"{base}{os.sep}{name}.partial"
+                    if value == partial or value.startswith(partial + os.sep):
+                        return f"{base}{os.sep}{name}" + value[len(partial):]
+        return value
+
+    return {name: portable(figures) for name, figures in context.figures.items()}
+
+
+def _general_answers(context: RunContext, runner: Runner, label: str) -> tuple[float, list[str], list[str]] | None:
+    """Exact match on the core's general visual questions (flags what fine-tuning made the model forget), with the
+    answers and references it came from (for intervals)."""
     size = context.config.score.general_size
     if size == 0:
         return None
@@ -155,7 +268,8 @@ def _general_accuracy(context: RunContext, runner: Runner, label: str) -> float 
     encoder = BatchEncoder(runner.processor, registry.prompts.get("general-vqa"))
     answers = runner.answers(encoder, encoder.encode_all(rows), batch_size=context.config.score.batch_size,
                              max_new_tokens=4, label=f"general {label}")
-    return round(exact_match(answers, [row.answer for row in rows]), 6)
+    references = [row.answer for row in rows]
+    return round(exact_match(answers, references), 6), answers, references
 
 
 def _loader(context: RunContext) -> Any:
@@ -191,44 +305,115 @@ def _plan(context: RunContext) -> dict[Path, str]:
     return plan
 
 
-def _targets(context: RunContext, results: dict[Path, dict[str, Any]]) -> tuple[list[TargetFit], list[Throughput]]:
-    """Fit of the deployed student on every target, and its throughput at each target's batch size: measured
-    where the target is a CPU whose runtime ran the student here, a roofline estimate otherwise."""
+def _targets(context: RunContext, results: dict[Path, dict[str, Any]]
+             ) -> tuple[list[TargetFit], list[Throughput], dict[str, Memory]]:
+    """Fit of the deployed student on every target, its throughput at each target's batch size (measured where
+    the target is a CPU whose runtime ran the student here, a roofline estimate otherwise), and the peak memory of
+    a process serving each scored model (teacher, student)."""
     roles = _roles(context)
+    memory = _serving_memory(context, results, roles)
     if "student" not in roles:
-        return [], []
+        return [], [], memory
     deployed = results[roles["student"]]
     runner: Runner = deployed["runner"]
-    here = {r["runner"].runtime: r for path, r in results.items()
+    here = {r["runner"].runtime: (path, r) for path, r in results.items()
             if path in _student_paths(context) and "latency" in r}
-    measured = {runtime: r["latency"] for runtime, r in here.items()}
-    macs = next((r["macs"] for r in here.values() if "macs" in r), 0)
+    measured = {runtime: r["latency"] for runtime, (_, r) in here.items()}
+    macs = next((r["macs"] for _, r in here.values() if "macs" in r), 0)
     inventory = _inventory(context.artifacts.get("onnx"))
     fits, throughputs = [], []
     for target in context.targets():
-        source = here.get(target.runtime) if target.device == "cpu" else None
-        throughput = (_measure_throughput(context, target, source) if source is not None else
-                      estimate_throughput(target, macs=macs, weight_bytes=runner.weight_bytes, dtype=runner.dtype))
+        path, source = here.get(target.runtime, (None, None)) if target.device == "cpu" else (None, None)
+        stand_in = False
+        if source is not None:
+            throughput = _measure_throughput(context, target, source)
+        elif target.device == "cpu" and here:  # another runtime ran here: a better stand-in than a roofline
+            path, source = here.get(runner.runtime) or min(here.values(), key=lambda item: item[1]["latency"].p90_ms)
+            stand_in = True
+            throughput = _measure_throughput(context, target, source, stand_in=True)
+        else:
+            throughput = estimate_throughput(target, macs=macs, weight_bytes=runner.weight_bytes, dtype=runner.dtype)
+            fastest = min(measured.values(), key=lambda lat: lat.p50_ms, default=None)
+            if fastest is not None and target.batch_size == fastest.batch_size and throughput.requests_per_s:
+                here_rps = 1000.0 * fastest.batch_size / fastest.p50_ms
+                if throughput.requests_per_s >= FAR_BELOW * here_rps:
+                    throughput.how += (f"; NOTE: {throughput.requests_per_s / here_rps:.0f}x the {here_rps:.1f} "
+                                       f"req/s measured for the same model on this machine ({fastest.runtime}): a "
+                                       "roofline leaves out runtime overhead and kernel efficiency")
         throughputs.append(throughput)
+        serving = None
+        if source is not None and context.config.score.measure_memory:
+            serving = _memory_of(context, path, source, target.batch_size)
         fits.append(check_target(target, model_dtype=runner.dtype, weight_bytes=runner.weight_bytes,
                                  config=runner.config, macs=macs, measured=measured, inventory=inventory,
-                                 throughput=throughput))
-    return fits, throughputs
+                                 throughput=throughput, serving=serving, serving_stand_in=stand_in,
+                                 reference_memory=memory.get("student"), deployed_runtime=runner.runtime))
+    return fits, throughputs, memory
 
 
-def _measure_throughput(context: RunContext, target: Any, result: dict[str, Any]) -> Throughput:
-    """Forward over ``target.batch_size`` test requests at once (test rows repeated when there are fewer)."""
+def _serving_memory(context: RunContext, results: dict[Path, dict[str, Any]],
+                    roles: dict[str, Path]) -> dict[str, Memory]:
+    """``memory.<model>``: each timed model (teacher, student) served at batch 1 by a process of its own."""
+    if not context.config.score.measure_memory:
+        return {}
+    return {role: _memory_of(context, path, results[path], 1) for role, path in roles.items()
+            if "latency" in results[path]}
+
+
+def _memory_of(context: RunContext, path: Path, result: dict[str, Any], batch_size: int) -> Memory:
+    """Peak RSS of a fresh process that loads ``path`` through its runner and answers ``batch_size`` test requests
+    (measured once per artifact and batch size)."""
+    cache = result.setdefault("memory", {})
+    if batch_size in cache:
+        return cache[batch_size]
+    from .memory import measure_serving_memory
+
+    runner: Runner = result["runner"]
+    encoder, items = result["encoder"], result["items"]
+    batch = encoder.generation_batch([items[i % len(items)] for i in range(batch_size)])
+    model_cfg = context.config.model
+    served = measure_serving_memory(path, batch, work_dir=context.work_dir / "memory",
+                                    max_new_tokens=context.vertical.max_answer_tokens, eos_id=encoder.eos_id,
+                                    pad_id=encoder.pad_id, threads=context.config.score.threads,
+                                    allow_pickle=model_cfg.allow_pickle, trust_remote_code=model_cfg.trust_remote_code)
+    how = (f"a fresh process loads {runner.label} ({runner.runtime}) and answers {served.batch_size} test "
+           f"request(s) of up to {served.prompt_tokens} prompt tokens with up to {served.new_tokens} new tokens")
+    if served.baseline_rss_bytes is not None:
+        how += f"; {served.baseline_rss_bytes:,} B of it is the interpreter and libraries before the model loads"
+    if served.error:
+        how = f"not measured: {served.error}"
+    cache[batch_size] = Memory(peak_rss_bytes=served.peak_rss_bytes, baseline_rss_bytes=served.baseline_rss_bytes,
+                               runtime=runner.runtime, batch_size=served.batch_size,
+                               prompt_tokens=served.prompt_tokens, new_tokens=served.new_tokens, how=how)
+    return cache[batch_size]
+
+
+def _measure_throughput(context: RunContext, target: Any, result: dict[str, Any], *,
+                        stand_in: bool = False) -> Throughput:
+    """Forwards over ``target.batch_size`` test requests at once (test rows repeated when there are fewer), timed
+    by the same method as latency; at the latency's batch size, the latency's own forwards. ``stand_in``: the
+    result is of another runtime than the target's (an estimate for it, marked so)."""
     cfg = context.config.score
     runner: Runner = result["runner"]
-    items = result["items"]
-    batch = result["encoder"].generation_batch([items[i % len(items)] for i in range(target.batch_size)])
-    samples = runner.batch_ms(batch, warmup=1, repeats=max(3, cfg.latency_repeats // 3), threads=cfg.threads)
+    latency: Latency = result["latency"]
+    if target.batch_size == latency.batch_size:
+        samples = result["prefill_samples"]
+        how = (f"{runner.label} ({runner.runtime}) on {latency.cpu}, {latency.threads} threads: the latency "
+               f"measurement itself (median of its {len(samples)} forwards over a batch of {target.batch_size} after "
+               f"{latency.warmup} warm-up)")
+    else:
+        items = result["items"]
+        batch = result["encoder"].generation_batch([items[i % len(items)] for i in range(target.batch_size)])
+        samples = runner.forward_ms(batch, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
+                                    threads=cfg.threads)
+        how = (f"{runner.label} ({runner.runtime}) on {latency.cpu}, {latency.threads} threads, median of "
+               f"{len(samples)} forwards over a batch of {target.batch_size} after {cfg.latency_warmup} warm-up "
+               "(timed as latency is)")
     p50 = float(np.median(samples))
-    latency = result["latency"]
-    return Throughput(target=target.name, runtime=target.runtime, batch_size=target.batch_size, measured=True,
-                      requests_per_s=round(target.batch_size / p50 * 1000.0, 2), batch_p50_ms=round(p50, 3),
-                      how=f"{runner.label} ({runner.runtime}) on {latency.cpu}, {latency.threads} threads, median of "
-                          f"{len(samples)} forwards over a batch of {target.batch_size} after 1 warm-up")
+    if stand_in:
+        how += f"; the target runs {target.runtime}, which did not serve this model here"
+    return Throughput(target=target.name, runtime=target.runtime, batch_size=target.batch_size, measured=not stand_in,
+                      requests_per_s=round(target.batch_size / p50 * 1000.0, 2), batch_p50_ms=round(p50, 3), how=how)
 
 
 def _inventory(directory: Path | None) -> dict[str, Any] | None:
@@ -242,18 +427,6 @@ def _inventory(directory: Path | None) -> dict[str, Any] | None:
     for path in report.inventories.values():
         op_types |= set(json.loads(Path(path).read_text())["op_types"])
     return {"opset": report.opset, "op_types": sorted(op_types)}
-
-
-def _objectives(objectives: Any, accuracy: dict[str, float], retention: float | None) -> list[ObjectiveCheck]:
-    checks = []
-    if objectives.min_retention is not None:
-        checks.append(ObjectiveCheck(name="min_retention", ok=retention is not None and retention >=
-                                     objectives.min_retention, value=retention, limit=objectives.min_retention))
-    if objectives.min_accuracy is not None:
-        value = accuracy.get("student")
-        checks.append(ObjectiveCheck(name="min_accuracy", ok=value is not None and value >= objectives.min_accuracy,
-                                     value=value, limit=objectives.min_accuracy))
-    return checks
 
 
 def _write_predictions(path: Path, rows: list[Row], answers: list[str]) -> None:

@@ -56,29 +56,3 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak * 1024) if os.uname().sysname == "Linux" else int(peak)
-
-
-@torch.no_grad()
-def measure_torch_latency(model: Any, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int,
-                          threads: int | None, decode_tokens: int = 8) -> dict[str, Any]:
-    """Prefill (one forward over image + prompt) and per-token decode latency of a PyTorch model."""
-    model.eval()
-    with torch_threads(threads) as used:
-        prefill = time_calls(lambda: model(**batch, use_cache=False), warmup=warmup, repeats=repeats)
-
-        def generate() -> None:
-            model.generate(**batch, max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False)
-
-        whole = time_calls(generate, warmup=1, repeats=max(3, repeats // 3))
-    per_token = max(0.0, (float(np.median(whole)) - float(np.median(prefill))) / max(1, decode_tokens - 1))
-    return {
-        **percentiles(prefill),
-        "decode_ms_per_token": round(per_token, 3),
-        "runtime": "torch-eager",
-        "threads": used,
-        "cpu": cpu_model(),
-        "batch_size": int(batch["input_ids"].shape[0]),
-        "warmup": warmup,
-        "repeats": repeats,
-        "measured": True,
-    }
