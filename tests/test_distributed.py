@@ -1,10 +1,12 @@
-"""Fine-tune and distill on several processes: `accelerate launch --cpu --num_processes 2` (DDP over gloo)."""
+"""Fine-tune and distill on several processes: `torchrun --nproc_per_node 2` (DDP over gloo).
+
+(`accelerate launch --cpu --num_processes 2` starts a single process with accelerate 1.15: it sets no RANK or
+WORLD_SIZE, so it cannot test anything distributed on a CPU machine.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,14 +19,21 @@ LEARNING = ["model=reference-tiny", "pipeline.stages=[load,finetune,prune.struct
             "score.models=[teacher,student]", "score.latency_repeats=2"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
     env = dict(os.environ, DSVL_ADAPT_NO_PROGRESS="1")
     if processes == 1:
         command = [sys.executable, "-m", "dsvl_adapt.cli", "run", *args]
     else:
-        accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-        command = [accelerate, "launch", "--cpu", "--num_processes", str(processes), "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dsvl_adapt.cli", "run", *args]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_port", str(_free_port()), "-m", "dsvl_adapt.cli", "run", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
 
 
@@ -36,6 +45,7 @@ def test_two_processes_run_the_whole_pipeline(tiny_overrides, tmp_path):
     assert set(card["accuracy"]) == {"base", "teacher", "student"}
     finetune = json.loads((tmp_path / "ddp" / "stages" / "finetune" / "stage.json").read_text())["figures"]
     assert finetune["full"]["steps"] == 20
+    assert finetune["full"]["world_size"] == finetune["lora"]["world_size"] == 2  # really two processes
 
 
 @pytest.mark.slow

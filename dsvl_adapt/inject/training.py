@@ -1,7 +1,7 @@
 """One training loop for every training phase: full fine-tune, LoRA and distillation.
 
 Built on ``accelerate`` so the same code runs on one CPU process, under
-``accelerate launch --cpu --num_processes 2`` (DDP over gloo) or on GPUs. Batches are a pure
+``torchrun --nproc_per_node 2`` (DDP over gloo) or on GPUs. Batches are a pure
 function of (seed, step), and checkpoints (safetensors + JSON, :mod:`.checkpoints`) hold the
 weights, optimizer, scheduler, early-stopping state and random generators, so a run resumed from a
 checkpoint ends with exactly the weights of an uninterrupted run. Each phase runs in its own
@@ -56,10 +56,11 @@ class TrainResult:
     precision: str = "fp32"  # what autocast ran in: fp32, bf16 or fp16 (``auto`` resolved)
     precision_choice: dict[str, Any] = field(default_factory=dict)  # why: PrecisionChoice.as_dict()
     best_step: int | None = None  # early stopping: the step whose weights were kept
+    world_size: int = 1  # training processes (DDP) that ran the phase
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
-                "best_step": self.best_step, "precision": self.precision,
+                "best_step": self.best_step, "world_size": self.world_size, "precision": self.precision,
                 "precision_choice": self.precision_choice, "history": self.history}
 
 
@@ -242,7 +243,7 @@ class Trainer:
             self._unwrapped().load_state_dict(loop.best_weights)
         self._check_weights(loop.step, "leaving")
         return TrainResult(loop.step, resumed_from, stopped_early, loop.history, self.precision.chosen,
-                           self.precision.as_dict(), loop.best_step)
+                           self.precision.as_dict(), loop.best_step, world_size=acc.num_processes)
 
     def _set_precision(self, choice: PrecisionChoice) -> None:
         self.precision = choice
