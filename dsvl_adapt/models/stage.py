@@ -1,11 +1,18 @@
-"""The ``load`` stage: the base model, from a local checkpoint or a reference preset."""
+"""The ``load`` stage: the base model, from a local checkpoint or a reference preset.
+
+A reference preset is built with random weights and, with ``model.pretrain_general`` (the default),
+given general ability first: trained once on the core general set and then taken from a cache
+(:mod:`dsvl_adapt.models.pretrain`). A local checkpoint is used as it is.
+"""
 
 from __future__ import annotations
 
 from ..engine import RunContext, StageResult
 from ..errors import ModelLoadError
+from ..inject.training import on_main_process
 from .checkpoint import build_reference, load_checkpoint, save_checkpoint
 from .presets import get_preset
+from .pretrain import pretrained_base
 from .tokenizer import train_tokenizer
 from .figures import model_figures
 
@@ -29,11 +36,16 @@ class LoadStage:
         texts += [f"{row.question} {row.answer}" for row in train.rows]
         tokenizer = train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size)
         model, processor = build_reference(preset, tokenizer, seed=context.config.seed)
-        directory = save_checkpoint(model, processor, context.work_dir / "base",
-                                    preset=preset.name, vertical=context.vertical.name)
-        return StageResult(artifacts={"base": "base"},
-                           figures={"source": f"preset {preset.name}", "vocab_size": len(tokenizer),
-                                    **model_figures(model, directory)})
+        figures: dict = {"source": f"preset {preset.name}", "vocab_size": len(tokenizer)}
+        if cfg.pretrain_general:
+            model, processor, figures["pretrain_general"] = pretrained_base(
+                model, processor, context.registry, preset=preset, settings=cfg.pretrain, seed=context.config.seed,
+                device=context.config.device, cache_dir=context.config.cache_dir, work_dir=context.work_dir)
+        directory = context.work_dir / "base"
+        on_main_process(lambda: save_checkpoint(model, processor, directory, preset=preset.name,
+                                                vertical=context.vertical.name,
+                                                pretrained_general=bool(cfg.pretrain_general)))
+        return StageResult(artifacts={"base": "base"}, figures={**figures, **model_figures(model, directory)})
 
 
 def _check_architecture(model, path) -> None:
