@@ -48,7 +48,7 @@ class ModelSection(Section):
                           "once per machine, then taken from a cache (docs/general-ability.md); ignored for `path`"
     )
     pretrain: "GeneralPretrainSection" = Field(
-        default_factory=lambda: GeneralPretrainSection(steps=200, lr=3e-4),  # conf/model/*.yaml set it per preset
+        default_factory=lambda: GeneralPretrainSection(steps=120, lr=5e-4),  # conf/model/*.yaml set it per preset
         description="the general pretraining phase of a reference preset (model.pretrain_general)",
     )
 
