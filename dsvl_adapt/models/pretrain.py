@@ -131,10 +131,15 @@ def pretrained_base(model: torch.nn.Module, processor: Any, registry: Any, *, pr
 
         hit = broadcast_object_list(hit)
     if hit[0]:
+        if state.is_main_process:
+            print(f"  pretrained {preset.name} base taken from the cache ({entry})", file=sys.stderr, flush=True)
         model, processor = load_checkpoint(entry)
         record = json.loads((entry / RECORD).read_text())
         return model, processor, {**record, "key": key, "cache": str(entry), "from_cache": True}
 
+    if state.is_main_process:
+        print(f"  {preset.name} learns the general set first: once on this machine, then kept in {entry.parent} "
+              "(model.pretrain_general=false skips it)", file=sys.stderr, flush=True)
     model, record = train_on_general(model, processor, registry, settings, seed=seed, device=device,
                                      checkpoint_dir=work_dir / "pretrain-checkpoints")
     if state.is_main_process:

@@ -7,6 +7,8 @@ given general ability first: trained once on the core general set and then taken
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..engine import RunContext, StageResult
 from ..errors import ModelLoadError
 from ..inject.training import on_main_process
@@ -36,7 +38,7 @@ class LoadStage:
         texts += [f"{row.question} {row.answer}" for row in train.rows]
         tokenizer = train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size)
         model, processor = build_reference(preset, tokenizer, seed=context.config.seed)
-        figures: dict = {"source": f"preset {preset.name}", "vocab_size": len(tokenizer)}
+        figures: dict[str, Any] = {"source": f"preset {preset.name}", "vocab_size": len(tokenizer)}
         if cfg.pretrain_general:
             model, processor, figures["pretrain_general"] = pretrained_base(
                 model, processor, context.registry, preset=preset, settings=cfg.pretrain, seed=context.config.seed,
