@@ -12,7 +12,7 @@ from .schemas import DatasetRequest, DatasetSpec, MetricSpec, PromptTemplate
 
 CORE_STAGES = (
     LazyStage("load", "load the base model (a local checkpoint, or a reference preset with an offline tokenizer)",
-              "dsvl_adapt.models.stage:LoadStage", config_keys=()),
+              "dsvl_adapt.models.stage:LoadStage", distributed=True, config_keys=()),
     LazyStage("finetune", "fine-tune on the vertical's data (full phase for random-init presets, then LoRA) -> teacher",
               "dsvl_adapt.inject.finetune:FinetuneStage", distributed=True, config_keys=("finetune",)),
     LazyStage("prune.structural", "structural pruning with torch-pruning: LM MLP channels and heads (GQA-aware), "

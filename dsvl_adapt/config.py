@@ -47,6 +47,14 @@ class ModelSection(Section):
     trust_remote_code: bool = Field(False, description="never needed for DeepSeek-VL; enabling it warns")
     allow_pickle: bool = Field(False, description="allow loading *.bin/*.pt pickled weights (unsafe)")
     tokenizer_vocab_size: int = Field(1024, ge=300, le=1_000_000, description="vocab of the offline-trained tokenizer")
+    pretrain_general: bool = Field(
+        True, description="reference presets first learn the core general set (colours, shapes, counts, left/right), "
+                          "once per machine, then taken from a cache (docs/general-ability.md); ignored for `path`"
+    )
+    pretrain: "GeneralPretrainSection" = Field(
+        default_factory=lambda: GeneralPretrainSection(steps=120, lr=5e-4),  # conf/model/*.yaml set it per preset
+        description="the general pretraining phase of a reference preset (model.pretrain_general)",
+    )
 
     @field_validator("preset")
     @classmethod
@@ -152,6 +160,18 @@ class TrainSchedule(Section):
     )
 
 
+class GeneralPretrainSection(TrainSchedule):
+    """The general pretraining of a reference preset: a full-parameter phase on the core general set."""
+
+    rows: int = Field(768, ge=1, description="rows of the general set's train split it learns from")
+    validation_rows: int = Field(64, ge=1, description="rows of the general validation split (loss and accuracy)")
+
+
+def _replay_share(what: str) -> Any:
+    return Field(0.2, ge=0, lt=1, description=f"share of general-set rows (0 = none, below 1) mixed into {what}'s "
+                                              "training rows to keep general ability (docs/general-ability.md)")
+
+
 class LoraSection(Section):
     r: int = Field(16, ge=1, le=1024)
     alpha: float = Field(32, gt=0)
@@ -178,6 +198,7 @@ class FinetuneSection(Section):
         "auto", description="auto = only for reference presets (random weights)"
     )
     lora: LoraSection
+    replay_general: float = _replay_share("each fine-tune phase")
 
 
 class PruneSection(Section):
@@ -195,6 +216,7 @@ class DistillSection(Section):
         None, description="student layer -> teacher layer for the hidden loss; null = spread evenly"
     )
     train: TrainSchedule
+    replay_general: float = _replay_share("distillation")
 
     @model_validator(mode="after")
     def _some_loss(self) -> "DistillSection":

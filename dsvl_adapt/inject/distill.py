@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..config import DistillSection
 from ..data.batches import IGNORE_INDEX, BatchEncoder
+from ..data.replay import with_general_replay
 from ..engine import RunContext, StageResult
 from ..models.checkpoint import save_checkpoint
 from ..models.figures import model_figures
@@ -118,6 +119,7 @@ class DistillStage:
         encoder = BatchEncoder(processor, context.prompt)
         image_size = processor.image_processor.size["height"]
         train = encoder.encode_all(context.split("train", image_size).rows)
+        train = with_general_replay(context, processor, train, cfg.replay_general)
         validation = encoder.encode_all(context.split("validation", image_size).rows)
         before = validation_accuracy(context, student, processor)
 

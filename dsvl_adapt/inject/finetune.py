@@ -16,6 +16,7 @@ import torch
 
 from ..config import LoraSection
 from ..data.batches import BatchEncoder
+from ..data.replay import with_general_replay
 from ..engine import RunContext, StageResult, seed_everything
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.figures import model_figures
@@ -51,6 +52,7 @@ class FinetuneStage:
         encoder = BatchEncoder(processor, context.prompt)
         image_size = processor.image_processor.size["height"]
         train = encoder.encode_all(context.split("train", image_size).rows)
+        train = with_general_replay(context, processor, train, cfg.replay_general)
         validation = encoder.encode_all(context.split("validation", image_size).rows)
         figures: dict[str, Any] = {}
         seed = context.config.seed

@@ -9,6 +9,11 @@ A local checkpoint already in that dtype and stored as safetensors is not copied
 ``base`` folder links to its files (never to its ``README.md``, so that a model card written for
 the student cannot overwrite the user's). Otherwise (another dtype, or pickled weights) the stage
 writes a converted safetensors copy there, so later stages never unpickle or convert again.
+
+A reference preset is built with random weights and, with ``model.pretrain_general`` (the default),
+given general ability first: trained once on the core general set and then taken from a cache
+(:mod:`dsvl_adapt.models.pretrain`). The stage runs on every process of a multi-process launch (the
+pretraining is a training loop); only the main process writes.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import torch
 from ..data.report import data_figures
 from ..engine import RunContext, StageResult
 from ..errors import ModelLoadError
+from ..inject.training import on_main_process
 from .checkpoint import build_reference, load_checkpoint, save_checkpoint
 from .checkpoint_files import weight_files, weights_dtype
 from .dtype import dtype_name, resolve_dtype
 from .figures import model_figures
 from .presets import get_preset
+from .pretrain import pretrained_base
 from .tokenizer import train_tokenizer
 
 BASE = "base"
@@ -62,7 +69,7 @@ class LoadStage:
         if files.note:
             figures["weights_note"] = files.note
         if files.pickled or stored != dtype_name(dtype):
-            save_checkpoint(model, processor, directory, source=str(path))
+            on_main_process(lambda: save_checkpoint(model, processor, directory, source=str(path)))
             figures["copy"] = (f"converted to {dtype_name(dtype)} safetensors" if not files.pickled else
                                f"pickled weights rewritten as {dtype_name(dtype)} safetensors")
         else:
@@ -81,11 +88,19 @@ class LoadStage:
         texts += [f"{row.question} {row.answer}" for row in train.rows]
         tokenizer = train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size)
         dtype = resolve_dtype(cfg.dtype, "float32", device=context.config.device, stages=stages)
-        model, processor = build_reference(preset, tokenizer, seed=context.config.seed,
-                                           dtype=None if dtype == torch.float32 else dtype)
-        save_checkpoint(model, processor, directory, preset=preset.name, vertical=context.vertical.name)
-        return {"source": f"preset {preset.name}", "vocab_size": len(tokenizer), "dtype": dtype_name(dtype),
-                **model_figures(model, directory), "data": data_figures(context, preset.image_size)}
+        model, processor = build_reference(preset, tokenizer, seed=context.config.seed)
+        figures: dict[str, Any] = {"source": f"preset {preset.name}", "vocab_size": len(tokenizer)}
+        if cfg.pretrain_general:  # in float32, then kept in the run's dtype
+            model, processor, figures["pretrain_general"] = pretrained_base(
+                model, processor, context.registry, preset=preset, settings=cfg.pretrain, seed=context.config.seed,
+                device=context.config.device, cache_dir=context.config.cache_dir, work_dir=context.work_dir)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+        on_main_process(lambda: save_checkpoint(model, processor, directory, preset=preset.name,
+                                                vertical=context.vertical.name,
+                                                pretrained_general=bool(cfg.pretrain_general)))
+        return {**figures, "dtype": dtype_name(dtype), **model_figures(model, directory),
+                "data": data_figures(context, preset.image_size)}
 
 
 def _link_files(source: Path, directory: Path, skip: set[str]) -> None:
