@@ -154,6 +154,16 @@ class Processes:
             self._state.wait_for_everyone()
 
 
+def on_main_process(action: Any) -> None:
+    """Run ``action`` (a save) on the main process only, then let every process continue together."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        action()
+    state.wait_for_everyone()
+
+
 def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, manager: PluginManager,
                  log: Any = print) -> RunContext:
     """Run (or resume) the pipeline in ``run_dir``; returns the context with every artifact."""

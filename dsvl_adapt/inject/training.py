@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..config import TrainSchedule
+from ..engine import on_main_process
 from ..data.batches import BatchEncoder, Encoded
 from ..progress import progress_bar
 from .checkpoints import (MARKER, LoopState, is_current_format, latest_checkpoint, read_checkpoint, snapshot,
@@ -30,16 +31,6 @@ from .numerics import (NonFiniteTrainingError, PhaseInfo, first_non_finite, gene
 from .precision import PrecisionChoice, autocast, choose_precision, time_forward_backward
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
-
-
-def on_main_process(action: Callable[[], Any]) -> None:
-    """Run ``action`` (a save) on the main process only, then let every process continue together."""
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.is_main_process:
-        action()
-    state.wait_for_everyone()
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -25,9 +25,8 @@ from typing import Any
 import torch
 
 from ..data.report import data_figures
-from ..engine import RunContext, StageResult
+from ..engine import RunContext, StageResult, on_main_process
 from ..errors import ModelLoadError
-from ..inject.training import on_main_process
 from .checkpoint import build_reference, load_checkpoint, save_checkpoint
 from .checkpoint_files import weight_files, weights_dtype
 from .dtype import dtype_name, resolve_dtype
