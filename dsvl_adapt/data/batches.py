@@ -31,7 +31,7 @@ class BatchEncoder:
     """Encodes rows with a model's processor (its chat template) and a vertical's prompt template.
 
     A processor without a chat template is given DeepSeek-VL's (see
-    :func:`dsvl_adapt.data.prompting.ensure_chat_template`), so a model saved with it carries the format.
+    :func:`dsvl_adapt.models.tokenizer.ensure_chat_template`), so a model saved with it carries the format.
     """
 
     def __init__(self, processor: Any, prompt: PromptTemplate) -> None:
