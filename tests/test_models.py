@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dsvl_adapt.errors import ModelLoadError
-from dsvl_adapt.models.checkpoint import build_reference, load_checkpoint, render_prompt, save_checkpoint
+from dsvl_adapt.models.checkpoint import build_reference, load_checkpoint, save_checkpoint
 from dsvl_adapt.models.presets import PRESETS, build_config
 from dsvl_adapt.models.tokenizer import BOS, EOS, IMAGE, train_tokenizer
 
@@ -39,12 +39,17 @@ def test_presets_have_expected_sizes(name):
         assert config.tie_word_embeddings
 
 
-def test_chat_template_matches_training_prompt(tokenizer):
+CHAT = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What defect?"}]}]
+
+
+def test_reference_chat_template_is_deepseek_vl_format(tokenizer):
     _model, processor = build_reference("reference-tiny", tokenizer)
-    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What defect?"}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == render_prompt("Be brief.", "What defect?")
+    text = processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert text == f"Be brief.\n\nUser: {IMAGE}What defect?\n\nAssistant:"
+    answered = CHAT + [{"role": "assistant", "content": [{"type": "text", "text": "scratch"}]}]
+    assert processor.apply_chat_template(answered, tokenize=False) == \
+        f"Be brief.\n\nUser: {IMAGE}What defect?\n\nAssistant: scratch{EOS}\n\n"
 
 
 @pytest.mark.parametrize("preset", ["reference-tiny", "reference-tiny-hybrid"])
@@ -54,7 +59,8 @@ def test_saved_checkpoint_loads_with_transformers_alone_in_a_new_process(tmp_pat
     model, processor = build_reference(preset, tokenizer, seed=3)
     save_checkpoint(model, processor, tmp_path / "m")
     image = Image.new("RGB", (40, 30), (200, 10, 10))
-    inputs = processor(text=[render_prompt("", "What defect?")], images=[image], return_tensors="pt")
+    prompt = processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
     with torch.no_grad():
         expected = model(**inputs).logits
     torch.save({k: v for k, v in inputs.items()}, tmp_path / "inputs.pt")
@@ -63,6 +69,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 model = AutoModelForImageTextToText.from_pretrained({str(tmp_path / 'm')!r}, local_files_only=True)
 processor = AutoProcessor.from_pretrained({str(tmp_path / 'm')!r}, local_files_only=True)
+assert processor.apply_chat_template({CHAT!r}, add_generation_prompt=True, tokenize=False) == {prompt!r}
 inputs = torch.load({str(tmp_path / 'inputs.pt')!r})
 with torch.no_grad():
     torch.save(model(**inputs).logits, {str(tmp_path / 'out.pt')!r})

@@ -1,4 +1,9 @@
-"""Turn rows into DeepSeek-VL batches: image tokens where the model expects them, labels on answers."""
+"""Turn rows into DeepSeek-VL batches: image tokens where the model expects them, labels on answers.
+
+Every row is rendered through the checkpoint's chat template (:mod:`dsvl_adapt.data.prompting`), so
+training, calibration, validation, scoring and the exported runtimes all see the prompt that
+``processor.apply_chat_template`` (and ``pipeline("image-text-to-text")``) gives the model.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models.checkpoint import render_prompt
 from ..schemas import PromptTemplate, Row
+from .prompting import ChatPrompter
 
 IGNORE_INDEX = -100
 
@@ -23,24 +28,27 @@ class Encoded:
 
 
 class BatchEncoder:
-    """Encodes rows with a model's processor and a vertical's prompt template."""
+    """Encodes rows with a model's processor (its chat template) and a vertical's prompt template.
+
+    A processor without a chat template is given DeepSeek-VL's (see
+    :func:`dsvl_adapt.models.tokenizer.ensure_chat_template`), so a model saved with it carries the format.
+    """
 
     def __init__(self, processor: Any, prompt: PromptTemplate) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.prompt = prompt
+        self.prompter = ChatPrompter(processor, prompt)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
 
     def prompt_text(self, row: Row) -> str:
-        return render_prompt(self.prompt.system, self.prompt.render(row.question, row.meta))
+        """The generation prompt the chat template renders for ``row``."""
+        return self.prompter.prompt_text(row)
 
     def encode(self, row: Row) -> Encoded:
-        features = self.processor(text=[self.prompt_text(row)], images=[row.image], return_tensors="pt")
-        prompt_ids = features["input_ids"][0].tolist()
-        pixels = {k: v[0] for k, v in features.items() if k.endswith("pixel_values")}
-        answer_ids = self.tokenizer(" " + row.answer, add_special_tokens=False)["input_ids"] + [self.eos_id]
-        return Encoded(prompt_ids, answer_ids, pixels)
+        rendered = self.prompter.render(row)
+        return Encoded(rendered.prompt_ids, self.prompter.answer_ids(row), rendered.pixels)
 
     def encode_all(self, rows: Sequence[Row]) -> list[Encoded]:
         return [self.encode(row) for row in rows]

@@ -22,39 +22,11 @@ import torch
 from ..errors import ModelLoadError
 from .checkpoint_files import WeightFiles, check_model_type, weight_files
 from .presets import Preset, build_config, get_preset
-from .tokenizer import IMAGE
-
-# DeepSeek-VL's conversation format ("deepseek" SFT template): system, then turns separated by
-# blank lines, the image placeholder at the start of the user's text.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}"
-    "{%- for c in message['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
-    "{{ '\\n\\n' }}"
-    "{%- elif message['role'] == 'user' -%}"
-    "{{ 'User: ' }}"
-    "{%- for c in message['content'] -%}"
-    "{%- if c['type'] == 'image' -%}" + IMAGE + "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}"
-    "{%- endfor -%}"
-    "{{ '\\n\\n' }}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{ 'Assistant: ' }}"
-    "{%- for c in message['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
-    "{{ eos_token }}{{ '\\n\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
-)
+from .tokenizer import DEEPSEEK_VL_CHAT_TEMPLATE, ensure_chat_template
 
 # Shards of at most this size: saving copies one shard at a time, so a large model is written without
 # a second full copy of its weights in memory.
 MAX_SHARD_SIZE = "2GB"
-
-
-def render_prompt(system: str, user_text: str) -> str:
-    """The text the chat template produces for one image + question, ready for generation."""
-    prefix = f"{system}\n\n" if system else ""
-    return f"{prefix}User: {IMAGE}{user_text}\n\nAssistant:"
 
 
 def build_processor(tokenizer: Any, config: Any) -> Any:
@@ -75,10 +47,10 @@ def build_processor(tokenizer: Any, config: Any) -> Any:
             size={"height": size, "width": size}, high_res_size={"height": high, "width": high},
             high_res_image_mean=[0.5, 0.5, 0.5], high_res_image_std=[0.5, 0.5, 0.5], **common,
         )
-        return DeepseekVLHybridProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE,
+        return DeepseekVLHybridProcessor(image_processor, tokenizer, chat_template=DEEPSEEK_VL_CHAT_TEMPLATE,
                                          num_image_tokens=num_image_tokens)
     image_processor = DeepseekVLImageProcessorPil(size={"height": size, "width": size}, **common)
-    return DeepseekVLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE,
+    return DeepseekVLProcessor(image_processor, tokenizer, chat_template=DEEPSEEK_VL_CHAT_TEMPLATE,
                                num_image_tokens=num_image_tokens)
 
 
@@ -115,6 +87,7 @@ def save_checkpoint(model: torch.nn.Module, processor: Any, directory: str | Pat
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_pruned(model, directory, max_shard_size=MAX_SHARD_SIZE)
+    ensure_chat_template(processor)  # the format the SDK rendered its prompts in, for transformers alone
     processor.save_pretrained(directory)
     if info:
         (directory / "dsvl_adapt.json").write_text(json.dumps(info, indent=2, default=str))

@@ -7,7 +7,7 @@ Nothing is downloaded: the reference presets get a tokenizer trained in seconds 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -17,6 +17,39 @@ EOS = "<｜end▁of▁sentence｜>"
 PAD = "<｜▁pad▁｜>"
 IMAGE = "<image_placeholder>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, IMAGE)
+
+# DeepSeek-VL's conversation format ("deepseek" SFT template), the chat template the reference presets ship:
+# the system text, then turns separated by blank lines, the image placeholder at the start of the user's
+# text, each assistant turn closed by the end-of-sentence token, and "Assistant:" as the generation prompt:
+#   "{system}\n\nUser: <image_placeholder>{question}\n\nAssistant:"  ->  " {answer}<｜end▁of▁sentence｜>"
+# It is also given to a local checkpoint's processor that has no chat template of its own.
+DEEPSEEK_VL_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- for c in message['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
+    "{{ '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ 'User: ' }}"
+    "{%- for c in message['content'] -%}"
+    "{%- if c['type'] == 'image' -%}" + IMAGE + "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{ '\\n\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ 'Assistant: ' }}"
+    "{%- for c in message['content'] if c['type'] == 'text' -%}{{ c['text'] }}{%- endfor -%}"
+    "{{ eos_token }}{{ '\\n\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
+)
+
+
+def ensure_chat_template(processor: Any) -> bool:
+    """Give ``processor`` DeepSeek-VL's chat template when it has none; True when it had to."""
+    if getattr(processor, "chat_template", None):
+        return False
+    processor.chat_template = DEEPSEEK_VL_CHAT_TEMPLATE
+    return True
 
 # A little general English so that prompts outside the training text still tokenize compactly.
 _BASE_TEXT = (

@@ -29,10 +29,13 @@ def _change(new: float | None, old: float | None) -> str:
     return " (same as the teacher)" if new == old else f" ({new / old - 1:+.0%} vs teacher)"
 
 
-def render_model_card(card: Scorecard, model_name: str, role: str = "student") -> str:
+def render_model_card(card: Scorecard, model_name: str, role: str = "student", *, system: str = "",
+                      question: str = "Describe any defect.") -> str:
     """The model card of ``role`` (the delivered ``student`` unless told) as Markdown with YAML front matter.
 
     ``model_name`` is what ``from_pretrained`` is given in the usage snippet: a Hub repo id or a path.
+    ``system`` and ``question`` go into the snippet's chat messages: the vertical's system text and a
+    question as the model was trained on them (through its chat template, as the snippet sends them).
     """
     tags = ["dsvl-adapt", _tag(card.vertical), "deepseek-vl", "vision-language"]
     student, teacher = card.size.get("student"), card.size.get("teacher")
@@ -107,17 +110,30 @@ def render_model_card(card: Scorecard, model_name: str, role: str = "student") -
         lines.append("")
 
     # -- usage -----------------------------------------------------------------------------
-    lines += ["## How to use", "", "With `transformers` alone (no dsvl-adapt needed):", "", "```python",
+    system_message = ([f'messages = [{{"role": "system", "content": [{{"type": "text", "text": {_yaml_str(system)}}}]}},',
+                       '            {"role": "user", "content": [{"type": "image", "image": image},']
+                      if system else ['messages = [{"role": "user", "content": [{"type": "image", "image": image},'])
+    lines += ["## How to use", "",
+              "The model was trained and scored on prompts rendered by its own chat template "
+              f"(`chat_template.jinja`){', with the system text below' if system else ''}: send the same "
+              "messages.", "",
+              "With `transformers` alone (no dsvl-adapt needed):", "", "```python",
               "from PIL import Image",
+              "from transformers import pipeline", "",
+              f'pipe = pipeline("image-text-to-text", model={_yaml_str(model_name)})',
+              'image = Image.open("example.png").convert("RGB")',
+              *system_message,
+              f'                                         {{"type": "text", "text": {_yaml_str(question)}}}]}}]',
+              "print(pipe(text=messages, max_new_tokens=64, do_sample=False, return_full_text=False)"
+              '[0]["generated_text"])',
+              "```", "",
+              "or, step by step:", "", "```python",
               "from transformers import AutoModelForImageTextToText, AutoProcessor", "",
               f"model = AutoModelForImageTextToText.from_pretrained({_yaml_str(model_name)})",
-              f"processor = AutoProcessor.from_pretrained({_yaml_str(model_name)})", "",
-              'image = Image.open("example.png").convert("RGB")',
-              'messages = [{"role": "user", "content": [{"type": "image", "image": image},',
-              '                                         {"type": "text", "text": "Describe any defect."}]}]',
+              f"processor = AutoProcessor.from_pretrained({_yaml_str(model_name)})",
               "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,",
               '                                       return_dict=True, return_tensors="pt")',
-              "output = model.generate(**inputs, max_new_tokens=64)",
+              "output = model.generate(**inputs, max_new_tokens=64, do_sample=False)",
               'print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
               "```", ""]
 
@@ -134,10 +150,11 @@ def render_model_card(card: Scorecard, model_name: str, role: str = "student") -
 
 
 def write_model_card(card: Scorecard, model_dir: str | Path, model_name: str | None = None,
-                     role: str = "student") -> Path:
+                     role: str = "student", *, system: str = "", question: str = "Describe any defect.") -> Path:
     """Write ``README.md`` into ``model_dir``; ``model_name`` defaults to the folder's path."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "README.md"
-    path.write_text(render_model_card(card, model_name or str(model_dir), role=role), encoding="utf-8")
+    path.write_text(render_model_card(card, model_name or str(model_dir), role=role, system=system,
+                                      question=question), encoding="utf-8")
     return path

@@ -113,7 +113,10 @@ class ScoreStage:
         if "student" in context.artifacts and card.accuracy:
             from .modelcard import write_model_card
 
-            write_model_card(card, context.artifacts["student"])
+            example = rows[0] if rows else None
+            write_model_card(card, context.artifacts["student"], system=context.prompt.system,
+                             question=context.prompt.render(example.question, example.meta) if example
+                             else "Describe any defect.")
         return StageResult(artifacts={"scorecard": "scorecard.json"},
                            figures={"accuracy": card.accuracy, "retention": card.retention,
                                     "verdict": card.verdict})

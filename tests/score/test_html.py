@@ -169,6 +169,26 @@ def test_model_card(tmp_path: Path) -> None:
     assert path.name == "README.md" and "acme/x" in path.read_text()
 
 
+def test_model_card_snippet_sends_the_trained_system_text_and_question() -> None:
+    import ast
+
+    text = render_model_card(sample_card(), "acme/x", system='Inspect "parts".', question="Which defect?")
+    snippets = re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
+    assert len(snippets) == 2
+    assignment = next(node for node in ast.parse(snippets[0]).body
+                      if isinstance(node, ast.Assign) and node.targets[0].id == "messages")
+    for node in ast.walk(assignment.value):  # the PIL image variable -> None, so the literal evaluates
+        if isinstance(node, ast.Dict):
+            node.values = [ast.Constant(None) if isinstance(v, ast.Name) else v for v in node.values]
+    assert ast.literal_eval(assignment.value) == [
+        {"role": "system", "content": [{"type": "text", "text": 'Inspect "parts".'}]},
+        {"role": "user", "content": [{"type": "image", "image": None}, {"type": "text", "text": "Which defect?"}]}]
+    assert 'pipeline("image-text-to-text", model="acme/x")' in snippets[0]
+    assert "apply_chat_template(messages, add_generation_prompt=True" in snippets[1]
+    no_system = render_model_card(sample_card(), "acme/x")
+    assert '"role": "system"' not in no_system and "system text below" not in no_system
+
+
 # -- in a real browser ---------------------------------------------------------------------------
 PROBE = """<script>
 window.addEventListener("load", () => {
