@@ -242,7 +242,8 @@ def test_compression_starts_from_the_loaded_checkpoint_without_finetune(tmp_path
                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     load = _stage(run_dir, "load")
-    assert load["artifacts"] == {"base": "base", "teacher": "base", "student": "base"}
+    base = "stages/load/base"  # recorded relative to the run folder
+    assert load["artifacts"] == {"base": base, "teacher": base, "student": base}
     pruned = _stage(run_dir, "prune.structural")
     assert pruned["figures"]["params"] < load["figures"]["params"]
     assert json.loads((run_dir / "stages" / "prune.structural" / "student" / "config.json").read_text())["dtype"] \

@@ -11,7 +11,7 @@ import dsvl_adapt
 from dsvl_adapt import hookimpl
 from dsvl_adapt.api import execute
 from dsvl_adapt.config import compose
-from dsvl_adapt.engine import StageResult
+from dsvl_adapt.engine import StageResult, read_stage_artifacts
 from dsvl_adapt.errors import ConfigError, StageError
 from dsvl_adapt.plugins import get_manager
 
@@ -119,8 +119,7 @@ def test_a_local_checkpoint_directory_runs_through_the_pipeline(tiny_run, tmp_pa
                            "pipeline.stages=[load,finetune,score]"], run_dir=tmp_path / "local")
     record = json.loads((tmp_path / "local" / "stages" / "finetune" / "stage.json").read_text())["figures"]
     assert "full" not in record and record["lora"]["steps"] == 6
-    load = json.loads((tmp_path / "local" / "stages" / "load" / "stage.json").read_text())
-    base = tmp_path / "local" / "stages" / "load" / load["artifacts"]["base"]
+    base = read_stage_artifacts(tmp_path / "local" / "stages" / "load")["base"]
     assert (base / "model.safetensors").resolve() == (teacher / "model.safetensors").resolve()  # linked, not copied
     assert card.params["base"] == card.params["teacher"]
 
