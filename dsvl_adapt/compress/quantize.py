@@ -100,9 +100,10 @@ class QuantizeConfig(BaseModel):
     calibration_batches: int = Field(8, ge=1, description="batches read for static calibration")
     block_size: int = Field(32, ge=16, description="weight_only: weights per quantization block (power of 2)")
     reduce_range: Literal["auto"] | bool = Field(
-        "auto", description="ONNX Runtime int8 (dynamic, static): 7-bit weights, which ONNX Runtime's documentation "
-                            "advises on x86 CPUs without VNNI, where u8s8 kernels saturate. auto = on when this "
-                            "machine lacks VNNI/AMX int8 (the choice is recorded in the quantize stage's figures)")
+        "auto", description="int8 with quantized activations (ONNX Runtime dynamic/static, OpenVINO static): 7-bit "
+                            "weights, which ONNX Runtime's documentation advises on x86 CPUs without VNNI, where "
+                            "u8s8 kernels saturate (NNCF: overflow_fix=enable). auto = on when this machine lacks "
+                            "VNNI/AMX int8 (the choice is recorded in the quantize stage's figures)")
     embedding: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="the token-embedding table of split exports (onnxruntime, openvino), which the caller "
                             "looks input_ids up in: int8 per row, or fp32. auto = int8 on those backends; the torch "

@@ -371,8 +371,13 @@ def _compress(model, config: QuantizeConfig, ignored: list[str], calibration: li
         if config.mode == "static":
             if not calibration:
                 raise ValueError("static quantization needs calibration batches")
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+            # 7-bit weights on CPUs without VNNI, whose u8s8 kernels saturate (NNCF's overflow fix; see machine.py)
+            overflow = OverflowFix.ENABLE if config.reduce_range_resolved else OverflowFix.FIRST_LAYER
             return nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                                 subset_size=len(calibration), ignored_scope=scope)
+                                 subset_size=len(calibration), ignored_scope=scope,
+                                 advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow))
         if config.bits == 8:
             return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=scope)
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=config.block_size,
