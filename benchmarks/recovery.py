@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             latency = card.latency.get(role)
             results[name]["runs"].append({
                 "seed": seed, "run_dir": str(run_dir), "scorecard_accuracy": card.accuracy[role],
+                # general set (forgetting): the scorecard's own figure and interval for this variant's model
+                "general": card.general.get(role), "general_ci": card.general_ci.get(role),
                 "params": card.params.get(role), "size_bytes": card.size[role].bytes,
                 "p50_ms": latency.p50_ms if latency and name.endswith("int8") else None,
                 "runtime": latency.runtime if latency else None})

@@ -60,6 +60,11 @@ class Run:
         return None if self.card is None else self.card.accuracy.get("student")
 
     @property
+    def general(self) -> float | None:
+        """The student's accuracy on the core general set (forgetting shows here), when the run scored it."""
+        return None if self.card is None else self.card.general.get("student")
+
+    @property
     def p90_ms(self) -> float | None:
         lat = self.card and self.card.latency.get("student")
         return lat.p90_ms if lat else None
@@ -86,7 +91,7 @@ class Run:
             "failure": self.failure, "varying": {k: self.setting(k) for k in varying},
             "overrides": self.overrides,
             "vertical": card and card.vertical, "metric": card and card.metric, "value": self.metric,
-            "retention": card and card.retention, "verdict": card and card.verdict,
+            "retention": card and card.retention, "verdict": card and card.verdict, "general": self.general,
             "p90_ms": self.p90_ms, "p90_estimated": self.p90_estimated, "size_bytes": self.size_bytes,
             "targets_fit": None if card is None else {t.name: t.fits for t in card.targets},
             "feasible": self.feasible, "reasons": self.reasons, "pareto_latency": self.pareto_latency,
@@ -450,7 +455,7 @@ def render_report_html(report: Report, out_dir: Path) -> str:
     else:
         parts.append('<section id="best"><p><span class="verdict bad">no finished run to compare</span></p></section>')
     header = ["#", "run", "status", *map(e, report.varying), e(report.metric or "metric"), "retention",
-              "student p90 ms", f"student {report.size_unit[1]}", "targets fit", "feasible", "Pareto (latency / size)",
+              "general", "student p90 ms", f"student {report.size_unit[1]}", "targets fit", "feasible", "Pareto (latency / size)",
               "why / failure"]
     rows = []
     for run in report.runs:
@@ -466,7 +471,7 @@ def render_report_html(report: Report, out_dir: Path) -> str:
             f'<td class="{"yes" if run.status == "ok" else "no"}">{e(run.status)}</td>',
             *(f"<td>{e(run.setting(k))}</td>" for k in report.varying),
             f'<td class="num">{e(_fmt(run.metric))}</td>', f'<td class="num">{e(_fmt(card and card.retention))}</td>',
-            f'<td class="num">{e(p90)}</td>',
+            f'<td class="num">{e(_fmt(run.general))}</td>', f'<td class="num">{e(p90)}</td>',
             f'<td class="num">{e(report.size_text(run.size_bytes))}</td>',
             f"<td>{e(fits)}</td>",
             f'<td class="{"yes" if run.feasible else "no"}">{"yes" if run.feasible else "no"}</td>',
@@ -526,7 +531,7 @@ def _print_table(report: Report) -> None:
     short = _short_keys(report.varying)
     if report.varying:
         table.add_column("overrides that differ", overflow="fold", min_width=14)
-    for name in (report.metric or "metric", "ret.", "p90 ms", report.size_unit[1]):
+    for name in (report.metric or "metric", "ret.", "general", "p90 ms", report.size_unit[1]):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("feasible", no_wrap=True)
     table.add_column("front", no_wrap=True)
@@ -537,7 +542,8 @@ def _print_table(report: Report) -> None:
             f"{run.index}{mark}", run.label,
             *([" ".join(f"{short[k]}={run.setting(k)}" for k in report.varying)] if report.varying else []),
             _fmt(run.metric),
-            _fmt(run.card and run.card.retention, 2), _fmt(run.p90_ms, 1) + (" est." if run.p90_estimated else ""),
+            _fmt(run.card and run.card.retention, 2), _fmt(run.general, 2),
+            _fmt(run.p90_ms, 1) + (" est." if run.p90_estimated else ""),
             report.size_text(run.size_bytes),
             f"[green]{status}[/]" if run.feasible else f"[red]{status}[/]",
             f"{'L' if run.pareto_latency else '-'}/{'S' if run.pareto_size else '-'}", style="bold" if mark else None,

@@ -37,6 +37,7 @@ def make_card(accuracy: float, p90: float, mib: float, *, retention: float = 0.9
         vertical="industrial", metric="accuracy",
         accuracy={"base": 0.4, "teacher": teacher, "student": accuracy}, retention=retention,
         metrics={m: {"accuracy": v} for m, v in (("base", 0.4), ("teacher", teacher), ("student", accuracy))},
+        general={"base": 0.6, "teacher": 0.55, "student": round(accuracy - 0.3, 2)},
         latency={"teacher": Latency(p90_ms=900.0, **{**latency, "p50_ms": 800.0, "p99_ms": 950.0}),
                  "student": Latency(p90_ms=p90, **latency)},
         size={"teacher": Size(bytes=int(3800 * MIB)), "student": Size(bytes=int(mib * MIB))},
@@ -158,6 +159,7 @@ def test_report_main_json_and_table(sweep: Path, tmp_path: Path, capsys: pytest.
     row = next(r for r in data["runs"] if r["label"] == "4")
     assert row["status"] == "failed" and "out of memory" in row["failure"] and row["varying"]["finetune.lora.r"] == "64"
     assert next(r for r in data["runs"] if r["label"] == "0")["pareto_latency"] is True
+    assert next(r for r in data["runs"] if r["label"] == "1")["general"] == 0.56  # the student's general accuracy
 
     monkeypatch.setenv("COLUMNS", "160")
     assert report_main([str(sweep)], as_json=False, out=None) == 0
