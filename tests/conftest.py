@@ -43,3 +43,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def write_test_listing(predictions_file: Path, test_rows: int, directory: Path) -> Path:
+    """The industrial test rows a prediction file answered, as ``rows.json`` (image path + question) in
+    ``directory``, for a script that asks the model with transformers alone; checks the ids match the file's."""
+    import json
+
+    from dsvl_adapt_industrial.generator import generate_rows
+
+    predictions = [json.loads(line) for line in predictions_file.read_text().splitlines()]
+    rows = generate_rows("test", test_rows, seed=0, image_size=32)
+    assert [r["id"] for r in rows] == [p["id"] for p in predictions]
+    listing = []
+    for row in rows:
+        path = directory / f"{row['id']}.png"
+        row["image"].save(path)
+        listing.append({"image": str(path), "question": row["question"]})
+    (directory / "rows.json").write_text(json.dumps(listing))
+    return directory / "rows.json"

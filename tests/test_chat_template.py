@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -168,8 +167,8 @@ def test_student_answers_through_pipeline_as_the_scorecard_says(tmp_path, checkp
     trains, scores and saves the student in that format.
     """
     import dsvl_adapt
+    from conftest import write_test_listing
     from dsvl_adapt.plugins import get_registry
-    from dsvl_adapt_industrial.generator import generate_rows
 
     if checkpoint == "reference-tiny":
         model = ["model=reference-tiny"]
@@ -183,16 +182,9 @@ def test_student_answers_through_pipeline_as_the_scorecard_says(tmp_path, checkp
     if checkpoint == "user-template":
         assert (student / "chat_template.jinja").read_text() == USER_TEMPLATE
 
-    predictions = [json.loads(line) for line in
-                   (tmp_path / "run" / "stages" / "score" / "predictions-student.jsonl").read_text().splitlines()]
-    rows = generate_rows("test", card.test_rows, seed=0, image_size=32)
-    assert [r["id"] for r in rows] == [p["id"] for p in predictions]
-    listing = []
-    for row in rows:
-        path = tmp_path / f"{row['id']}.png"
-        row["image"].save(path)
-        listing.append({"image": str(path), "question": row["question"]})
-    (tmp_path / "rows.json").write_text(json.dumps(listing))
+    predictions_file = tmp_path / "run" / "stages" / "score" / "predictions-student.jsonl"
+    write_test_listing(predictions_file, card.test_rows, tmp_path)
+    predictions = [json.loads(line) for line in predictions_file.read_text().splitlines()]
     registry = get_registry()
     vertical = registry.verticals.get("industrial")
     result = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(student), str(tmp_path / "rows.json"),

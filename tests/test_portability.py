@@ -26,20 +26,13 @@ print(json.dumps(answers))
 
 
 def test_teacher_answers_the_same_with_transformers_alone_in_a_new_process(tiny_run, tmp_path):
+    from conftest import write_test_listing
     from dsvl_adapt.plugins import get_registry
-    from dsvl_adapt_industrial.generator import generate_rows
 
     card = json.loads((tiny_run / "scorecard.json").read_text())
-    predictions = [json.loads(line) for line in
-                   (tiny_run / "stages" / "score" / "predictions-teacher.jsonl").read_text().splitlines()]
-    rows = generate_rows("test", card["test_rows"], seed=0, image_size=32)
-    assert [r["id"] for r in rows] == [p["id"] for p in predictions]
-    listing = []
-    for row in rows:
-        path = tmp_path / f"{row['id']}.png"
-        row["image"].save(path)
-        listing.append({"image": str(path), "question": row["question"]})
-    (tmp_path / "rows.json").write_text(json.dumps(listing))
+    predictions_file = tiny_run / "stages" / "score" / "predictions-teacher.jsonl"
+    write_test_listing(predictions_file, card["test_rows"], tmp_path)
+    predictions = [json.loads(line) for line in predictions_file.read_text().splitlines()]
     system = get_registry().prompts.get("industrial-inspection").system
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_run / "stages" / "finetune" / "teacher"),
                              str(tmp_path / "rows.json"), system], capture_output=True, text=True, timeout=300)
