@@ -21,6 +21,7 @@ from .lineage import ParentRun, check_child_dir, next_version_dir, read_parent
 #: stages of the parent replaced or dropped in the update's pipeline
 REPLACED = {"load": None, "finetune": None, "distill": "update.distill", "update.parent": None,
             "update.finetune": None, "update.distill": "update.distill", "update.score": None}
+PRUNE_STAGES = ("prune.structural", "prune.weights")
 
 
 def update_stages(parent_stages: Sequence[str], *, reprune: bool) -> list[str]:
@@ -31,9 +32,11 @@ def update_stages(parent_stages: Sequence[str], *, reprune: bool) -> list[str]:
     for name in parent_stages:
         if name in REPLACED:
             replacement = REPLACED[name]
+            if replacement == "update.distill" and reprune:  # the parent may itself be an update, without them
+                stages += [stage for stage in PRUNE_STAGES if stage not in stages]
             if replacement and replacement not in stages:
                 stages.append(replacement)
-        elif not name.startswith("prune.") or reprune:
+        elif not name.startswith("prune.") or (reprune and name not in stages):
             stages.append(name)
     if "score" not in stages:
         stages.append("score")
@@ -154,10 +157,10 @@ def update(run_dir: str | Path, overrides: Sequence[str] = (), new_run_dir: str 
     return load_scorecard(context.run_dir / "scorecard.json")
 
 
-def rescore(run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None) -> dict[str, Any]:
-    """Score a version's deployed artifact on the test split of other data (``data.source=DIR``), e.g. the latest
-    increment's, to choose the version to roll back to. Writes ``rescore.json`` to ``out`` (default:
-    ``<run_dir>/rescores/<data fingerprint>/``; nothing else of the run is touched) and returns it."""
+def score_version(run_dir: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Any]:
+    """A version's deployed artifact on the test split of ``data.source`` (``data.*`` / ``score.*`` overrides):
+    the summary :func:`rescore` writes, and the answers it came from (:class:`~.scoring.Answered`, for paired
+    comparisons across versions)."""
     from ..engine import RunContext
     from ..plugins import get_manager
     from ..preflight import preflight
@@ -177,7 +180,6 @@ def rescore(run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path 
     checked = preflight(config, manager.registry, log=lambda message: print(message, file=sys.stderr))
     digest = checked.data.digest if checked.data is not None else "generated"
     artifact = version.artifacts.get("deploy") or version.artifacts["student"]
-    target = Path(out) if out is not None else version.run_dir / "rescores" / digest
     context = RunContext(config, raw, version.run_dir, manager)
     runner = open_version(context, artifact)
     rows = context.split("test", runner.processor.image_processor.size["height"]).rows
@@ -190,6 +192,15 @@ def rescore(run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path 
               "runtime": runner.label, "data_source": str(config.data.source), "data_fingerprint": digest,
               "test_rows": len(rows), "metric": primary.name, "accuracy": answered.value, "accuracy_ci": list(ci),
               "metrics": answered.metrics, "general": general.value if general is not None else None}
+    return result, answered
+
+
+def rescore(run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None) -> dict[str, Any]:
+    """Score a version's deployed artifact on the test split of other data (``data.source=DIR``), e.g. the latest
+    increment's, to choose the version to roll back to. Writes ``rescore.json`` to ``out`` (default:
+    ``<run_dir>/rescores/<data fingerprint>/``; nothing else of the run is touched) and returns it."""
+    result, _ = score_version(run_dir, overrides)
+    target = Path(out) if out is not None else Path(result["run_dir"]) / "rescores" / result["data_fingerprint"]
     target.mkdir(parents=True, exist_ok=True)
     (target / "rescore.json").write_text(json.dumps(result, indent=2))
     result["written"] = str(target / "rescore.json")
