@@ -107,7 +107,7 @@ def diagonal_fisher(model: torch.nn.Module, encoder: BatchEncoder, items: Sequen
     for start in range(0, min(len(items), batches * batch_size), batch_size):
         batch = encoder.training_batch(items[start: start + batch_size])
         model.zero_grad(set_to_none=True)
-        causal_lm_loss(model, batch).backward()
+        causal_lm_loss(model, _without_marks(batch)).backward()
         for name, p in params.items():
             if p.grad is not None:
                 fisher[name] += p.grad.detach() ** 2
