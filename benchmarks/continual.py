@@ -25,7 +25,7 @@ Usage::
         [--no-retrain] [--seed 0] [--quick] [OVERRIDES...]
 
 OVERRIDES go to every run and update (e.g. ``finetune.lora.train.steps=120``). ``--quick``: reference-tiny without
-general pretraining, the fast presets, no quantize/export, two weeks, a few dozen rows: proves the script runs,
+general pretraining, the fast presets, no quantize/export, one week, a few dozen rows: proves the script runs,
 claims nothing. Prints JSON (the weekly table, the checks, the run folders); writes ``continual.png`` and
 ``continual.html`` (the table and the plot) in ``--out``.
 """
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny and fast: proves the script runs, claims nothing")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    weeks = min(args.weeks, 2) if args.quick else args.weeks
+    weeks = 1 if args.quick else args.weeks
     sizes = QUICK if args.quick else FULL
     extra = [*COMMON, f"model={sizes['model']}", f"seed={args.seed}", *(QUICK_OVERRIDES if args.quick else []),
              *args.overrides]
