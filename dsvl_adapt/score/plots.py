@@ -300,6 +300,8 @@ def weekly_accuracy_plot(panels: dict[str, dict[str, list[tuple[float, float, fl
     interval as a band. ``panels[set][strategy]`` is a list of ``(week, value, low, high)``."""
     if not panels:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(5.2 * len(panels), 4.0)
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (name, series) in zip(axes, panels.items()):
@@ -311,6 +313,7 @@ def weekly_accuracy_plot(panels: dict[str, dict[str, list[tuple[float, float, fl
             ax.fill_between(weeks, [p[2] for p in points], [p[3] for p in points], color=color, alpha=0.15)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("week (0 = before the first increment)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (95% interval)")
     axes[0].set_ylim(-0.02, 1.02)
