@@ -288,6 +288,12 @@ def _targets(card: Scorecard, plots: dict[str, bytes]) -> str:
     return "".join(out)
 
 
+def _lineage(card: Scorecard) -> str:
+    from .lineage import lineage_html
+
+    return lineage_html(card.lineage)
+
+
 def _objectives(card: Scorecard) -> str:
     if not card.objectives:
         return ""
@@ -342,7 +348,7 @@ def render_html(card: Scorecard) -> str:
         f"<title>Scorecard — {_e(card.vertical)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>Scorecard — {_e(card.vertical)}</h1><p class=\"sub\">{_e(subtitle)}</p>",
         _summary(card), _accuracy(card, plots), _speed_size(card, plots), _targets(card, plots),
-        _objectives(card), _lists(card), _provenance(card),
+        _lineage(card), _objectives(card), _lists(card), _provenance(card),
         "</main></body></html>",
     ]
     return "\n".join(p for p in parts if p)

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .lineage import Lineage, lineage_markdown
+
 SCHEMA_VERSION = 2
 
 
@@ -217,6 +219,7 @@ class Scorecard(_Model):
     stages: dict[str, Any] = Field(default_factory=dict, description="figures recorded by each stage")
     notes: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
+    lineage: Lineage | None = Field(None, description="an update run against its parent (docs/continual.md)")
 
     def write(self, directory: Path) -> None:
         """``scorecard.json``, ``scorecard.md`` and a self-contained ``scorecard.html`` with plots."""
@@ -375,6 +378,7 @@ def render_markdown(card: Scorecard) -> str:
                       (c.note if c.estimated or c.ok is None else (f" — {c.note}" if c.note else ""))
                 lines.append(f"| {c.name} | {ok} | {_fmt(c.value)} {c.unit} | {_fmt(c.limit)} {c.unit} | {how} |")
             lines.append("")
+    lines += lineage_markdown(card.lineage)
     if card.objectives:
         lines += ["## Objectives", "", "| objective | ok | value | limit | note |", "|---|---|---|---|---|"]
         for o in card.objectives:
