@@ -25,6 +25,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -235,8 +236,8 @@ def create_app(server: Server) -> Any:
             if chat_request.stream:
                 return _stream_cached(request_id, chat_request, answer, cached["prompt_tokens"], conversation,
                                       grade, figures, arrived)
-            await _record(request_id, conversation, answer, cached["prompt_tokens"], grade, figures, arrived, False)
-            return _completion(request_id, answer, cached["prompt_tokens"], True)
+            return _answered(_completion(request_id, answer, cached["prompt_tokens"], True), request_id,
+                             conversation, answer, cached["prompt_tokens"], grade, figures, arrived)
         encoded = await run_in_threadpool(_encode, conversation)
         grade = grade_cost(pixels=conversation.pixels, prompt_tokens=len(encoded.prompt_ids),
                            max_new_tokens=settings.max_new_tokens)
@@ -261,8 +262,8 @@ def create_app(server: Server) -> Any:
             raise ServeError(504, f"no answer within {options.request_timeout_s:.0f} s", kind="server_error",
                              code="timeout") from None
         _remember(key, answer, len(encoded.prompt_ids))
-        await _record(request_id, conversation, answer, len(encoded.prompt_ids), grade, _figures(job), arrived, False)
-        return _completion(request_id, answer, len(encoded.prompt_ids), False)
+        return _answered(_completion(request_id, answer, len(encoded.prompt_ids), False), request_id, conversation,
+                         answer, len(encoded.prompt_ids), grade, _figures(job), arrived)
 
     def _encode(conversation: Conversation) -> Encoded:
         try:
@@ -284,9 +285,17 @@ def create_app(server: Server) -> Any:
         return dict(queue_s=(job.started or job.enqueued) - job.enqueued, batch_size=job.batch_size,
                     cache_hit=False)
 
-    async def _record(request_id: str, conversation: Conversation, answer: Generation, prompt_tokens: int,
-                      grade: Any, figures: dict[str, Any], arrived: float, stream: bool) -> None:
+    def _answered(body: dict[str, Any], request_id: str, conversation: Conversation, answer: Generation,
+                  prompt_tokens: int, grade: Any, figures: dict[str, Any], arrived: float) -> Any:
+        """The JSON response; the monitor records the request after it is sent (its time is not the client's)."""
         total = time.perf_counter() - arrived
+        return JSONResponse(body, background=BackgroundTask(_record, request_id, conversation, answer, prompt_tokens,
+                                                            grade, figures, arrived, False, total))
+
+    async def _record(request_id: str, conversation: Conversation, answer: Generation, prompt_tokens: int,
+                      grade: Any, figures: dict[str, Any], arrived: float, stream: bool,
+                      total: float | None = None) -> None:
+        total = time.perf_counter() - arrived if total is None else total
         await run_in_threadpool(
             lambda: monitor.record(request_id=request_id, conversation=conversation, answer=answer.text,
                                    token_ids=answer.token_ids, finish_reason=answer.finish_reason,

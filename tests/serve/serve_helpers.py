@@ -83,3 +83,16 @@ def scorecard_predictions(run_dir: Path, model_dir: Path) -> list[dict[str, Any]
     entry = next(v for v in card["runtimes"].values() if Path(v["path"]) == model_dir)
     lines = (run_dir / "stages" / "score" / entry["predictions"]).read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+def answered_records(log_dir: Path, at_least: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """The answered requests of a server's log, once it holds ``at_least`` of them (the monitor records a request
+    just after its response is sent)."""
+    from dsvl_adapt.serve.monitor import read_request_log
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for r in read_request_log(log_dir) if r["status"] == 200]
+        if len(records) >= at_least or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)

@@ -17,7 +17,7 @@ from PIL import Image, ImageEnhance  # noqa: E402
 
 from dsvl_adapt.data.prompting import conversation  # noqa: E402
 
-from serve_helpers import data_url, openai_messages, post, running, scorecard_predictions  # noqa: E402
+from serve_helpers import answered_records, data_url, openai_messages, post, running, scorecard_predictions  # noqa: E402
 
 TOKEN = "s3cret-token"
 
@@ -202,13 +202,13 @@ def test_a_burst_beyond_the_queue_gets_429_with_retry_after_and_every_accepted_r
 def test_the_monitor_logs_each_request_and_writes_loadable_hard_cases(built, client, test_rows):
     from dsvl_adapt.data.images import open_image
     from dsvl_adapt.data.jsonl import read_jsonl_split
-    from dsvl_adapt.serve.monitor import read_request_log
 
     server, log_dir = built
     rows, prompt, _ = test_rows
+    before = len(answered_records(log_dir, 0))
     client.chat.completions.create(model=server.model.name, messages=openai_messages(conversation(prompt, rows[9])))
-    records = [r for r in read_request_log(log_dir) if r["status"] == 200]
-    assert records
+    records = answered_records(log_dir, before + 1)
+    assert len(records) == before + 1
     last = records[-1]
     assert set(last["latency_ms"]) == {"queue", "prefill", "decode", "total"}
     assert last["confidence"]["known"] is True and last["confidence"]["mean_logprob"] < 0
@@ -222,24 +222,24 @@ def test_the_monitor_logs_each_request_and_writes_loadable_hard_cases(built, cli
 
 
 def test_darkened_images_are_flagged_as_drift_within_50_requests_and_normal_ones_are_not(built, url, test_rows):
-    from dsvl_adapt.serve.monitor import read_request_log
-
     server, log_dir = built
     deployment = test_rows[2]
     rows = deployment.rows("validation", server.model.image_size, size=40)
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    start = len(read_request_log(log_dir))
+    count = len(answered_records(log_dir, 0))
     server.monitor.drift.window.clear(), server.monitor.drift.far.clear()
     for row in rows[:25]:
         assert post(f"{url}/v1/chat/completions", _good(server.model.name, row.image), auth)[0] == 200
-    normal = [r for r in read_request_log(log_dir)[start:] if r["status"] == 200]
-    assert normal[-1]["drift"]["drifted"] is False, normal[-1]["drift"]
+    count += 25
+    normal = answered_records(log_dir, count)
+    assert len(normal) == count and normal[-1]["drift"]["drifted"] is False, normal[-1]["drift"]
     server.monitor.drift.window.clear(), server.monitor.drift.far.clear()
     flagged_at = None
     for i, row in enumerate(rows[:40] + rows[:10]):
         dark = ImageEnhance.Brightness(row.image).enhance(0.3)
         assert post(f"{url}/v1/chat/completions", _good(server.model.name, dark), auth)[0] == 200
-        record = [r for r in read_request_log(log_dir) if r["status"] == 200][-1]
+        count += 1
+        record = answered_records(log_dir, count)[-1]
         if record["drift"]["drifted"]:
             flagged_at = i + 1
             break
