@@ -225,7 +225,7 @@ def create_app(server: Server) -> Any:
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         key = cache_key(model_id=server.model_id, image_sha256=conversation.image_sha256,
                         prompt=conversation.prompt, settings=settings) if server.cache.enabled else None
-        cached = server.cache.get(key) if key else None
+        cached = (await _off_loop(server.cache.get, key)) if key else None
         if cached is not None:
             answer = Generation(text=cached["text"], token_ids=cached["token_ids"],
                                 finish_reason=cached["finish_reason"], mean_logprob=cached["mean_logprob"],
@@ -261,7 +261,7 @@ def create_app(server: Server) -> Any:
         except asyncio.TimeoutError:
             raise ServeError(504, f"no answer within {options.request_timeout_s:.0f} s", kind="server_error",
                              code="timeout") from None
-        _remember(key, answer, len(encoded.prompt_ids))
+        await _off_loop(_remember, key, answer, len(encoded.prompt_ids))
         return _answered(_completion(request_id, answer, len(encoded.prompt_ids), False), request_id, conversation,
                          answer, len(encoded.prompt_ids), grade, _figures(job), arrived)
 
@@ -275,6 +275,12 @@ def create_app(server: Server) -> Any:
             raise ServeError(400, f"the prompt is {len(encoded.prompt_ids):,} tokens, above the limit of "
                                   f"{options.limits.max_prompt_tokens:,}", param="messages", code="prompt_too_long")
         return encoded
+
+    async def _off_loop(function: Any, *args: Any) -> Any:
+        """Memory-only cache calls run on the loop (microseconds); with the disk tier they go to the thread pool."""
+        if server.cache.disk_dir is None:
+            return function(*args)
+        return await run_in_threadpool(function, *args)
 
     def _remember(key: str | None, answer: Generation, prompt_tokens: int) -> None:
         if key:
@@ -356,7 +362,7 @@ def create_app(server: Server) -> Any:
             if chat_request.stream_options and chat_request.stream_options.include_usage:
                 yield _chunk(request_id, {}, usage=_usage(len(encoded.prompt_ids), answer))
             yield "data: [DONE]\n\n"
-            _remember(key, answer, len(encoded.prompt_ids))
+            await _off_loop(_remember, key, answer, len(encoded.prompt_ids))
             await _record(request_id, conversation, answer, len(encoded.prompt_ids), grade, _figures(job), arrived,
                           True)
             return

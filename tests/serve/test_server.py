@@ -103,9 +103,27 @@ def test_a_repeated_request_is_answered_from_the_cache(built, client, test_rows)
     again = client.chat.completions.create(model=server.model.name, messages=messages)
     assert server.cache.hits == hits + 1 and again.model_extra["dsvl"]["cache_hit"] is True
     assert again.choices[0].message.content == first.choices[0].message.content
-    # the same picture re-encoded (JPEG at full quality changes bytes, maybe pixels): keyed on pixels, not bytes
     other = client.chat.completions.create(model=server.model.name, messages=messages, max_tokens=3)
     assert other.model_extra["dsvl"]["cache_hit"] is False  # different settings, different key
+
+
+def test_the_disk_cache_answers_after_a_restart(built, test_rows, tmp_path):
+    from dsvl_adapt.serve.app import Server
+    from dsvl_adapt.serve.monitor import Monitor, MonitorSettings
+
+    server = built[0]
+    rows, prompt, _ = test_rows
+    messages = openai_messages(conversation(prompt, rows[3]))
+    options = replace(server.options, cache_dir=tmp_path / "cache", token=None)
+    hits = []
+    for life in range(2):  # a server, then a new one over the same folder
+        fresh = Server(server.model, options, Monitor(MonitorSettings(log_dir=tmp_path / f"log{life}")))
+        with running(fresh) as base:
+            disk = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+            answer = disk.chat.completions.create(model=server.model.name, messages=messages)
+            hits.append(answer.model_extra["dsvl"]["cache_hit"])
+    assert hits == [False, True]
+    assert list((tmp_path / "cache").glob("*/*.json"))
 
 
 def _good(name: str, image: Image.Image) -> dict:
