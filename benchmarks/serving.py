@@ -225,6 +225,7 @@ def main() -> int:
 
         client = OpenAI(base_url=f"{servers['cached'].url}/v1", api_key="bench", max_retries=0, timeout=120)
         miss, hit = [], []
+        phase_start = time.time()
         for i in range(min(args.cache_rows, len(messages))):
             for bucket in (miss, hit):
                 started = time.perf_counter()
@@ -235,7 +236,7 @@ def main() -> int:
         from dsvl_adapt.serve.monitor import read_request_log
 
         time.sleep(1)  # the server logs a request just after answering it
-        inside = [r for r in read_request_log(logs / "cached") if r.get("status") == 200]
+        inside = [r for r in read_request_log(logs / "cached") if r.get("status") == 200 and r["time"] >= phase_start]
         inside_ms = {kind: [r["latency_ms"]["total"] for r in inside if r["cache_hit"] is (kind == "hit")]
                      for kind in ("miss", "hit")}
         result["cache"] = {**speedup.to_json(), "miss_p50_ms": percentile(miss, 50), "hit_p50_ms": percentile(hit, 50),

@@ -128,3 +128,15 @@ def test_serving_commands_refuse_a_folder_that_is_not_a_run_or_model(tmp_path, c
     started = time.monotonic()
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert time.monotonic() - started < 30
+
+
+def test_the_request_log_rotates_and_is_read_back_whole_in_order(tmp_path):
+    pytest.importorskip("prometheus_client")
+    from dsvl_adapt.serve.monitor import Monitor, MonitorSettings, read_request_log
+
+    monitor = Monitor(MonitorSettings(log_dir=tmp_path, max_log_bytes=1500, log_backups=20))
+    for i in range(60):
+        monitor.log_refusal(400, f"case-{i}", "x" * 40)
+    monitor.close()
+    assert len(list(tmp_path.glob("requests.jsonl.*"))) >= 2  # rotated
+    assert [r["error"] for r in read_request_log(tmp_path)] == [f"case-{i}" for i in range(60)]
