@@ -160,6 +160,34 @@ def run_load(url: str, name: str, messages: list[list[dict[str, Any]]], count: i
     return times, errors, (time.perf_counter() - started) * 1000
 
 
+def model_batching(run_dir: Path, rounds: int, seed: int) -> dict[str, Any]:
+    """The same comparison without HTTP: 8 test rows as one batch vs one by one through the served model's
+    ``generate`` (what batching saves in the model itself, apart from per-request serving overhead)."""
+    from dsvl_adapt.data.prompting import conversation
+    from dsvl_adapt.runtimes.contract import GenerationSettings
+    from dsvl_adapt.serve.model import ServedModel, find_deployment
+
+    deployment = find_deployment(run_dir)
+    model = ServedModel(deployment.model_dir)
+    prompt = deployment.prompt()
+    items = [model.encode(conversation(prompt, row)) for row in deployment.rows("test", model.image_size)[:CONCURRENCY]]
+    settings = GenerationSettings(max_new_tokens=deployment.max_answer_tokens() or 16)
+    times: dict[str, list[float]] = {"batched": [], "one-at-a-time": []}
+    model.generate(items, [settings] * len(items))  # warm-up
+    for order in round_orders(list(times), rounds, seed=seed):
+        for config in order:
+            started = time.perf_counter()
+            if config == "batched":
+                model.generate(items, [settings] * len(items))
+            else:
+                for item in items:
+                    model.generate([item], [settings])
+            times[config].append((time.perf_counter() - started) * 1000)
+    ratio = paired_ratio(times["one-at-a-time"], times["batched"])
+    return {**ratio.to_json(), "rows": len(items), "runtime": model.label,
+            "target_check": target_check(ratio.ratio, ratio.low, ratio.high, 2.0)}
+
+
 def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -220,6 +248,7 @@ def main() -> int:
         result["batching"] = {**ratio.to_json(), "target": ">= 2x",
                               "target_check": target_check(ratio.ratio, ratio.low, ratio.high, 2.0),
                               "wall_ms": {k: [round(v, 1) for v in vs] for k, vs in walls.items()}}
+        result["batching"]["model_only"] = model_batching(run_dir, args.rounds, args.seed)
         log(f"cache: {args.cache_rows} rows, a miss then a hit each")
         from openai import OpenAI
 
