@@ -21,6 +21,8 @@ examples:
   dsvl-adapt validate finetune.lora.r=8                      # check a config in seconds
   dsvl-adapt update runs/x data.source=new_rows/             # a new version (runs/x-v2), runs/x kept
   dsvl-adapt plugins --json
+  dsvl-adapt serve runs/smoke --port 8000                    # OpenAI-compatible server over the deployed model
+  dsvl-adapt monitor runs/smoke/serve                        # HTML report of what the server saw
 """
 
 OVERRIDES_HELP = ("Hydra overrides, key=value (e.g. vertical=industrial model=reference-tiny "
@@ -150,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the scorecard or the run config")
     schema.add_argument("which", choices=["scorecard", "config"])
     schema.set_defaults(handler=_cmd_schema)
+
+    from .serve.cli import add_commands  # serve | monitor (their heavy imports happen when they run)
+
+    add_commands(sub)
     return parser
 
 
