@@ -431,7 +431,6 @@ def _past_example(model, embeds, attention_mask) -> tuple[KvCacheInfo, tuple]:
     """Names and shapes of the cache, and tracing arguments for the LM with past: the first two positions of the
     example as the past (computed by the model), the rest as new positions (torch.export specialises sizes 0 and 1,
     so both axes are traced at >= 2)."""
-    import torch
     from transformers import DynamicCache
 
     past_len = 2

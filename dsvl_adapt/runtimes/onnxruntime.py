@@ -86,7 +86,8 @@ class OnnxRuntimeModel(GraphRuntimeModel):
     runtime = "onnxruntime"
     graph_suffix = ".onnx"
 
-    def __init__(self, report: ExportReport, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(self, report: ExportReport, *, threads: int | None = None, providers: Sequence[str] | None = None,
+                 session_config: dict[str, str] | None = None):
         ort = _ort()
         self.report = report
         self.directory = Path(report.directory)
@@ -95,6 +96,8 @@ class OnnxRuntimeModel(GraphRuntimeModel):
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        for key, value in (session_config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
+            options.add_session_config_entry(key, value)
         providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.sessions = {name: ort.InferenceSession(str(report.graph_path(name)), sess_options=options,
                                                     providers=providers)
@@ -106,10 +109,11 @@ class OnnxRuntimeModel(GraphRuntimeModel):
         self.threads = threads
 
     @classmethod
-    def load(cls, directory: str | Path, threads: int | None = None,
-             providers: Sequence[str] | None = None) -> OnnxRuntimeModel:
-        """Open what ``export_onnx`` (or ``quantize_export``) wrote in ``directory``."""
-        return cls(read_report(directory), threads=threads, providers=providers)
+    def load(cls, directory: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+             session_config: dict[str, str] | None = None) -> OnnxRuntimeModel:
+        """Open what ``export_onnx`` (or ``quantize_export``) wrote in ``directory``; ``session_config``: ONNX
+        Runtime session config entries."""
+        return cls(read_report(directory), threads=threads, providers=providers, session_config=session_config)
 
     @property
     def size_bytes(self) -> int:

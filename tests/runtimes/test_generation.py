@@ -19,7 +19,7 @@ from dsvl_adapt.models.presets import get_preset
 from dsvl_adapt.runtimes import GenerationSettings, TorchRuntimeModel, greedy_generate
 from dsvl_adapt.runtimes.generation import next_tokens
 from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
-from tests.export.test_onnx import BOS, EOS, IMAGE, PAD, VOCAB, make_model
+from tests.export.test_onnx import BOS, IMAGE, PAD, VOCAB, make_model
 
 pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
