@@ -225,6 +225,19 @@ def _speed_size(card: Scorecard, plots: dict[str, bytes]) -> str:
                 '<p class="how">Accuracy measured through each artifact itself, not through the PyTorch model '
                 "it came from.</p>",
                 _table(["artifact", _e(card.metric), "p50 ms", "p90 ms", "size"], rows)]
+    if card.generation:
+        rows = [[f"<td>{_e(m)}</td>", _td(g.ttft_ms, 1), _td(g.tpot_ms, 1), _td(g.tokens_per_s, 1),
+                 _td(g.answer_tokens), _td(g.tokens_per_s_64, 1),
+                 (f'<td class="num">{g.kv_cache_bytes_per_token:,}</td>' if g.kv_cache_bytes_per_token is not None
+                  else "<td>no cache</td>"),
+                 f"<td>{_e(g.runtime)}</td>"] for m, g in card.generation.items()]
+        some = next(iter(card.generation.values()))
+        out += ["<h3>Generation</h3>",
+                _table(["model", "time to first token ms", "ms per output token", "tokens/s (answer)",
+                        "answer tokens", "tokens/s (64)", "KV cache bytes/token", "runtime"], rows),
+                f'<p class="how">One request through each model\'s runtime on {_e(some.cpu)}, {_e(some.threads)} '
+                f"threads; medians of {some.repeats} runs after {some.warmup} warm-up. Time to first token = image "
+                "encoding + prefill; tokens/s (64) = a fixed 64-token continuation (EOS ignored).</p>"]
     if card.throughput:
         rows = [[f"<td>{_e(t.target)}</td>", f"<td>{_e(t.runtime)}</td>", _td(t.batch_size),
                  _td(t.requests_per_s, 2), _td(t.batch_p50_ms, 1),
