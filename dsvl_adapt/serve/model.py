@@ -6,13 +6,9 @@ for the target's runtime), else its last ``student``; a model folder is served a
 :func:`dsvl_adapt.score.runners.open_runner`, the same opener the score stage uses (OpenVINO IR, an ONNX export or a
 PyTorch checkpoint), so the server answers what the scorecard measured.
 
-The adapter to the runtime contract lives here and only here (:meth:`ServedModel.generate`). Today's runtime models
-expose ``generate(batch, max_new_tokens, eos_token_id=, pad_token_id=)`` without logits, so the adapter drives
-:func:`dsvl_adapt.runtimes.greedy_generate` itself through the graph model's step (the same step its own
-``generate`` uses, so answers are identical) and reads each step's logits for the confidence.
-TODO(kvcache branch): once the model classes implement the contract's ``prefill``/``decode``/``generate(batch,
-GenerationSettings)``/``stream``, replace ``_graph_step`` by prefill + decode (logits are public there) so decoding
-reuses the KV cache; nothing outside this module needs to change.
+The adapter to the runtime contract lives here and only here (:meth:`ServedModel.generate`): exported artifacts are
+decoded through the contract's ``prefill`` and ``decode`` (the KV cache, where the artifact has one), whose logits
+give each token's log-probability for the confidence; a PyTorch checkpoint through transformers' ``generate``.
 """
 
 from __future__ import annotations
@@ -206,27 +202,30 @@ class ServedModel:
 
     def _graph_generate(self, batch: dict[str, Any], steps: int, on_token: TokenCallback | None
                         ) -> tuple[np.ndarray, np.ndarray, float, float]:
-        from ..runtimes import greedy_generate
-
+        """Greedy decoding through the runtime contract: one ``prefill`` (image + prompt), then one ``decode`` per
+        further token, which feeds one token per row and reuses the KV cache where the artifact has one."""
         model = self.runner.onnx_model
+        pad = self.encoder.pad_id if self.encoder.pad_id is not None else (self.eos_id or 0)
         started = time.perf_counter()
-        # TODO(kvcache branch): prefill/decode of the contract instead of these two private calls.
-        pixels, image = model._image_inputs(batch)
+        logits, state = model.prefill(batch)
         marks: list[float] = []
+        tokens: list[np.ndarray] = []
         logprobs: list[np.ndarray] = []
-
-        def step(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            logits = np.asarray(model._run(ids, mask, pixels, image)[:, -1])
-            token = logits.argmax(-1)
+        done = np.zeros(np.asarray(logits).shape[0], dtype=bool)
+        for step in range(steps):
+            logits = np.asarray(logits)
+            token = np.where(done, pad, logits.argmax(-1)).astype(np.int64)
             logprobs.append(_log_softmax_at(logits, token))
+            tokens.append(token)
             marks.append(time.perf_counter())
             if on_token is not None:
-                on_token(len(marks) - 1, token)
-            return logits
-
-        tokens = greedy_generate(step, batch["input_ids"], batch.get("attention_mask"), steps, self.eos_id,
-                                 self.encoder.pad_id)
-        return tokens, np.stack(logprobs, axis=1), marks[0] - started, marks[-1] - marks[0]
+                on_token(step, token)
+            if self.eos_id is not None:
+                done |= token == self.eos_id
+            if done.all() or step == steps - 1:
+                break
+            logits, state = model.decode(state, token)
+        return np.stack(tokens, axis=1), np.stack(logprobs, axis=1), marks[0] - started, marks[-1] - marks[0]
 
     def _torch_generate(self, batch: dict[str, Any], steps: int, on_token: TokenCallback | None
                         ) -> tuple[np.ndarray, np.ndarray, float, float]:
