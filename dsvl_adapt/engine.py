@@ -135,7 +135,8 @@ def check_pipeline(config: RunConfig, manager: PluginManager) -> None:
 def check_runtimes(config: RunConfig, registry: Any) -> list[str]:
     """The runtime backends the run names, against the registered ones: ``quantize.backend`` must be registered,
     and a target's runtime that is a near miss of a registered name (a typo) is an error; a runtime with no backend
-    installed here (``tensorrt`` on a CPU box) is allowed. Returns a note per such target."""
+    installed here (``tensorrt`` on a CPU box) is allowed. With a ``quantize`` stage, its mode and bits are checked
+    against the backend it will use. Returns a note per target whose runtime has no backend here."""
     registered = registry.runtimes.names()
     listing = ", ".join(registered) or "none"
     if config.quantize.backend not in registry.runtimes:
@@ -156,6 +157,13 @@ def check_runtimes(config: RunConfig, registry: Any) -> list[str]:
                      f"(registered: {listing}): its figures are estimated"
                      + (f", and quantize/export prepare for quantize.backend={config.quantize.backend!r}"
                         if name == (config.vertical.target or vertical.targets[0]) else ""))
+    if "quantize" in config.pipeline.stages:
+        from .quantization import backend_name, config_for_backend
+
+        chosen = config.vertical.target or (vertical.targets[0] if vertical.targets else None)
+        runtime = registry.targets.get(chosen).runtime if chosen else None
+        name = backend_name(config.quantize, runtime, registry.runtimes, config.quantize.follow_target)
+        config_for_backend(config.quantize, registry.runtimes.get(name))
     return notes
 
 

@@ -13,13 +13,15 @@ and :mod:`dsvl_adapt.runtimes.openvino`.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from .runtimes.contract import QuantizationPlan
+from .errors import ConfigError
+from .runtimes.contract import QuantizationPlan, RuntimeBackend
 
-__all__ = ["DEFAULT_SKIP", "SUPPORTED", "QuantizeConfig"]
+__all__ = ["DEFAULT_SKIP", "SUPPORTED", "QuantizeConfig", "backend_name", "check_plan", "config_for_backend"]
 
 DEFAULT_SKIP: tuple[str, ...] = (r"^model\.vision_model\.", r"^model\.high_res_vision_", r"^model\.aligner\.")
 
@@ -139,3 +141,38 @@ class QuantizeConfig(BaseModel):
         fields = {"backend": backend, "bits": bits, **({"mode": plan.mode} if plan.mode else {}), **plan.options}
         known = set(cls.model_fields)
         return cls.model_validate({k: v for k, v in fields.items() if k in known})
+
+
+def backend_name(settings: QuantizeConfig, target_runtime: str | None, registered: Collection[str],
+                 follow_target: bool = True) -> str:
+    """The runtime backend a run prepares its deployable artifact for: the target's runtime when ``follow_target``
+    and a backend of that name is registered, else ``settings.backend`` (a target may name a runtime with no backend
+    installed here, e.g. ``tensorrt``: its fit is then estimated)."""
+    if follow_target and target_runtime is not None and target_runtime in registered:
+        return target_runtime
+    return settings.backend
+
+
+def config_for_backend(settings: QuantizeConfig, backend: RuntimeBackend) -> QuantizeConfig:
+    """``settings`` (e.g. the run's ``quantize`` section) for ``backend``, with mode and bits checked against it: the
+    built-in backends' combinations (``SUPPORTED``), then what the backend declares in its capabilities. Raises
+    :class:`ConfigError` naming the backend, what it offers and the settings to change."""
+    fields = {name: getattr(settings, name) for name in QuantizeConfig.model_fields}
+    try:
+        config = QuantizeConfig.model_validate({**fields, "backend": backend.name})
+    except ValidationError as e:
+        raise ConfigError(f"quantize (for backend {backend.name!r}): "
+                          + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                          ) from None
+    check_plan(backend, config)
+    return config
+
+
+def check_plan(backend: RuntimeBackend, config: QuantizeConfig) -> None:
+    """Refuse a weight format or mode that the backend does not declare in its capabilities."""
+    capabilities = backend.capabilities()
+    modes = {m.replace("-", "_") for m in capabilities.quantization_modes}
+    if f"int{config.bits}" not in capabilities.weight_formats or config.mode not in modes:
+        raise ConfigError(f"quantize: backend {backend.name!r} does not offer bits={config.bits} mode={config.mode!r} "
+                          f"(its weight formats: {', '.join(capabilities.weight_formats)}; modes: "
+                          f"{', '.join(sorted(modes)) or 'none'}); change quantize.bits/quantize.mode or the target")

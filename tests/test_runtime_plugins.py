@@ -91,6 +91,14 @@ def test_targets_lists_the_plugin_backend(acme_env, tmp_path):
     assert "  acme-ort: ONNX Runtime with Acme's packaging" in result.stdout and "[acme]" in result.stdout
 
 
+def test_a_mode_the_plugin_backend_does_not_offer_is_refused_at_validate(acme_env, tmp_path):
+    result = _cli(["validate", "vertical=acmetest", "model=reference-tiny", "quantize.mode=static"], acme_env, tmp_path,
+                  timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "backend 'acme-ort' does not offer bits=8 mode='static'" in result.stderr
+    assert "modes: dynamic" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
 def test_a_tiny_run_exports_with_the_plugin_backend_and_is_scored_through_it(acme_env, tmp_path):
     run_dir = tmp_path / "run"

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from ..data.calibration import calibration_batches
 from ..engine import RunContext, StageResult
@@ -21,7 +20,7 @@ from ..errors import ConfigError, StageError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.dtype import load_for_runtime
 from ..models.figures import model_figures
-from ..quantization import QuantizeConfig
+from ..quantization import backend_name, config_for_backend
 from ..runtimes.contract import Artifact, PrepareRequest, RuntimeBackend
 from ..score.quick import validation_accuracy
 
@@ -109,9 +108,7 @@ def target_backend(context: RunContext) -> str:
     name a runtime that has no backend installed here, e.g. ``tensorrt``: its fit is then estimated)."""
     cfg = context.config.quantize
     target = context.target()
-    if cfg.follow_target and target is not None and target.runtime in context.registry.runtimes:
-        return target.runtime
-    return cfg.backend
+    return backend_name(cfg, target.runtime if target else None, context.registry.runtimes, cfg.follow_target)
 
 
 def runtime_backend(context: RunContext) -> RuntimeBackend:
@@ -133,17 +130,6 @@ def prepare_options(context: RunContext) -> dict[str, Any]:
             "trust_remote_code": context.config.model.trust_remote_code}
 
 
-def check_plan(backend: RuntimeBackend, config: QuantizeConfig) -> None:
-    """Refuse, before any work, a weight format or mode the backend does not declare in its capabilities."""
-    capabilities = backend.capabilities()
-    modes = {m.replace("-", "_") for m in capabilities.quantization_modes}
-    weights = f"int{config.bits}"
-    if weights not in capabilities.weight_formats or config.mode not in modes:
-        raise ConfigError(f"quantize: backend {backend.name!r} does not offer bits={config.bits} mode={config.mode!r} "
-                          f"(its weight formats: {', '.join(capabilities.weight_formats)}; modes: "
-                          f"{', '.join(sorted(modes)) or 'none'}); change quantize.bits/quantize.mode or the target")
-
-
 def stage_artifacts(context: RunContext, artifact: Artifact) -> dict[str, str]:
     """``deploy`` and the artifact's related directories (``onnx`` ...), relative to the stage's directory."""
     def name(path: Path) -> str:
@@ -160,15 +146,7 @@ class QuantizeStage:
 
     def run(self, context: RunContext) -> StageResult:
         backend = runtime_backend(context)  # before any work: a missing extra is a setup error with its install command
-        section = context.config.quantize
-        try:  # mode/bits checked against the chosen backend
-            cfg = QuantizeConfig.model_validate({**section.model_dump(exclude={"follow_target", "precision"}),
-                                                 "backend": backend.name})
-        except ValidationError as e:
-            raise ConfigError(f"quantize (for backend {backend.name!r}): "
-                              + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-                              ) from None
-        check_plan(backend, cfg)
+        cfg = config_for_backend(context.config.quantize, backend)  # mode/bits checked against that backend
         model, processor, cast_from = load_for_runtime(context)
         calibration = calibration_batches(context, processor, count=cfg.calibration_batches,
                                           batch_size=context.config.prune.calibration_batch_size)
