@@ -250,13 +250,13 @@ def calibration_batches(teacher: torch.nn.Module, batch: dict[str, torch.Tensor]
 def build_configs(args: argparse.Namespace, work: Path) -> tuple[list[Config], dict[str, Any]]:
     from dsvl_adapt.compress.quantize import (
         QuantizeConfig,
-        quantize_onnx,
-        quantize_openvino,
         quantize_torch_dynamic,
         save_quantized,
     )
     from dsvl_adapt.compress.structural import StructuralPruneConfig, prune_structural
     from dsvl_adapt.export.onnx import export_onnx
+    from dsvl_adapt.runtimes.onnxruntime import quantize_export as quantize_onnx
+    from dsvl_adapt.runtimes.openvino import quantize_openvino
 
     def step(what: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()

@@ -115,7 +115,9 @@ def setup(preset: str, prompt: int):
 
 
 def build(model, one, calib, work: Path, threads: int, prune: float) -> list[Config]:
-    from dsvl_adapt.compress.quantize import QuantizeConfig, quantize_onnx, quantize_openvino
+    from dsvl_adapt.quantization import QuantizeConfig
+    from dsvl_adapt.runtimes.onnxruntime import quantize_export as quantize_onnx
+    from dsvl_adapt.runtimes.openvino import quantize_openvino
     from dsvl_adapt.compress.structural import StructuralPruneConfig, prune_structural
     from dsvl_adapt.export.onnx import export_onnx
     from dsvl_adapt.runtimes import TorchRuntimeModel

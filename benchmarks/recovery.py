@@ -70,7 +70,7 @@ def model_dir(run_dir: Path, name: str) -> Path:
     stages = run_dir / "stages"
     if name == "teacher":
         return stages / "finetune" / "teacher"
-    for candidate in ("quantize/onnx-int8", "distill/student", "prune.structural/student"):
+    for candidate in ("quantize/onnxruntime-int8", "distill/student", "prune.structural/student"):
         if (stages / candidate).is_dir():
             return stages / candidate
     raise FileNotFoundError(f"no model under {stages}")

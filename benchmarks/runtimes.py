@@ -156,12 +156,12 @@ def build_variants(model, prefix: str, example, calib, work: Path, threads: int,
                    plain_baseline: bool = False) -> list[Variant]:
     from dsvl_adapt.compress.quantize import (
         QuantizeConfig,
-        quantize_onnx,
-        quantize_openvino,
         quantize_torch_dynamic,
         save_quantized,
     )
     from dsvl_adapt.export.onnx import export_onnx
+    from dsvl_adapt.runtimes.onnxruntime import quantize_export as quantize_onnx
+    from dsvl_adapt.runtimes.openvino import quantize_openvino
     from dsvl_adapt.runtimes import TorchRuntimeModel
     from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
     from dsvl_adapt.runtimes.openvino import OpenVinoModel, convert_export

@@ -20,13 +20,16 @@ def validate(overrides: Sequence[str] = (), log: Any = None) -> RunConfig:
     (:mod:`dsvl_adapt.preflight`: a ``data.source`` folder's every row and image, the LoRA target
     modules and the distill layer map against the model); raises a
     :class:`~dsvl_adapt.errors.DsvlAdaptError` (``ConfigError``, ``DataError``) naming the problem."""
-    from .engine import check_pipeline
+    from .engine import check_pipeline, check_runtimes
     from .preflight import preflight
 
     config, _raw = compose(list(overrides))
     manager = get_manager()
     check_pipeline(config, manager)
-    preflight(config, manager.registry, log=log or (lambda message: print(message, file=sys.stderr)), summary=True)
+    log = log or (lambda message: print(message, file=sys.stderr))
+    for note in check_runtimes(config, manager.registry):
+        log(f"note: {note}")
+    preflight(config, manager.registry, log=log, summary=True)
     return config
 
 

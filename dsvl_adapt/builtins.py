@@ -1,6 +1,7 @@
 """The core's own parts, registered through the same hooks as any plugin.
 
-Stage implementations are imported when they run, so loading plugins stays fast.
+Stage implementations are imported when they run, and the runtime backends import their engines
+when used, so loading plugins stays fast.
 """
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from __future__ import annotations
 from .engine import LazyStage
 from .metrics import exact_match
 from .plugins import hookimpl
+from .runtimes.backends.onnxruntime import OnnxRuntimeBackend
+from .runtimes.backends.openvino import OpenVinoBackend
+from .runtimes.backends.pytorch import TorchBackend
 from .schemas import DatasetRequest, DatasetSpec, MetricSpec, PromptTemplate
 
 CORE_STAGES = (
@@ -23,11 +27,14 @@ CORE_STAGES = (
               config_keys=("prune.weights", "prune.calibration_batch_size")),
     LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
               "dsvl_adapt.inject.distill:DistillStage", distributed=True, config_keys=("distill",)),
-    LazyStage("quantize", "quantize the student for the target's runtime: PyTorch int8, ONNX Runtime int8/int4, "
-                          "or OpenVINO int8/int4 (NNCF)",
+    LazyStage("quantize", "quantize the student for the target's runtime backend (built in: PyTorch int8, ONNX "
+                          "Runtime int8/int4, OpenVINO int8/int4 with NNCF)",
               "dsvl_adapt.compress.stages:QuantizeStage", config_keys=("quantize", "vertical.target")),
-    LazyStage("export", "export the student to ONNX (full graph, or vision + LM graphs for restricted op sets)",
-              "dsvl_adapt.export.stage:ExportStage", config_keys=("export", "vertical.target")),
+    LazyStage("export", "export the student for the target's runtime backend, with an ONNX op/dtype inventory (full "
+                        "graph, or vision + LM graphs for restricted op sets)",
+              "dsvl_adapt.export.stage:ExportStage",
+              config_keys=("export", "vertical.target", "quantize.backend", "quantize.follow_target",
+                           "quantize.precision")),
     LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
               "dsvl_adapt.score.stage:ScoreStage", cacheable=False),
     # the stages of `dsvl-adapt update` (docs/continual.md)
@@ -41,6 +48,12 @@ CORE_STAGES = (
     LazyStage("update.score", "score the parent and this version on the old test split, the new rows and the "
               "general set", "dsvl_adapt.continual.stages:UpdateScoreStage", cacheable=False),
 )
+
+
+@hookimpl
+def dsvl_adapt_register_runtimes(register):
+    for backend in (TorchBackend(), OnnxRuntimeBackend(), OpenVinoBackend()):
+        register(backend)
 
 
 @hookimpl

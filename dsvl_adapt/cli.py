@@ -80,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(handler=_cmd_plugins)
 
-    targets = sub.add_parser("targets", help="list hardware targets of installed verticals")
+    targets = sub.add_parser("targets", help="list hardware targets of installed verticals, each with its runtime "
+                                             "backend and whether it is available here")
     targets.add_argument("--json", action="store_true", help="machine-readable output")
+    targets.add_argument("--runtimes", action="store_true",
+                         help="with --json: an object with the targets and the registered runtime backends")
     targets.set_defaults(handler=_cmd_targets)
 
     report = sub.add_parser("report", help="compare runs (a sweep folder): table, Pareto front, best feasible run",
@@ -349,14 +352,32 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     from .plugins import get_registry
 
     registry = get_registry()
-    rows = [t.model_dump() | {"plugin": registry.targets.owner(t.name)} for t in registry.targets]
+    backends = {}
+    for backend in registry.runtimes:
+        reason = backend.available()
+        backends[backend.name] = {"name": backend.name, "plugin": registry.runtimes.owner(backend.name),
+                                  "description": backend.description, "available": reason is None, "reason": reason}
+    rows = []
+    for t in registry.targets:
+        backend = backends.get(t.runtime)
+        reason = backend["reason"] if backend else (f"no installed backend provides {t.runtime!r} (its figures are "
+                                                    "estimated; docs/plugins/runtimes.md)")
+        rows.append(t.model_dump() | {"plugin": registry.targets.owner(t.name),
+                                      "backend": t.runtime if backend else None,
+                                      "backend_available": reason is None, "backend_reason": reason})
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps({"targets": rows, "runtimes": list(backends.values())} if args.runtimes else rows,
+                         indent=2, default=str))
         return 0
     for row in rows:
         objective = f", p90 <= {row['latency_p90_ms']} ms" if row["latency_p90_ms"] else ""
-        print(f"{row['name']}: {row['device']} / {row['runtime']}, {row['memory_gb']} GB, "
+        state = "available" if row["backend_available"] else f"not available: {row['backend_reason']}"
+        print(f"{row['name']}: {row['device']} / {row['runtime']} ({state}), {row['memory_gb']} GB, "
               f"{'/'.join(row['dtypes'])}{objective}  [{row['plugin']}]")
+    print("runtime backends:")
+    for backend in backends.values():
+        state = "available" if backend["available"] else f"not available: {backend['reason']}"
+        print(f"  {backend['name']}: {backend['description']} ({state})  [{backend['plugin']}]")
     return 0
 
 

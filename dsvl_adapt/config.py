@@ -16,9 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .compress.configs import StructuralPruneConfig, WeightPruneConfig
-from .compress.quantize import QuantizeConfig
 from .continual.settings import UpdateSection
 from .errors import ConfigError
+from .quantization import QuantizeConfig
 
 CONF_DIR_CANDIDATES = (
     Path(__file__).parent / "conf",  # installed wheel
@@ -230,7 +230,8 @@ class QuantizeSection(QuantizeConfig):
     """The quantize stage: a QuantizeConfig plus how the backend is chosen."""
 
     follow_target: bool = Field(
-        True, description="quantize for the target's runtime (torch or onnxruntime) instead of `backend`"
+        True, description="quantize for the target's runtime backend when one of that name is registered, "
+                          "instead of `backend`"
     )
     precision: Literal["f32", "bf16"] = Field(
         "f32", description="OpenVINO inference precision, pinned at load (the CPU plugin's own default is bf16 "

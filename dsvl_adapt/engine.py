@@ -8,6 +8,7 @@ and lets an interrupted training stage resume from its last checkpoint inside ``
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -129,6 +130,42 @@ def check_pipeline(config: RunConfig, manager: PluginManager) -> None:
     if config.vertical.target and config.vertical.target not in vertical.targets:
         raise ConfigError(f"vertical.target: {config.vertical.target!r} is not a target of vertical "
                           f"{vertical.name!r}; choose one of: {', '.join(vertical.targets)}")
+    check_runtimes(config, registry)
+
+
+def check_runtimes(config: RunConfig, registry: Any) -> list[str]:
+    """The runtime backends the run names, against the registered ones: ``quantize.backend`` must be registered,
+    and a target's runtime that is a near miss of a registered name (a typo) is an error; a runtime with no backend
+    installed here (``tensorrt`` on a CPU box) is allowed. With a ``quantize`` stage, its mode and bits are checked
+    against the backend it will use. Returns a note per target whose runtime has no backend here."""
+    registered = registry.runtimes.names()
+    listing = ", ".join(registered) or "none"
+    if config.quantize.backend not in registry.runtimes:
+        raise ConfigError(f"quantize.backend: {config.quantize.backend!r} is not a registered runtime backend; "
+                          f"registered: {listing} (a plugin adds one through dsvl_adapt_register_runtimes)")
+    notes = []
+    vertical = registry.vertical(config.vertical.name)
+    for name in vertical.targets:
+        target = registry.targets.get(name)
+        if target.runtime in registry.runtimes:
+            continue
+        near = difflib.get_close_matches(target.runtime, registered, n=1, cutoff=0.8)
+        if near:
+            raise ConfigError(f"hardware target {name!r} (plugin {registry.targets.owner(name)!r}): runtime "
+                              f"{target.runtime!r} is not a registered backend; did you mean {near[0]!r}? "
+                              f"registered: {listing}")
+        notes.append(f"hardware target {name!r} runs on {target.runtime!r}, which no installed backend provides "
+                     f"(registered: {listing}): its figures are estimated"
+                     + (f", and quantize/export prepare for quantize.backend={config.quantize.backend!r}"
+                        if name == (config.vertical.target or vertical.targets[0]) else ""))
+    if "quantize" in config.pipeline.stages:
+        from .quantization import backend_name, config_for_backend
+
+        chosen = config.vertical.target or (vertical.targets[0] if vertical.targets else None)
+        runtime = registry.targets.get(chosen).runtime if chosen else None
+        name = backend_name(config.quantize, runtime, registry.runtimes, config.quantize.follow_target)
+        config_for_backend(config.quantize, registry.runtimes.get(name))
+    return notes
 
 
 class Processes:

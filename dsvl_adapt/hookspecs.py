@@ -26,6 +26,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from .engine import RunContext, Stage, StageResult
+    from .runtimes.contract import RuntimeBackend
     from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
 
 hookspec = pluggy.HookspecMarker("dsvl_adapt")
@@ -95,7 +96,9 @@ def dsvl_adapt_register_hardware_targets(register: Callable[["HardwareTarget"], 
     """Register hardware targets (device, runtime, memory budget, dtypes, objectives).
 
     ``register(HardwareTarget(name="edge-npu", device="npu", runtime="onnxruntime", ...))``.
-    The scorecard checks the exported model against every target of the vertical.
+    ``runtime`` names a backend registered through :func:`dsvl_adapt_register_runtimes` (the
+    core's: ``torch``, ``onnxruntime``, ``openvino``). The scorecard checks the exported model
+    against every target of the vertical.
     """
 
 
@@ -107,6 +110,29 @@ def dsvl_adapt_register_stages(register: Callable[["Stage"], None]) -> None:
     ``name`` (used in ``pipeline.stages``), a ``description`` and ``run(context) ->
     StageResult``. The core's stages (``load``, ``finetune``, ``score`` …) come through this
     hook too.
+    """
+
+
+@hookspec
+def dsvl_adapt_register_runtimes(register: Callable[["RuntimeBackend"], None]) -> None:
+    """Register runtime backends (inference engines: an NPU SDK, TensorRT, ExecuTorch ...).
+
+    ``register(backend)`` where ``backend`` satisfies
+    :class:`~dsvl_adapt.runtimes.contract.RuntimeBackend`: a ``name`` (what a
+    :class:`~dsvl_adapt.schemas.HardwareTarget` names as its ``runtime``), a ``description``, and
+    ``available()``, ``capabilities()``, ``prepare(request)`` (export + optional quantization of a
+    checkpoint directory into a deployable artifact), ``load(directory, threads=...)`` (a
+    :class:`~dsvl_adapt.runtimes.contract.GenerativeModel`), ``owns(directory)`` and
+    ``inventory(directory)``. The ``quantize`` and ``export`` stages and the scorecard reach a
+    backend only through this interface; the core's PyTorch, ONNX Runtime and OpenVINO backends come
+    through this hook too. Constructing a backend must be cheap: import the engine inside its methods.
+    ``docs/plugins/runtimes.md`` walks through a complete backend.
+
+    Example::
+
+        @hookimpl
+        def dsvl_adapt_register_runtimes(register):
+            register(AcmeNpuBackend())   # name = "acme-npu"; a target then says runtime="acme-npu"
     """
 
 

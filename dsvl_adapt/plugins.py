@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import pluggy
@@ -27,6 +29,7 @@ from pydantic import ValidationError
 
 from . import hookspecs
 from .errors import ConfigError, PluginError
+from .runtimes.contract import RuntimeBackend
 from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
 
 ENTRY_POINT_GROUP = "dsvl_adapt"
@@ -120,6 +123,42 @@ def _instance_of(schema: type) -> Callable[[Any, str], None]:
     return check
 
 
+#: What a runtime backend must have (dsvl_adapt.runtimes.contract.RuntimeBackend): attributes, then methods.
+BACKEND_ATTRIBUTES = ("name", "description")
+BACKEND_METHODS = ("available", "capabilities", "prepare", "load", "owns", "inventory")
+_SLUG = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _check_backend(backend: Any, plugin: str) -> None:
+    """A runtime backend must satisfy :class:`~dsvl_adapt.runtimes.contract.RuntimeBackend` (an instance, with a
+    slug ``name``); the message names the plugin and what is missing."""
+    where = "see dsvl_adapt.runtimes.contract.RuntimeBackend and docs/plugins/runtimes.md"
+    if isinstance(backend, type):
+        raise PluginError(f"plugin {plugin!r} registered the class {backend.__name__} as a runtime backend; register "
+                          f"an instance: register({backend.__name__}())")
+    missing = [a for a in BACKEND_ATTRIBUTES + BACKEND_METHODS if not hasattr(backend, a)]
+    if missing:
+        raise PluginError(f"plugin {plugin!r} registered a {type(backend).__name__} that is not a runtime backend: it "
+                          f"lacks {', '.join(missing)} ({where})")
+    not_callable = [m for m in BACKEND_METHODS if not callable(getattr(backend, m))]
+    if not_callable:
+        raise PluginError(f"plugin {plugin!r} registered runtime backend {type(backend).__name__} whose "
+                          f"{', '.join(not_callable)} is not a method ({where})")
+    name = backend.name
+    if not isinstance(name, str) or not _SLUG.match(name):
+        raise PluginError(f"plugin {plugin!r} registered runtime backend {type(backend).__name__} with name {name!r}; "
+                          "a name is a lowercase slug (^[a-z][a-z0-9_-]*$), what HardwareTarget.runtime says")
+    if not isinstance(backend.description, str):
+        raise PluginError(f"plugin {plugin!r} registered runtime backend {name!r} whose description is not a string")
+    if not isinstance(backend, RuntimeBackend):  # pragma: no cover - the checks above cover the protocol
+        raise PluginError(f"plugin {plugin!r} registered {name!r}, which does not satisfy RuntimeBackend ({where})")
+
+
+def _runtime_hint(name: str) -> str:
+    return (" A target's runtime must be a registered backend: install the plugin that provides it, or write one "
+            "(docs/plugins/runtimes.md).")
+
+
 def _check_stage(stage: Any, plugin: str) -> None:
     for attr in ("name", "description", "run"):
         if not hasattr(stage, attr):
@@ -136,11 +175,31 @@ class Registry:
     metrics: Catalog[MetricSpec]
     targets: Catalog[HardwareTarget]
     stages: Catalog[Any]
+    runtimes: Catalog[RuntimeBackend]
     config_search_path: list[str]
     failures: list[str]
 
     def vertical(self, name: str) -> Vertical:
         return self.verticals.get(name)
+
+    def runtime_for(self, directory: str | Path) -> RuntimeBackend | None:
+        """The registered backend whose ``owns(directory)`` is true (None when none does); two owners are an
+        error naming both plugins."""
+        directory = Path(directory)
+        owners = []
+        for backend in self.runtimes:
+            try:
+                owned = backend.owns(directory)
+            except Exception as exc:  # a plugin's bug, reported as such
+                raise PluginError(f"runtime backend {backend.name!r} (plugin {self.runtimes.owner(backend.name)!r}): "
+                                  f"owns({str(directory)!r}) raised {type(exc).__name__}: {exc}") from exc
+            if owned:
+                owners.append(backend)
+        if len(owners) > 1:
+            names = ", ".join(f"{b.name!r} (plugin {self.runtimes.owner(b.name)!r})" for b in owners)
+            raise PluginError(f"{directory} is claimed by several runtime backends: {names}; each backend's owns() "
+                              "must recognise only its own artifacts")
+        return owners[0] if owners else None
 
 
 class PluginManager:
@@ -235,6 +294,7 @@ class PluginManager:
             "targets": (Catalog("hardware target", _instance_of(HardwareTarget)),
                         "dsvl_adapt_register_hardware_targets"),
             "stages": (Catalog("stage", _check_stage), "dsvl_adapt_register_stages"),
+            "runtimes": (Catalog("runtime backend", _check_backend, _runtime_hint), "dsvl_adapt_register_runtimes"),
         }
         for catalog, hook_name in catalogs.values():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():

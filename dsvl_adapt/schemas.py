@@ -120,7 +120,9 @@ class MetricSpec(_Strict):
 
 
 
-Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+#: A runtime backend's name (``dsvl_adapt_register_runtimes``): built in ``torch``, ``onnxruntime``, ``openvino``;
+#: checked against the registered backends when a run is validated (:func:`dsvl_adapt.engine.check_pipeline`).
+Runtime = Name
 DType = Literal["fp32", "bf16", "fp16", "int8", "int4"]
 
 
@@ -130,7 +132,8 @@ class HardwareTarget(_Strict):
     name: Name
     description: str = ""
     device: Literal["cpu", "gpu", "npu"]
-    runtime: Runtime
+    runtime: Runtime = Field(description="the runtime backend that serves it (`dsvl-adapt targets` lists them); a runtime "
+                                         "with no backend installed here is allowed, its figures are estimated")
     memory_gb: float = Field(gt=0, description="memory available to the model")
     dtypes: list[DType] = Field(min_length=1, description="data types the device computes in")
     peak_tops: dict[DType, float] = Field(

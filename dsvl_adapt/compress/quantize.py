@@ -1,5 +1,10 @@
-"""Quantization of DeepSeek-VL models: PyTorch int8 dynamic, ONNX Runtime int8/int4 on exported graphs, and
-OpenVINO int8/int4 (NNCF) on IR converted from those graphs.
+"""PyTorch int8 dynamic quantization of DeepSeek-VL models, and the policy every backend follows.
+
+The settings (:class:`~dsvl_adapt.quantization.QuantizeConfig`, re-exported here) live in the neutral module
+:mod:`dsvl_adapt.quantization`; ONNX Runtime int8/int4 on exported graphs is :func:`dsvl_adapt.runtimes.onnxruntime.
+quantize_export` and OpenVINO int8/int4 (NNCF) on IR converted from those graphs :func:`dsvl_adapt.runtimes.openvino.
+quantize_openvino`. The quantize stage reaches all three through the target's runtime backend (the registry's
+``runtimes``); this module imports no backend.
 
 Policy
 ------
@@ -45,12 +50,11 @@ on that directory would otherwise try to read int8 tensors as fp32 weights.
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from ..quantization import DEFAULT_SKIP, SUPPORTED, QuantizeConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -60,109 +64,15 @@ __all__ = [
     "SUPPORTED",
     "QuantizeConfig",
     "load_quantized",
-    "quantize_onnx",
-    "quantize_openvino",
     "quantize_torch_dynamic",
     "quantized_module_names",
     "save_quantized",
 ]
 
-DEFAULT_SKIP: tuple[str, ...] = (r"^model\.vision_model\.", r"^model\.high_res_vision_", r"^model\.aligner\.")
-
-#: backend -> mode -> bits allowed
-SUPPORTED: dict[str, dict[str, tuple[int, ...]]] = {
-    "torch": {"dynamic": (8,)},
-    "onnxruntime": {"dynamic": (8,), "static": (8,), "weight_only": (8, 4)},
-    "openvino": {"dynamic": (8, 4), "static": (8,), "weight_only": (8, 4)},
-}
-
 RECIPE_FILE = "quantization.json"
 WEIGHTS_FILE = "quantized_model.safetensors"
 FORMAT = "dsvl-adapt/torch-quantized"
 FORMAT_VERSION = 1
-
-
-def _supported_text(backend: str) -> str:
-    return ", ".join(f"bits={b} mode={m!r}" for m, bits in SUPPORTED[backend].items() for b in bits)
-
-
-class QuantizeConfig(BaseModel):
-    """What to quantize and how. Field order matters: ``mode`` and ``bits`` are checked against ``backend``."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    backend: Literal["torch", "onnxruntime", "openvino"] = "torch"
-    mode: Literal["dynamic", "static", "weight_only"] = "dynamic"
-    bits: Literal[8, 4] = 8
-    per_channel: bool = Field(True, description="per-output-channel weight scales (int8 modes); int4 is blockwise")
-    skip: list[str] = Field(default_factory=lambda: list(DEFAULT_SKIP),
-                            description="regexes searched in module paths; matching layers stay full precision")
-    calibration_batches: int = Field(8, ge=1, description="batches read for static calibration")
-    block_size: int = Field(32, ge=16, description="weight_only: weights per quantization block (power of 2)")
-    reduce_range: Literal["auto"] | bool = Field(
-        "auto", description="int8 with quantized activations (ONNX Runtime dynamic/static, OpenVINO static): 7-bit "
-                            "weights, which ONNX Runtime's documentation advises on x86 CPUs without VNNI, where "
-                            "u8s8 kernels saturate (NNCF: overflow_fix=enable). auto = on when this machine lacks "
-                            "VNNI/AMX int8 (the choice is recorded in the quantize stage's figures)")
-    embedding: Literal["auto", "fp32", "int8"] = Field(
-        "auto", description="the token-embedding table of split exports (onnxruntime, openvino), which the caller "
-                            "looks input_ids up in: int8 per row, or fp32. auto = int8 on those backends; the torch "
-                            "backend quantizes Linear layers only and keeps the embedding fp32")
-
-    @field_validator("mode")
-    @classmethod
-    def _mode_supported(cls, mode: str, info: ValidationInfo) -> str:
-        backend = info.data.get("backend")
-        if backend is not None and mode not in SUPPORTED[backend]:
-            raise ValueError(f"mode {mode!r} is not supported by backend {backend!r}; "
-                             f"supported: {_supported_text(backend)}")
-        return mode
-
-    @field_validator("bits")
-    @classmethod
-    def _bits_supported(cls, bits: int, info: ValidationInfo) -> int:
-        backend, mode = info.data.get("backend"), info.data.get("mode")
-        if backend is not None and mode is not None and bits not in SUPPORTED[backend][mode]:
-            raise ValueError(f"bits={bits} with mode {mode!r} is not supported by backend {backend!r}; "
-                             f"supported: {_supported_text(backend)}")
-        return bits
-
-    @field_validator("skip")
-    @classmethod
-    def _skip_compiles(cls, skip: list[str]) -> list[str]:
-        for i, pattern in enumerate(skip):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"skip[{i}] {pattern!r} is not a valid regular expression: {e}") from None
-        return skip
-
-    @field_validator("block_size")
-    @classmethod
-    def _block_power_of_two(cls, block_size: int) -> int:
-        if block_size & (block_size - 1):
-            raise ValueError(f"block_size must be a power of 2, got {block_size}")
-        return block_size
-
-    @property
-    def embedding_dtype(self) -> Literal["fp32", "int8"]:
-        """The embedding table's dtype on this backend (``auto`` resolved)."""
-        if self.embedding == "auto":
-            return "fp32" if self.backend == "torch" else "int8"
-        return self.embedding
-
-    @property
-    def reduce_range_resolved(self) -> bool:
-        """``reduce_range`` with ``auto`` resolved against this machine's CPU."""
-        if self.reduce_range != "auto":
-            return bool(self.reduce_range)
-        from ..machine import has_int8_dot_product
-
-        return has_int8_dot_product() is False
-
-    def skips(self, module_path: str) -> bool:
-        """True when ``module_path`` stays in full precision under this policy."""
-        return any(re.search(p, module_path) for p in self.skip)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -188,7 +98,7 @@ def quantize_torch_dynamic(model: torch.nn.Module, config: QuantizeConfig | None
     config = config or QuantizeConfig()
     if config.backend != "torch":
         raise ValueError(f"quantize_torch_dynamic needs backend='torch', got {config.backend!r}; "
-                         "for onnxruntime export the model and call quantize_onnx")
+                         "for onnxruntime export the model and call dsvl_adapt.runtimes.onnxruntime.quantize_export")
     if config.embedding == "int8":
         raise ValueError("quantize.embedding='int8' applies to the embedding table of split exports (backend "
                          "onnxruntime or openvino); the torch backend quantizes nn.Linear only: use "
@@ -359,40 +269,3 @@ def load_quantized(directory: str | Path, *, check_engine: bool = True) -> torch
             raise ValueError(f"{directory}: {name!r} is not a quantized Linear after rebuilding")
         _torch_ao.unpack_quantized_linear(modules[name], packed[name])
     return model
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# ONNX Runtime
-
-
-def quantize_onnx(source: str | Path, destination: str | Path, config: QuantizeConfig,
-                  batches: list[dict[str, Any]] | None = None, **kwargs: Any):
-    """Quantize an ONNX export directory (from :func:`dsvl_adapt.export.onnx.export_onnx`) with ONNX Runtime.
-
-    Writes a directory of the same layout (``OnnxRuntimeModel.load`` reads it) and returns an
-    ``OnnxQuantizeReport``. ``batches`` feed static calibration (``config.calibration_batches`` of them are read)
-    and the accuracy check against the fp32 graphs. See
-    :func:`dsvl_adapt.runtimes.onnxruntime.quantize_export` for the details.
-    """
-    from dsvl_adapt.runtimes.onnxruntime import quantize_export
-
-    return quantize_export(source, destination, config, batches=batches, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# OpenVINO
-
-
-def quantize_openvino(source: str | Path, destination: str | Path, config: QuantizeConfig,
-                      batches: list[dict[str, Any]] | None = None, *, precision: str = "f32", **kwargs: Any):
-    """Convert an ONNX export directory to OpenVINO IR and compress it with NNCF (``config.backend='openvino'``).
-
-    Writes IR + ``openvino.json`` (``OpenVinoModel.load`` reads it) and returns the ``OpenVinoReport``.
-    ``precision`` (f32 | bf16) is the inference precision pinned at every load. See
-    :func:`dsvl_adapt.runtimes.openvino.convert_export` for the details.
-    """
-    from dsvl_adapt.runtimes.openvino import convert_export
-
-    if config.backend != "openvino":
-        raise ValueError(f"quantize_openvino needs backend='openvino', got {config.backend!r}")
-    return convert_export(source, destination, precision=precision, quantize=config, batches=batches, **kwargs)

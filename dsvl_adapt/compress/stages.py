@@ -2,7 +2,9 @@
 
 ``prune.structural`` (torch-pruning: channels and heads), ``prune.weights`` (zeros: magnitude,
 Wanda, 2:4). Each loads the current student, compresses it, checks that the saved directory
-reloads to the same outputs, and records figures for the scorecard.
+reloads to the same outputs, and records figures for the scorecard. ``quantize`` hands the student
+to the target's runtime backend (found in the registry by name; no backend module is imported
+here), which exports and quantizes it into a deployable artifact.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import torch
 
 from ..data.calibration import calibration_batches
 from ..engine import RunContext, StageResult
-from ..errors import StageError
+from ..errors import ConfigError, StageError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.dtype import compute_dtype, load_for_runtime, model_dtype
 from ..models.figures import model_figures
+from ..quantization import backend_name, config_for_backend
+from ..runtimes.contract import Artifact, PrepareRequest, RuntimeBackend
 from ..score.quick import validation_accuracy
 
 
@@ -127,100 +131,61 @@ class WeightPruneStage:
 
 
 def target_backend(context: RunContext) -> str:
-    """The quantization backend: the target's runtime when it is one we quantize for, else the config's."""
+    """The name of the runtime backend the quantize and export stages prepare for: the target's runtime when
+    ``quantize.follow_target`` and a backend of that name is registered, else ``quantize.backend`` (a target may
+    name a runtime that has no backend installed here, e.g. ``tensorrt``: its fit is then estimated)."""
     cfg = context.config.quantize
     target = context.target()
-    if cfg.follow_target and target is not None and target.runtime in ("torch", "onnxruntime", "openvino"):
-        return target.runtime
-    return cfg.backend
+    return backend_name(cfg, target.runtime if target else None, context.registry.runtimes, cfg.follow_target)
 
 
-def export_graphs(context: RunContext, *, table_int8: bool = False) -> str:
-    """``full`` or ``split`` for ``export.graphs=auto``: split when the target's op list lacks what the full graph
-    needs (NonZero, ScatterND), or when the token-embedding table is to be int8 (``table_int8``): only a split
-    export keeps the table outside the graphs, where it is quantized per row or read from the int8 lm_head."""
-    choice = context.config.export.graphs
-    if choice != "auto":
-        return choice
-    if table_int8:
-        return "split"
+def runtime_backend(context: RunContext) -> RuntimeBackend:
+    """The registered backend of :func:`target_backend`, checked to be usable here (else a ``ConfigError`` with
+    the backend's reason, e.g. its install command)."""
+    backend = context.registry.runtimes.get(target_backend(context))
+    reason = backend.available()
+    if reason is not None:
+        raise ConfigError(f"runtime backend {backend.name!r} is not available here: {reason}")
+    return backend
+
+
+def prepare_options(context: RunContext) -> dict[str, Any]:
+    """The export options of a :class:`PrepareRequest` (``EXPORT_OPTIONS``), from the config and the target."""
     target = context.target()
-    if target is not None and target.supported_ops is not None:
-        if not {"NonZero", "ScatterND"} <= set(target.supported_ops):
-            return "split"
-    return "full"
+    return {"opset": context.config.export.opset, "graphs": context.config.export.graphs,
+            "supported_ops": list(target.supported_ops) if target and target.supported_ops is not None else None,
+            "precision": context.config.quantize.precision, "allow_pickle": context.config.model.allow_pickle,
+            "trust_remote_code": context.config.model.trust_remote_code}
+
+
+def stage_artifacts(context: RunContext, artifact: Artifact) -> dict[str, str]:
+    """``deploy`` and the artifact's related directories (``onnx`` ...), relative to the stage's directory."""
+    def name(path: Path) -> str:
+        path = Path(path)
+        return path.name if path.parent.resolve() == context.work_dir.resolve() else str(path)
+
+    return {"deploy": name(artifact.directory), **{kind: name(path) for kind, path in artifact.related.items()}}
 
 
 class QuantizeStage:
     name = "quantize"
-    description = ("quantize the student for the target's runtime: PyTorch int8, ONNX Runtime int8/int4, or "
-                   "OpenVINO int8/int4 (NNCF)")
+    description = ("quantize the student for the target's runtime backend (built in: PyTorch int8, ONNX Runtime "
+                   "int8/int4, OpenVINO int8/int4 with NNCF)")
 
     def run(self, context: RunContext) -> StageResult:
-        from .quantize import load_quantized, quantize_onnx, quantize_torch_dynamic, save_quantized
-
-        backend = target_backend(context)
-        if backend == "openvino":  # before any work: a missing extra is a setup error with its install command
-            from ..runtimes.openvino import require_openvino
-
-            require_openvino()
-        cfg = context.config.quantize.model_copy(update={"backend": backend})
-        cfg = type(cfg).model_validate(cfg.model_dump())  # mode/bits checked against the chosen backend
+        backend = runtime_backend(context)  # before any work: a missing extra is a setup error with its install command
+        cfg = config_for_backend(context.config.quantize, backend)  # mode/bits checked against that backend
         model, processor, cast_from = load_for_runtime(context)
         calibration = calibration_batches(context, processor, count=cfg.calibration_batches,
                                           batch_size=context.config.prune.calibration_batch_size)
-        if backend == "torch":
-            quantized = quantize_torch_dynamic(model, cfg)
-            directory = context.work_dir / "student-int8"
-            save_quantized(quantized, directory, cfg)
-            processor.save_pretrained(directory)
-            reloaded = load_quantized(directory)
-            probe = {k: v for k, v in calibration[0].items() if k != "labels"}
-            with torch.no_grad():
-                diff = float((quantized(**probe).logits - reloaded(**probe).logits).abs().max())
-            if diff != 0.0:
-                raise StageError(f"{directory} does not reload to identical outputs (max abs diff {diff:.3g})")
-            figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "reload_max_abs_diff": diff,
-                       "size_bytes": _dir_bytes(directory), "cast_from": cast_from}
-            return StageResult(artifacts={"deploy": "student-int8"}, figures=figures)
-        from ..export.onnx import export_onnx
-
-        fp32_dir = context.work_dir / "onnx-fp32"
-        split = export_graphs(context, table_int8=cfg.embedding_dtype == "int8") == "split"
-        export = export_onnx(model, fp32_dir, calibration[0], split=split, opset=context.config.export.opset)
-        processor.save_pretrained(fp32_dir)
-        if backend == "openvino":
-            return self._openvino(context, cfg, fp32_dir, export, calibration, processor, cast_from)
-        directory = context.work_dir / "onnx-int8" if cfg.bits == 8 else context.work_dir / "onnx-int4"
-        report = quantize_onnx(fp32_dir, directory, cfg, calibration)
-        processor.save_pretrained(directory)
-        figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "export": export.model_dump(mode="json"),
-                   **report.model_dump(mode="json"), "size_bytes": report.bytes, "cast_from": cast_from}
-        return StageResult(artifacts={"deploy": directory.name, "onnx": directory.name}, figures=figures)
-
-    @staticmethod
-    def _openvino(context: RunContext, cfg, fp32_dir: Path, export, calibration, processor,
-                  cast_from: str | None) -> StageResult:
-        """ONNX fp32 export -> OpenVINO IR -> NNCF compression, at the precision the config pins."""
-        from .quantize import quantize_openvino
-
-        precision = context.config.quantize.precision
-        directory = context.work_dir / f"openvino-int{cfg.bits}"
+        plan = cfg.to_plan()
+        request = PrepareRequest(checkpoint_dir=context.artifact("student"),
+                                 out_dir=context.work_dir / f"{backend.name}-{plan.weights}", plan=plan,
+                                 calibration=calibration, options=prepare_options(context), model=model,
+                                 scratch_dir=context.work_dir)
         try:
-            report = quantize_openvino(fp32_dir, directory, cfg, calibration, precision=precision)
-        except ValueError as e:  # e.g. the saved IR does not reload to the same logits
-            raise StageError(f"OpenVINO conversion failed: {e}") from e
-        processor.save_pretrained(directory)
-        figures = {"backend": "openvino", "bits": cfg.bits, "mode": cfg.mode, "precision": precision,
-                   "label": report.label, "export": export.model_dump(mode="json"),
-                   "openvino": report.model_dump(mode="json"), "size_bytes": report.bytes,
-                   "reload_max_abs_diff": report.reload_max_abs_diff, "max_abs_diff": report.max_abs_diff,
-                   "top1_agreement": report.top1_agreement, "cast_from": cast_from}
-        # deploy: the IR; onnx: the fp32 graphs it was converted from (the export stage reuses them, and the
-        # scorecard's opset/op checks read their inventory).
-        return StageResult(artifacts={"deploy": directory.name, "openvino": directory.name, "onnx": fp32_dir.name},
-                           figures=figures)
-
-
-def _dir_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+            artifact = backend.prepare(request)
+        except ValueError as e:  # e.g. the saved artifact does not reload to the same logits
+            raise StageError(f"runtime backend {backend.name!r} could not prepare the student: {e}") from e
+        figures = {"backend": backend.name, **artifact.report, "cast_from": cast_from}
+        return StageResult(artifacts=stage_artifacts(context, artifact), figures=figures)

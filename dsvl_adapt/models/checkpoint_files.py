@@ -149,3 +149,14 @@ def weights_dtype(directory: Path, files: WeightFiles | None = None) -> str | No
         return None
     value = config.get("dtype") or config.get("torch_dtype")
     return value if value in _SAFETENSORS_DTYPES.values() else None
+
+
+def is_checkpoint_dir(directory: str | Path) -> bool:
+    """Whether ``directory`` looks like a Hugging Face checkpoint the pipeline writes or reads: ``config.json`` with
+    safetensors weights (or a torch-quantized ``quantization.json``, or pickled weights). Cheap: names only."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        return False
+    names = {p.name for p in directory.iterdir() if p.is_file()}
+    return bool(names & {"model.safetensors", "model.safetensors.index.json", "quantization.json"}) or any(
+        n.endswith(PICKLE_SUFFIXES) and n.startswith("pytorch_model") for n in names)

@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import numpy as np
 
 __all__ = [
     "Artifact",
@@ -36,7 +37,10 @@ __all__ = [
     "GenerationSettings",
     "GenerativeModel",
     "Inventory",
+    "EXPORT_OPTIONS",
     "InventoryFile",
+    "MODEL_ROLES",
+    "ROLES",
     "PrepareRequest",
     "QuantizationPlan",
     "RuntimeBackend",
@@ -51,7 +55,7 @@ class Capabilities:
     """What a backend can do; the CLI's ``targets`` command and the config validation read it."""
 
     weight_formats: tuple[str, ...] = ("fp32",)  # e.g. ("fp32", "int8", "int4")
-    quantization_modes: tuple[str, ...] = ()  # e.g. ("dynamic", "static", "weight-only")
+    quantization_modes: tuple[str, ...] = ()  # e.g. ("dynamic", "static", "weight_only"), as quantize.mode says
     devices: tuple[str, ...] = ("cpu",)
     kv_cache: bool = False  # decode reuses cached keys/values (no prompt re-run)
     streaming: bool = True
@@ -74,45 +78,80 @@ class QuantizationPlan:
 class PrepareRequest:
     """Everything :meth:`RuntimeBackend.prepare` needs: a Hugging Face checkpoint directory (config, weights,
     processor), where to write, the plan, and calibration batches from the vertical's own rows (an iterable of
-    batches as above; may be empty when the plan needs none)."""
+    batches as above; may be empty when the plan needs none).
+
+    ``model``: optionally the same checkpoint already in memory (a float32 torch module, as the pipeline holds it),
+    which a backend may use instead of reading ``checkpoint_dir`` again; the result must be the same either way.
+    ``scratch_dir``: where intermediate artifacts may be kept for the caller (e.g. the ONNX export an OpenVINO IR is
+    converted from, which the scorecard's op checks read); None = a temporary directory, removed afterwards.
+    Nothing may be written outside ``out_dir`` and ``scratch_dir``."""
 
     checkpoint_dir: Path
     out_dir: Path
     plan: QuantizationPlan = QuantizationPlan()
     calibration: Iterable[Mapping[str, Any]] = ()
     threads: int | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)  # export options (e.g. opset, split graphs)
+    options: Mapping[str, Any] = field(default_factory=dict)  # export options, see below
+    model: Any = None
+    scratch_dir: Path | None = None
+
+
+#: Export options the core's stages put in :attr:`PrepareRequest.options` (a backend ignores what it has no use for):
+#: ``opset`` (int or None: the exporter's default), ``graphs`` ("auto" | "full" | "split"), ``supported_ops`` (the
+#: target's ONNX op list, or None), ``precision`` (an inference precision to pin, e.g. OpenVINO's "f32" | "bf16").
+EXPORT_OPTIONS = ("opset", "graphs", "supported_ops", "precision")
 
 
 @dataclass(frozen=True)
 class InventoryFile:
     path: str  # relative to the artifact directory
     bytes: int
-    role: str = ""  # e.g. "vision", "lm", "embedding", "processor"
+    role: str = ""  # one of ROLES
+
+
+#: Roles of an artifact's files. ``graph``, ``weights`` and ``embedding`` files are the model's weight (what
+#: :attr:`Inventory.model_bytes` sums); ``config``, ``processor`` and ``report`` files are bookkeeping.
+ROLES = ("graph", "weights", "embedding", "config", "processor", "report", "other")
+MODEL_ROLES = ("graph", "weights", "embedding")
 
 
 @dataclass(frozen=True)
 class Inventory:
-    """What an artifact holds: files and bytes, and op/dtype counts where the format has them."""
+    """What an artifact holds: files and bytes, and op/dtype counts where the format has them.
+
+    ``ops``: op type -> count over every graph; ``dtypes``: weight (constant/initializer) dtype -> bytes, as the
+    format names dtypes (ONNX: ``float``, ``int8`` ...; OpenVINO: ``f32``, ``i8``, ``u4`` ...). ``weights``: the
+    weight format written (``fp32``, ``int8``, ``int4`` ...), ``label``: how the scorecard names this artifact
+    (default ``<runtime>-<weights>``; e.g. ``openvino-int8-f32`` adds the pinned inference precision)."""
 
     files: tuple[InventoryFile, ...]
     ops: Mapping[str, int] = field(default_factory=dict)
     dtypes: Mapping[str, int] = field(default_factory=dict)  # weight dtype -> bytes
+    weights: str = "fp32"
+    label: str = ""
 
     @property
     def total_bytes(self) -> int:
         return sum(f.bytes for f in self.files)
 
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of the files that hold the model (graphs, weights, embedding tables), not its bookkeeping."""
+        return sum(f.bytes for f in self.files if f.role in MODEL_ROLES)
+
 
 @dataclass(frozen=True)
 class Artifact:
     """A deployable artifact written by :meth:`RuntimeBackend.prepare`: its directory (self-contained: graphs,
-    weights, processor files, a JSON record of how it was made), the backend's name and what was done."""
+    weights, processor files, a JSON record of how it was made), the backend's name and what was done.
+    ``related`` names other directories :meth:`RuntimeBackend.prepare` wrote that a caller may use, by kind: the
+    core reads ``"onnx"`` (an ONNX export directory whose inventory the scorecard's opset/op checks read)."""
 
     directory: Path
     runtime: str
     weights: str  # the weight format actually written ("fp32", "int8", ...)
-    report: Mapping[str, Any] = field(default_factory=dict)
+    report: Mapping[str, Any] = field(default_factory=dict)  # JSON-able figures; the stage records them
+    related: Mapping[str, Path] = field(default_factory=dict)  # other directories written, by kind (e.g. "onnx")
 
 
 @dataclass(frozen=True)
@@ -184,7 +223,9 @@ class RuntimeBackend(Protocol):
         """Load an artifact this backend prepared (it recognises its own by :meth:`owns`)."""
 
     def owns(self, directory: Path) -> bool:
-        """Whether ``directory`` is an artifact of this backend (e.g. it holds ``openvino.json``)."""
+        """Whether ``directory`` is an artifact of this backend (e.g. it holds ``openvino.json``). Must be cheap
+        (file names, a small JSON file) and must not claim another backend's artifacts."""
 
     def inventory(self, directory: Path) -> Inventory:
-        ...
+        """Files and bytes of an artifact this backend owns, with op and weight-dtype counts where the format
+        has them."""

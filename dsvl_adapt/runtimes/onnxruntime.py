@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from dsvl_adapt.export.onnx import (
+from dsvl_adapt.export.onnx_format import (
     REPORT_FILE,
     WRAPPER_ATTR,
     ExportReport,
@@ -54,7 +54,7 @@ from dsvl_adapt.runtimes.embedding import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dsvl_adapt.compress.quantize import QuantizeConfig
+    from dsvl_adapt.quantization import QuantizeConfig
 
 __all__ = [
     "BatchCalibrationReader",

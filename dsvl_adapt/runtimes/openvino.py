@@ -18,7 +18,7 @@ on each ``.onnx``), so full and split layouts, dynamic batch/sequence axes and t
 are the same as in ONNX Runtime. Weights are saved as they are (``compress_to_fp16=False``: OpenVINO's default would
 silently store fp32 weights as fp16).
 
-Compression (a :class:`dsvl_adapt.compress.quantize.QuantizeConfig` with ``backend="openvino"``):
+Compression (a :class:`dsvl_adapt.quantization.QuantizeConfig` with ``backend="openvino"``):
 
 * ``weight_only`` int8 / int4: ``nncf.compress_weights`` (INT8_ASYM per channel; INT4_ASYM in groups of
   ``block_size``, embeddings and the last layer int8 as NNCF decides). Activations stay in the inference precision:
@@ -75,7 +75,7 @@ from dsvl_adapt.runtimes.embedding import (
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from dsvl_adapt.compress.quantize import QuantizeConfig
+    from dsvl_adapt.quantization import QuantizeConfig
 
 __all__ = [
     "INSTALL_HINT",
@@ -86,6 +86,7 @@ __all__ = [
     "convert_export",
     "convert_torch",
     "is_openvino_dir",
+    "quantize_openvino",
     "read_openvino_report",
     "require_openvino",
 ]
@@ -499,7 +500,7 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
     check that the saved IR reloads to the same logits (a ``ValueError`` otherwise). ``precision`` is pinned at
     every load and recorded in ``openvino.json``.
     """
-    from dsvl_adapt.export.onnx import read_report
+    from dsvl_adapt.export.onnx_format import read_report
 
     ov = _ov()
     if precision not in PRECISIONS:
@@ -620,3 +621,16 @@ def convert_torch(model: torch.nn.Module, destination: str | Path, example_batch
     with tempfile.TemporaryDirectory(prefix="dsvl-ov-") as tmp:
         export_onnx(model, tmp, example_batch, split=split, opset=opset, threads=kwargs.get("threads"))
         return convert_export(tmp, destination, **kwargs)
+
+
+def quantize_openvino(source: str | Path, destination: str | Path, config: QuantizeConfig,
+                      batches: Sequence[dict[str, Any]] | None = None, *, precision: str = "f32",
+                      **kwargs: Any) -> OpenVinoReport:
+    """Convert an ONNX export directory to OpenVINO IR and compress it with NNCF (``config.backend='openvino'``).
+
+    Writes IR + ``openvino.json`` (``OpenVinoModel.load`` reads it) and returns the :class:`OpenVinoReport`.
+    ``precision`` (f32 | bf16) is the inference precision pinned at every load. See :func:`convert_export`.
+    """
+    if config.backend != "openvino":
+        raise ValueError(f"quantize_openvino needs backend='openvino', got {config.backend!r}")
+    return convert_export(source, destination, precision=precision, quantize=config, batches=batches, **kwargs)

@@ -1,4 +1,5 @@
-"""What the score stage measures, behind one interface: a PyTorch model, an ONNX Runtime export or OpenVINO IR.
+"""What the score stage measures, behind one interface: a PyTorch checkpoint, or any runtime backend's artifact (ONNX
+Runtime export, OpenVINO IR, a plugin's format), found through the registry by the backend that ``owns`` it.
 
 Accuracy is always measured through the artifact itself, so export and quantization errors
 show up in the scorecard rather than being hidden behind the PyTorch model they came from.
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.batches import BatchEncoder, Encoded
+from ..errors import ConfigError
 from ..models.figures import model_figures, size_on_disk
 from ..progress import progress_bar
 from .generate import generate_answers
@@ -27,7 +29,7 @@ class Runner:
     """One scorable artifact: how to generate answers, time a request, and what it weighs."""
 
     label: str  # e.g. torch-fp32, torch-int8, onnxruntime-int8, openvino-int8-f32 (weights, inference precision)
-    runtime: str  # the HardwareTarget runtime name: torch | onnxruntime | openvino
+    runtime: str  # the runtime backend's name, as a HardwareTarget names it (torch, onnxruntime, openvino ...)
     dtype: str
     processor: Any
     config: Any
@@ -36,7 +38,7 @@ class Runner:
     params: int | None
     by_component: dict[str, int]
     torch_model: Any = None
-    onnx_model: Any = None  # a numpy runtime model: OnnxRuntimeModel or OpenVinoModel (forward / generate)
+    onnx_model: Any = None  # a backend's GenerativeModel (numpy in and out: forward / generate)
     note: str = ""  # what the latency entry should say about the runtime (e.g. the pinned precision)
 
     def answers(self, encoder: BatchEncoder, items: Sequence[Encoded], *, batch_size: int, max_new_tokens: int,
@@ -130,41 +132,29 @@ class Runner:
                 "threads": used if self.torch_model is not None else (threads or self.onnx_model.threads)}
 
 
-def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None) -> Runner:
-    """A runner for a model directory: OpenVINO IR (``openvino.json``), an ONNX export (``export.json``) or a
-    PyTorch checkpoint."""
+def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None, registry: Any = None) -> Runner:
+    """A runner for a model directory: a PyTorch checkpoint (read with ``load_torch``, measured in PyTorch eager), or
+    the artifact of whichever registered runtime backend ``owns`` it (ONNX export, OpenVINO IR, a plugin's format),
+    loaded through that backend. ``registry``: default, the process's plugin registry."""
+    from ..models.checkpoint_files import is_checkpoint_dir
+
     directory = Path(directory)
-    if (directory / "openvino.json").is_file():
-        from transformers import AutoConfig, AutoProcessor
+    if registry is None:
+        from ..plugins import get_registry
 
-        from ..runtimes.openvino import OpenVinoModel
+        registry = get_registry()
+    backend = registry.runtime_for(directory)  # two backends claiming it is an error naming both
+    if load_torch is not None and is_checkpoint_dir(directory):  # the pipeline's own format: measured in PyTorch
+        return _torch_runner(directory, load_torch)
+    if backend is None:
+        raise ConfigError(f"{directory}: no registered runtime backend recognises this directory (installed: "
+                          f"{', '.join(registry.runtimes.names())}); is it a checkpoint or an artifact that the "
+                          "quantize or export stage wrote?")
+    return _backend_runner(backend, directory, threads)
 
-        model = OpenVinoModel.load(directory, threads=threads)  # the precision the artifact was made for, pinned
-        model.threads = threads or model.properties.get("INFERENCE_NUM_THREADS") or torch.get_num_threads()
-        report = model.report
-        dtype = report.dtype if report.dtype != "fp32" or model.precision == "f32" else "bf16"
-        dq = model.properties.get("DYNAMIC_QUANTIZATION_GROUP_SIZE")
-        note = (f"; precision {model.properties.get('INFERENCE_PRECISION_HINT', model.precision)}"
-                f"{f', dynamic activation quantization group {dq}' if dq else ''}")
-        return Runner(label=f"openvino-{report.dtype}-{model.precision}", runtime="openvino", dtype=dtype,
-                      processor=AutoProcessor.from_pretrained(directory, local_files_only=True),
-                      config=AutoConfig.from_pretrained(directory, local_files_only=True),
-                      size_bytes=model.size_bytes, weight_bytes=model.size_bytes, params=None, by_component={},
-                      onnx_model=model, note=note)
-    if (directory / "export.json").is_file():
-        from transformers import AutoConfig, AutoProcessor
 
-        from ..runtimes.onnxruntime import OnnxRuntimeModel
-
-        model = OnnxRuntimeModel.load(directory, threads=threads)
-        model.threads = threads or torch.get_num_threads()
-        quantization = model.report.quantization
-        dtype = f"int{quantization['bits']}" if quantization else "fp32"
-        return Runner(label=f"onnxruntime-{dtype}", runtime="onnxruntime", dtype=dtype,
-                      processor=AutoProcessor.from_pretrained(directory, local_files_only=True),
-                      config=AutoConfig.from_pretrained(directory, local_files_only=True),
-                      size_bytes=model.size_bytes, weight_bytes=model.size_bytes, params=None, by_component={},
-                      onnx_model=model)
+def _torch_runner(directory: Path, load_torch: Any) -> Runner:
+    """A PyTorch checkpoint (fp32/bf16, or torch-quantized int8): HF generate, parameter and component figures."""
     model, processor = load_torch(directory)
     quantized = (directory / "quantization.json").is_file()
     figures = model_figures(model)
@@ -174,3 +164,22 @@ def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None)
                   size_bytes=size_on_disk(directory), weight_bytes=weight_bytes,
                   params=None if quantized else figures["params"],
                   by_component={} if quantized else figures["weight_bytes_by_component"], torch_model=model)
+
+
+def _backend_runner(backend: Any, directory: Path, threads: int | None) -> Runner:
+    """A runner for an artifact, through its backend: its ``load`` (a GenerativeModel) and ``inventory`` (label,
+    weight format, bytes). The artifact carries its processor files and ``config.json``."""
+    from transformers import AutoConfig, AutoProcessor
+
+    reason = backend.available()
+    if reason is not None:
+        raise ConfigError(f"{directory} is an artifact of runtime backend {backend.name!r}, which is not available "
+                          f"here: {reason}")
+    model = backend.load(directory, threads=threads)
+    model.threads = threads or getattr(model, "threads", None) or torch.get_num_threads()
+    inventory = backend.inventory(directory)
+    size = inventory.model_bytes or inventory.total_bytes
+    return Runner(label=inventory.label or f"{backend.name}-{inventory.weights}", runtime=backend.name,
+                  dtype=inventory.weights, processor=AutoProcessor.from_pretrained(directory, local_files_only=True),
+                  config=AutoConfig.from_pretrained(directory, local_files_only=True), size_bytes=size,
+                  weight_bytes=size, params=None, by_component={}, onnx_model=model, note=getattr(model, "note", ""))

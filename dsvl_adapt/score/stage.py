@@ -84,7 +84,8 @@ class ScoreStage:
         results: dict[Path, dict[str, Any]] = {}
         rows: list[Row] = []
         for path, label in plan.items():
-            runner = open_runner(path, load_torch=_loader(context), threads=cfg.threads)
+            runner = open_runner(path, load_torch=_loader(context), threads=cfg.threads,
+                                 registry=context.registry)
             if label.startswith("student-"):  # another artifact of the student: named by what it is
                 label = f"student-{runner.label}"
             encoder = BatchEncoder(runner.processor, context.prompt)

@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from dsvl_adapt.compress.quantize import (
     QuantizeConfig,
     load_quantized,
-    quantize_onnx,
     quantize_torch_dynamic,
     quantized_module_names,
     save_quantized,
 )
 from dsvl_adapt.machine import has_int8_dot_product
 from dsvl_adapt.models.presets import build_config, get_preset
+from dsvl_adapt.runtimes.onnxruntime import quantize_export
 
 torch.set_num_threads(1)
 VOCAB, IMAGE, PAD, BOS, EOS = 100, 99, 0, 1, 2
@@ -80,7 +80,7 @@ def test_defaults_are_torch_int8_dynamic_keeping_vision_fp32():
     ({"mode": "static"}, "mode", ["'static'", "supported: bits=8 mode='dynamic'"]),
     ({"mode": "weight_only"}, "mode", ["weight_only"]),
     ({"backend": "onnxruntime", "mode": "dynamic", "bits": 4}, "bits", ["weight_only"]),
-    ({"backend": "tensorrt"}, "backend", ["torch", "onnxruntime"]),
+    ({"backend": "Tensor RT"}, "backend", ["pattern"]),
     ({"bits": 3}, "bits", []),
     ({"calibration_batches": 0}, "calibration_batches", []),
     ({"skip": ["model.(vision"]}, "skip", ["skip[0]"]),
@@ -230,7 +230,7 @@ def test_ort_quantization_runs_is_smaller_and_close(ort_export, tmp_path, mode, 
 
     model, batches, fp32 = ort_export
     config = QuantizeConfig(backend="onnxruntime", mode=mode, bits=bits, calibration_batches=2)
-    report = quantize_onnx(fp32.directory, tmp_path, config, batches)
+    report = quantize_export(fp32.directory, tmp_path, config, batches)
     # the 14 LM linears and the tied lm_head are quantized (quant_pre_process folds its Transpose); vision is skipped
     assert report.quantized_nodes == {"model": 15}
     assert report.skipped_nodes == {"model": 14}
@@ -249,14 +249,14 @@ def test_ort_quantization_runs_is_smaller_and_close(ort_export, tmp_path, mode, 
 
 def test_ort_skip_nothing_quantizes_vision_too(ort_export, tmp_path):
     _, batches, fp32 = ort_export
-    report = quantize_onnx(fp32.directory, tmp_path, QuantizeConfig(backend="onnxruntime", skip=[]), batches[:1])
+    report = quantize_export(fp32.directory, tmp_path, QuantizeConfig(backend="onnxruntime", skip=[]), batches[:1])
     assert report.quantized_nodes == {"model": 29} and report.skipped_nodes == {"model": 0}
 
 
 def test_ort_quantization_refuses_torch_config(ort_export, tmp_path):
     _, _, fp32 = ort_export
     with pytest.raises(ValueError, match="backend='onnxruntime'"):
-        quantize_onnx(fp32.directory, tmp_path, QuantizeConfig())
+        quantize_export(fp32.directory, tmp_path, QuantizeConfig())
 
 
 @pytest.mark.parametrize(("embedding", "skip_lm_head", "reduce_range", "table"), [
@@ -276,7 +276,7 @@ def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, ski
     fp32 = export_onnx(model, tmp_path / "fp32", batches[0], split=True, threads=1)
     skip = [*DEFAULT_SKIP, "lm_head"] if skip_lm_head else list(DEFAULT_SKIP)
     config = QuantizeConfig(backend="onnxruntime", embedding=embedding, skip=skip, reduce_range=reduce_range)
-    report = quantize_onnx(fp32.directory, tmp_path / "int8", config, batches)
+    report = quantize_export(fp32.directory, tmp_path / "int8", config, batches)
     assert report.reduce_range is reduce_range
     runtime = OnnxRuntimeModel.load(tmp_path / "int8", threads=1)
     assert runtime.report.embed_file.startswith(table)

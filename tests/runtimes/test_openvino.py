@@ -19,16 +19,17 @@ pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install "
 pytest.importorskip("nncf", reason='NNCF is not installed: pip install "dsvl-adapt[openvino]"')
 pytest.importorskip("onnxruntime", reason="export_onnx checks its graphs in ONNX Runtime")
 
-from dsvl_adapt.compress.quantize import SUPPORTED, QuantizeConfig, quantize_openvino
 from dsvl_adapt.errors import ConfigError
 from dsvl_adapt.export.onnx import export_onnx
 from dsvl_adapt.models.presets import build_config, get_preset
+from dsvl_adapt.quantization import SUPPORTED, QuantizeConfig
 from dsvl_adapt.runtimes import TorchRuntimeModel
 from dsvl_adapt.runtimes.openvino import (
     INSTALL_HINT,
     OpenVinoModel,
     convert_export,
     convert_torch,
+    quantize_openvino,
     read_openvino_report,
     require_openvino,
 )
