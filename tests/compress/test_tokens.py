@@ -219,3 +219,25 @@ def test_a_plugin_registers_a_reducer_through_the_hook(tmp_path):
     with torch.no_grad():
         features = model.model.get_image_features(batch["pixel_values"]).pooler_output
     assert features.shape[1] == 4
+
+
+# -- the whole run ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # a complete tiny run with prune.tokens: about 3 min on 2 shared cores
+def test_a_run_with_a_token_budget_states_k_in_its_scorecard_and_exports_k_tokens(tmp_path):
+    import dsvl_adapt
+
+    card = dsvl_adapt.run(["vertical=medical", "model=reference-tiny", "finetune=fast", "distill=fast",
+                           "data.train_size=48", "data.validation_size=8", "data.test_size=12",
+                           "score.latency_repeats=3", "score.latency_warmup=1", "prune.tokens.keep=0.25",
+                           "prune.tokens.method=select"], run_dir=str(tmp_path))
+    assert card.tokens["teacher"].image_tokens == 16 and card.tokens["teacher"].method is None
+    assert card.tokens["student"].image_tokens == 4 and card.tokens["student"].method == "select"
+    assert card.tokens["student"].ttft_ms is not None and card.tokens["teacher"].ttft_ms is not None
+    assert "## Visual tokens" in (tmp_path / "scorecard.md").read_text()
+    assert 'id="tokens"' in (tmp_path / "scorecard.html").read_text()
+    deployed = Path(card.runtimes[next(iter(card.runtimes))].path)
+    exports = [p for p in (tmp_path / "stages").rglob("export.json")]
+    assert exports and all(json.loads(p.read_text())["num_image_tokens"] == 4 for p in exports), deployed
+    student, processor = load_checkpoint(tmp_path / "stages" / "distill" / "student")
+    assert processor.num_image_tokens == 4 and recorded_budget(student.config).method == "select"
