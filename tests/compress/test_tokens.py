@@ -192,6 +192,16 @@ def test_the_exported_vision_graph_gives_k_tokens_and_onnx_runtime_answers_as_py
     got = np.asarray(runtime.generate(batch, 4))
     assert np.array_equal(got, expected.numpy())
 
+    # OpenVINO, converted from the same graphs (int8 weights): K embeddings from its vision graph too
+    from dsvl_adapt.compress.quantize import QuantizeConfig, quantize_openvino
+    from dsvl_adapt.runtimes.openvino import OpenVinoModel
+
+    quantize_openvino(tmp_path, tmp_path / "openvino", QuantizeConfig(backend="openvino", mode="weight_only"),
+                      [dict(batch, labels=batch["input_ids"])])
+    openvino = OpenVinoModel.load(tmp_path / "openvino")
+    assert openvino.image_embeddings({"pixel_values": batch["pixel_values"]}).shape[1] == budget.image_tokens
+    assert np.isfinite(openvino.forward(batch)).all()
+
 
 # -- plugins ---------------------------------------------------------------------------------------------------------
 
@@ -241,3 +251,23 @@ def test_a_run_with_a_token_budget_states_k_in_its_scorecard_and_exports_k_token
     assert exports and all(json.loads(p.read_text())["num_image_tokens"] == 4 for p in exports), deployed
     student, processor = load_checkpoint(tmp_path / "stages" / "distill" / "student")
     assert processor.num_image_tokens == 4 and recorded_budget(student.config).method == "select"
+
+
+def test_distillation_under_a_budget_pairs_the_teacher_and_student_answers():
+    """The student (K tokens) learns from the teacher (N tokens): KL and hidden MSE on paired positions."""
+    from dsvl_adapt.config import DistillSection, TrainSchedule
+    from dsvl_adapt.inject.distill import DistillLoss, budget_teacher_view
+
+    teacher, teacher_processor = _tiny()
+    student, student_processor, _, _ = _reduce("select", 0.25)
+    batch = _features(student_processor)
+    labels = batch["input_ids"].clone()
+    labels[:, :-3] = -100
+    batch["labels"] = labels
+    view = budget_teacher_view(teacher, teacher_processor, student_processor)
+    assert view is not None and budget_teacher_view(teacher, teacher_processor, teacher_processor) is None
+    cfg = DistillSection(hidden_weight=1.0, train=TrainSchedule(steps=1, lr=1e-4))
+    loss = DistillLoss(teacher, cfg, student.config, teacher_view=view)(student.train(), batch)
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert student.model.aligner.linear1.weight.grad is not None
