@@ -69,7 +69,8 @@ def check_reducer(item: Any, plugin: str) -> None:
     """Registry check: a reducer has the contract's attributes and a valid ``deploys``."""
     from ...errors import PluginError
 
-    missing = [a for a in ("name", "description", "deploys", "image_tokens", "apply", "restore") if not hasattr(item, a)]
+    wanted = ("name", "description", "deploys", "image_tokens", "apply", "restore")
+    missing = [a for a in wanted if not hasattr(item, a)]
     if missing:
         raise PluginError(f"plugin {plugin!r} registered a token reducer without {', '.join(missing)} "
                           "(see dsvl_adapt.compress.tokens.contract.TokenReducer)")
@@ -123,5 +124,5 @@ def square_tokens_for_keep(source_tokens: int, keep: float) -> int:
     return min(side * side, source_tokens)
 
 
-__all__ = ["CONFIG_KEY", "Deployment", "LazyTokenReducer", "TokenBudget", "TokenReducer", "check_reducer", "square_tokens_for_keep",
-           "tokens_for_keep"]
+__all__ = ["CONFIG_KEY", "Deployment", "LazyTokenReducer", "TokenBudget", "TokenReducer", "check_reducer",
+           "square_tokens_for_keep", "tokens_for_keep"]

@@ -51,10 +51,10 @@ class ResolutionReducer:
         vision = config.vision_config
         embeddings = model.model.vision_model.embeddings
         table = embeddings.position_embedding.weight
-        old = nn.Embedding(image_tokens, table.shape[1], device=table.device, dtype=table.dtype)
+        positions = nn.Embedding(image_tokens, table.shape[1], device=table.device, dtype=table.dtype)
         with torch.no_grad():
-            old.weight.copy_(interpolate_positions(table, side))
-        embeddings.position_embedding = old
+            positions.weight.copy_(interpolate_positions(table, side))
+        embeddings.position_embedding = positions
         embeddings.num_patches = embeddings.num_positions = image_tokens
         embeddings.image_size = side * vision.patch_size
         embeddings.register_buffer("position_ids", torch.arange(image_tokens, device=table.device).expand((1, -1)),
