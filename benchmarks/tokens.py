@@ -121,7 +121,8 @@ def speed_and_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             continue
         above = lambda r: r["peak_rss_bytes"] - (r["baseline_rss_bytes"] or 0)  # noqa: E731 - the model's share
         result["peak_rss_reduction"] = round(1 - result["peak_rss_bytes"] / full["peak_rss_bytes"], 3)
-        result["model_rss_reduction"] = round(1 - above(result) / max(1, above(full)), 3)
+        # the model's share (peak - RSS before it loaded); None when too small to see (a tiny preset)
+        result["model_rss_reduction"] = round(1 - above(result) / above(full), 3) if above(full) > 0 else None
     acceptance = {}
     for name, result in results.items():
         if result["keep"] == 0.25 and result["ttft_speedup_vs_all"]:
