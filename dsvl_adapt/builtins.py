@@ -25,6 +25,9 @@ CORE_STAGES = (
     LazyStage("prune.weights", "weight pruning: unstructured magnitude (layer/global), Wanda, or 2:4",
               "dsvl_adapt.compress.stages:WeightPruneStage",
               config_keys=("prune.weights", "prune.calibration_batch_size")),
+    LazyStage("prune.tokens", "visual-token budget: K image tokens per image (select, resolution, ...), carried by "
+              "the student into distillation and export", "dsvl_adapt.compress.tokens.stage:TokenPruneStage",
+              config_keys=("prune.tokens", "prune.calibration_batch_size")),
     LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
               "dsvl_adapt.inject.distill:DistillStage", distributed=True, config_keys=("distill",)),
     LazyStage("quantize", "quantize the student for the target's runtime backend (built in: PyTorch int8, ONNX "
@@ -89,3 +92,17 @@ def dsvl_adapt_register_prompts(register):
 @hookimpl
 def dsvl_adapt_register_metrics(register):
     register(MetricSpec(name="exact_match", compute=exact_match, description="normalised exact match of answers"))
+
+
+@hookimpl
+def dsvl_adapt_register_token_reducers(register):
+    from .compress.tokens.contract import LazyTokenReducer
+
+    register(LazyTokenReducer(
+        "select", "VisionZip-style: dominant tokens by the vision tower's last-layer attention plus merged contextual "
+                  "tokens, after the aligner; static shapes, exports with K tokens",
+        "dsvl_adapt.compress.tokens.select:SelectReducer"))
+    register(LazyTokenReducer(
+        "resolution", "a smaller image (K = g x g patches), position embeddings interpolated; plain transformers "
+                      "reproduces it; exports with K tokens",
+        "dsvl_adapt.compress.tokens.resolution:ResolutionReducer", square=True))

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .compress.configs import StructuralPruneConfig, WeightPruneConfig
+from .compress.configs import StructuralPruneConfig, TokenPruneConfig, WeightPruneConfig
 from .continual.settings import UpdateSection
 from .errors import ConfigError
 from .quantization import QuantizeConfig
@@ -205,6 +205,7 @@ class FinetuneSection(Section):
 class PruneSection(Section):
     structural: StructuralPruneConfig = Field(default_factory=StructuralPruneConfig)
     weights: WeightPruneConfig = Field(default_factory=WeightPruneConfig)
+    tokens: TokenPruneConfig = Field(default_factory=TokenPruneConfig)
     calibration_batch_size: int = Field(4, ge=1, description="rows per calibration batch (from the train split)")
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - types only
+    from .compress.tokens.contract import TokenReducer
     from .engine import RunContext, Stage, StageResult
     from .runtimes.contract import RuntimeBackend
     from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
@@ -153,6 +154,20 @@ def dsvl_adapt_before_stage(stage: "Stage", context: "RunContext") -> None:
 @hookspec
 def dsvl_adapt_after_stage(stage: "Stage", context: "RunContext", result: "StageResult") -> None:
     """Observe a stage that finished; ``result`` holds its outputs and figures."""
+
+
+@hookspec
+def dsvl_adapt_register_token_reducers(register: Callable[["TokenReducer"], None]) -> None:
+    """Register visual-token reduction methods for ``prune.tokens`` (docs/tokens.md).
+
+    ``register(reducer)`` where ``reducer`` satisfies
+    :class:`dsvl_adapt.compress.tokens.contract.TokenReducer`: a ``name`` (what ``prune.tokens.method``
+    selects), a ``description``, ``deploys`` (``"graphs"``: the exported graphs take K image tokens;
+    ``"torch"``: PyTorch only), ``image_tokens(source_tokens, keep) -> K``, ``apply(model, processor, K)``
+    (reduces the model in place and sets the processor's ``num_image_tokens``) and ``restore(model, budget)``
+    (re-installs on a loaded model what its config cannot express). The built-ins (``select``,
+    ``resolution``) come through this hook too.
+    """
 
 
 HOOK_NAMES: tuple[str, ...] = tuple(name for name in dir() if name.startswith("dsvl_adapt_"))

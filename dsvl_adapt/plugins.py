@@ -165,6 +165,12 @@ def _check_stage(stage: Any, plugin: str) -> None:
             raise PluginError(f"plugin {plugin!r} registered a stage without `{attr}` (see dsvl_adapt.engine.Stage)")
 
 
+def _check_token_reducer(item: Any, plugin: str) -> None:
+    from .compress.tokens.contract import check_reducer
+
+    check_reducer(item, plugin)
+
+
 @dataclass
 class Registry:
     """Everything the installed plugins supply, by kind."""
@@ -178,6 +184,7 @@ class Registry:
     runtimes: Catalog[RuntimeBackend]
     config_search_path: list[str]
     failures: list[str]
+    token_reducers: Catalog[Any] = field(default_factory=lambda: Catalog("token reducer", _check_token_reducer))
 
     def vertical(self, name: str) -> Vertical:
         return self.verticals.get(name)
@@ -295,6 +302,7 @@ class PluginManager:
                         "dsvl_adapt_register_hardware_targets"),
             "stages": (Catalog("stage", _check_stage), "dsvl_adapt_register_stages"),
             "runtimes": (Catalog("runtime backend", _check_backend, _runtime_hint), "dsvl_adapt_register_runtimes"),
+            "token_reducers": (Catalog("token reducer", _check_token_reducer), "dsvl_adapt_register_token_reducers"),
         }
         for catalog, hook_name in catalogs.values():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():

@@ -135,3 +135,38 @@ class WeightPruneConfig(BaseModel):
         return self.method  # type: ignore[return-value]
 
 
+
+
+class TokenPruneConfig(BaseModel):
+    """``prune.tokens``: a budget of image tokens per image (docs/tokens.md). Off unless ``keep`` or ``tokens``
+    is set; ``method`` names a registered token reducer (``select``, ``resolution``, or a plugin's)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    method: str = Field("select", min_length=1,
+                        description="a registered token-reduction method: select | resolution | a plugin's")
+    keep: float | None = Field(None, gt=0.0, le=1.0,
+                               description="fraction of the image tokens kept (0 < keep <= 1); null = off")
+    tokens: int | None = Field(None, ge=1, description="K, image tokens per image kept; null = off (or use keep)")
+
+    @field_validator("tokens")
+    @classmethod
+    def _one_budget(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("keep") is not None:
+            raise ValueError(f"set one of prune.tokens.keep (a ratio) or prune.tokens.tokens (K), not both "
+                             f"(got keep={info.data['keep']}, tokens={v})")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from ..plugins import get_registry
+
+        reducers = get_registry().token_reducers
+        if v not in reducers:
+            raise ValueError(f"unknown token-reduction method {v!r}; registered: {', '.join(reducers.names())}")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep is not None or self.tokens is not None

@@ -32,9 +32,13 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int
 class DistillLoss:
     """Computes the distillation loss of a student batch against a frozen teacher."""
 
-    def __init__(self, teacher: torch.nn.Module, cfg: DistillSection, student_config: Any) -> None:
+    def __init__(self, teacher: torch.nn.Module, cfg: DistillSection, student_config: Any,
+                 teacher_view: Any = None) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.cfg = cfg
+        # A student under a token budget (prune.tokens) reads K image tokens where the teacher reads N: the
+        # teacher's batch is rewritten from the student's (compress.tokens.teacher_view); None = same batch.
+        self.teacher_view = teacher_view
         s_layers = student_config.text_config.num_hidden_layers
         t_layers = teacher.config.text_config.num_hidden_layers
         self.layer_map = dict(cfg.layer_map) if cfg.layer_map else default_layer_map(s_layers, t_layers)
@@ -56,29 +60,59 @@ class DistillLoss:
         cfg = self.cfg
         want_hidden = cfg.hidden_weight > 0
         out_s = student(**batch, use_cache=False, output_hidden_states=want_hidden)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        t_batch = self.teacher_view(batch) if self.teacher_view is not None else batch
+        inputs = {k: v for k, v in t_batch.items() if k != "labels"}
         with torch.no_grad():
             out_t = self.teacher(**inputs, use_cache=False, output_hidden_states=want_hidden)
-        # Logits at position i predict token i+1: keep the positions that predict answer tokens.
+        # Logits at position i predict token i+1: keep the positions that predict answer tokens (the same
+        # answers, in the same order, in both batches).
         answer = batch["labels"][:, 1:] != IGNORE_INDEX
+        t_answer = t_batch["labels"][:, 1:] != IGNORE_INDEX
         loss = out_s.loss * cfg.ce_weight if cfg.ce_weight else out_s.logits.new_zeros(())
         if cfg.kl_weight:
             t = cfg.temperature
             s_logits = out_s.logits[:, :-1][answer].float() / t
-            t_logits = out_t.logits[:, :-1][answer].float() / t
+            t_logits = out_t.logits[:, :-1][t_answer].float() / t
             kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
                           reduction="batchmean")
             loss = loss + cfg.kl_weight * kl * t * t
         if want_hidden:
-            mask = batch["attention_mask"].bool()
+            mask, t_mask = _hidden_positions(batch, t_batch, self.teacher_view is not None,
+                                             int(self.teacher.config.image_token_id))
             terms = []
             for projection, (s_layer, t_layer) in zip(self.projections, self.layer_map.items()):
                 # hidden_states[0] is the embedding output; layer i's output is hidden_states[i + 1]
                 hs = projection(out_s.hidden_states[s_layer + 1][mask])
-                ht = out_t.hidden_states[t_layer + 1][mask]
+                ht = out_t.hidden_states[t_layer + 1][t_mask]
                 terms.append(F.mse_loss(hs.float(), ht.float()))
             loss = loss + cfg.hidden_weight * torch.stack(terms).mean()
         return loss
+
+
+def _hidden_positions(batch: dict[str, torch.Tensor], t_batch: dict[str, torch.Tensor], reduced: bool,
+                      image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions compared by the hidden loss: every attended one, or only text ones when the image token counts
+    differ (a token budget): those pair one to one."""
+    mask, t_mask = batch["attention_mask"].bool(), t_batch["attention_mask"].bool()
+    if reduced:
+        mask = mask & (batch["input_ids"] != image_token_id)
+        t_mask = t_mask & (t_batch["input_ids"] != image_token_id)
+    return mask, t_mask
+
+
+def budget_teacher_view(teacher: torch.nn.Module, teacher_processor: Any, student_processor: Any) -> Any:
+    """The teacher's batch maker for a student under a token budget, or None when both read the same batch."""
+    from ..compress.tokens.teacher_view import needs_teacher_view, teacher_batch
+
+    t_tokens, s_tokens = int(teacher_processor.num_image_tokens), int(student_processor.num_image_tokens)
+    t_size = int(teacher_processor.image_processor.size["height"])
+    s_size = int(student_processor.image_processor.size["height"])
+    if not needs_teacher_view(s_tokens, t_tokens, s_size, t_size):
+        return None
+    image_token_id = int(teacher.config.image_token_id)
+    pad_id = int(student_processor.tokenizer.pad_token_id)
+    return lambda batch: teacher_batch(batch, image_token_id=image_token_id, student_tokens=s_tokens,
+                                       teacher_tokens=t_tokens, teacher_image_size=t_size, pad_id=pad_id)
 
 
 def likely_causes(cfg: DistillSection) -> list[str]:
@@ -109,7 +143,7 @@ class DistillStage:
 
     def run(self, context: RunContext) -> StageResult:
         cfg = context.config.distill
-        teacher, _ = context.load_model("teacher")
+        teacher, teacher_processor = context.load_model("teacher")
         broken = first_non_finite([teacher])
         if broken is not None:
             raise NonFiniteTrainingError(
@@ -123,7 +157,8 @@ class DistillStage:
         before = validation_accuracy(context, student, processor)
 
         masks = sparsity_masks(student, self.kept_zero_layers(context))
-        loss = DistillLoss(teacher, cfg, student.config)
+        loss = DistillLoss(teacher, cfg, student.config,
+                           teacher_view=budget_teacher_view(teacher, teacher_processor, processor))
         student.train().requires_grad_(True)
         trainer = Trainer(student, encoder, cfg.train, checkpoint_dir=context.work_dir / "checkpoints",
                           seed=context.config.seed + 2, label="distill", section="distill.train", loss_fn=loss,

@@ -157,5 +157,8 @@ def load_checkpoint(
         model = AutoModelForImageTextToText.from_pretrained(
             directory, dtype=dtype, use_safetensors=files is None or not files.pickled, **common
         )
+    from ..compress.tokens.budget import restore_token_budget
+
+    restore_token_budget(model)  # a prune.tokens student: its reducer after the aligner (config.token_budget)
     model.eval()
     return model, processor

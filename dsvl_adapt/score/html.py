@@ -272,6 +272,21 @@ def _speed_size(card: Scorecard, plots: dict[str, bytes]) -> str:
     return "".join(out)
 
 
+def _tokens(card: Scorecard, plots: dict[str, bytes]) -> str:
+    """Visual tokens (prune.tokens): image tokens, method and time to first token per model, and the plot."""
+    if not card.tokens:
+        return ""
+    rows = [[f"<td>{_e(m)}</td>", _td(t.image_tokens), f"<td>{_e(t.method or '—')}</td>", _td(t.keep),
+             _td(t.ttft_ms, 1), f"<td>{_e(t.runtime or '—')}</td>"] for m, t in card.tokens.items()]
+    out = ['<section id="tokens"><h2>Visual tokens</h2>',
+           _table(["model", "image tokens", "method", "keep", "time to first token ms", "runtime"], rows)]
+    if "tokens" in plots:
+        out.append(_img(plots["tokens"], "accuracy against time to first token",
+                        "Accuracy against time to first token (vision + prefill, one request)."))
+    out.append("</section>")
+    return "".join(out)
+
+
 def _targets(card: Scorecard, plots: dict[str, bytes]) -> str:
     if not card.targets:
         return ""
@@ -360,8 +375,8 @@ def render_html(card: Scorecard) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>Scorecard — {_e(card.vertical)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>Scorecard — {_e(card.vertical)}</h1><p class=\"sub\">{_e(subtitle)}</p>",
-        _summary(card), _accuracy(card, plots), _speed_size(card, plots), _targets(card, plots),
-        _lineage(card), _objectives(card), _lists(card), _provenance(card),
+        _summary(card), _accuracy(card, plots), _speed_size(card, plots), _tokens(card, plots),
+        _targets(card, plots), _lineage(card), _objectives(card), _lists(card), _provenance(card),
         "</main></body></html>",
     ]
     return "\n".join(p for p in parts if p)

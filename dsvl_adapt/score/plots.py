@@ -242,10 +242,44 @@ def target_fit_plot(card: Scorecard) -> bytes | None:
     return _png(figure)
 
 
+def accuracy_ttft_plot(series: dict[str, list[tuple[float, float, str]]], *, metric: str = "accuracy",
+                       title: str = "accuracy against time to first token") -> bytes | None:
+    """One line per token-reduction method through its (time to first token ms, accuracy, label) points."""
+    series = {name: sorted(points) for name, points in series.items() if points}
+    if not series:
+        return None
+    figure = _figure(6.4, 4.2)
+    ax = figure.add_subplot()
+    for index, (name, points) in enumerate(series.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name,
+                color=_color(name, index))
+        for x, y, label in points:
+            ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set_xlabel("time to first token (ms, vision + prefill)")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(0.12)
+    ax.legend(fontsize=7, loc="best")
+    return _png(figure)
+
+
+def tokens_plot(card: Scorecard) -> bytes | None:
+    """The teacher (all image tokens) and the student (K) as accuracy against time to first token."""
+    points = {}
+    for role, tokens in card.tokens.items():
+        if tokens.ttft_ms is not None and role in card.accuracy:
+            name = tokens.method or "full"
+            points.setdefault(name, []).append((tokens.ttft_ms, card.accuracy[role],
+                                                f"{role} ({tokens.image_tokens} tokens)"))
+    return accuracy_ttft_plot(points, metric=card.metric) if points else None
+
+
 def scorecard_plots(card: Scorecard) -> dict[str, bytes]:
-    """Every plot the card has data for, by name: accuracy, latency_size, size_breakdown, target_fit."""
+    """Every plot the card has data for, by name: accuracy, latency_size, size_breakdown, target_fit, tokens."""
     plots = {"accuracy": accuracy_plot(card), "latency_size": latency_size_plot(card),
-             "size_breakdown": size_breakdown_plot(card), "target_fit": target_fit_plot(card)}
+             "size_breakdown": size_breakdown_plot(card), "target_fit": target_fit_plot(card),
+             "tokens": tokens_plot(card)}
     return {name: png for name, png in plots.items() if png is not None}
 
 

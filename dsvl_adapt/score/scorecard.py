@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .lineage import Lineage, lineage_markdown
+from .tokens import ImageTokens, tokens_markdown
 
 SCHEMA_VERSION = 2
 
@@ -245,6 +246,9 @@ class Scorecard(_Model):
     skipped_rows: dict[str, int] = Field(default_factory=dict)
     test_rows: int = 0
     stages: dict[str, Any] = Field(default_factory=dict, description="figures recorded by each stage")
+    tokens: dict[str, ImageTokens] = Field(
+        default_factory=dict, description="when prune.tokens ran: tokens.<model>.image_tokens, "
+                                          "tokens.student.method, time to first token per model (docs/tokens.md)")
     notes: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
     lineage: Lineage | None = Field(None, description="an update run against its parent (docs/continual.md)")
@@ -341,6 +345,7 @@ def render_markdown(card: Scorecard) -> str:
                       f"resamples, seed {card.intervals.seed}; {card.test_rows} test rows)."]
     retention_ci = f" {ci_text(card.retention_ci)}" if card.retention_ci else ""
     lines += ["", f"Retention (student / teacher, {card.metric}): **{_fmt(card.retention)}**{retention_ci}", ""]
+    lines += tokens_markdown(card.tokens)
     for key, c in card.comparisons.items():
         lines.append(f"- {comparison_text(f' ({card.metric})', c)}")
     for key, c in card.general_comparisons.items():

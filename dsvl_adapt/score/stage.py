@@ -46,6 +46,7 @@ from .scorecard import (
     Throughput,
 )
 from .timing import peak_rss_bytes
+from .tokens import token_summary
 from .verdict import TrainingFacts, apply_verdict, diagnose_teacher
 
 
@@ -170,6 +171,7 @@ class ScoreStage:
                         "git_revision": git_revision(), "run_dir": str(context.run_dir),
                         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         )
+        card.tokens = token_summary(context.figures, roles, results)
         if rows:
             common = Counter(row.answer for row in rows).most_common(1)[0][0]
             card.constant_answer = compute_metrics(specs, [common] * len(rows), rows)

@@ -1,0 +1,226 @@
+"""Visual-token budget (issue 17): time to first token and peak prefill memory at each K through one deployed
+runtime, and accuracy per method and keep ratio, without and with distillation under the budget.
+
+    PYTHONPATH=.:plugins/industrial:plugins/medical:plugins/ecommerce:plugins/finance \\
+        python benchmarks/tokens.py [--preset deepseek-vl-1.3b] [--keeps 1 0.5 0.25 0.125] [--methods select resolution]
+                                    [--rounds 6] [--threads 2] [--verticals industrial medical ecommerce finance]
+                                    [--accuracy-preset reference-small] [--work DIR] [--quick] [--no-speed]
+                                    [--no-accuracy]
+
+Speed and memory (random weights at ``--preset``'s dimensions): for each method and keep ratio the model is
+reduced, exported to ONNX (full graph, fp32) and run by ONNX Runtime. Time to first token = one request's vision
++ prefill forward (image + prompt -> logits of the first answer token); every configuration runs once per round in
+a rotating order (``_stats.round_orders``), and each is compared with all N tokens **in the same round**
+(``_stats.paired_ratio``: geometric mean with a 95% paired t interval; target "2.5x faster at keep 0.25"). Peak
+prefill memory is the peak RSS of a fresh child process that loads the export and answers one request with one new
+token (``dsvl_adapt.score.memory.measure_serving_memory``), with its RSS before the model loads.
+
+Accuracy: ``dsvl_adapt.run`` of each vertical at ``--accuracy-preset`` with ``prune.tokens`` at each keep ratio and
+method, once with the pipeline's distillation and once without (``distill`` dropped), sharing finished stages through
+a cache (``cache_dir``); each gives the student's accuracy with its 95% bootstrap interval, the teacher's, retention,
+and time to first token (``tokens.student.ttft_ms``). ``--quick``: reference-tiny, keep 1 and 0.25, select only,
+industrial only, 2 rounds: it checks that the script runs; its figures are not worth quoting.
+Prints one JSON object; writes ``tokens.png`` (accuracy against time to first token per method) in ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from _stats import RATIO_METHOD, paired_ratio, round_orders, target_check
+
+
+def _log(message: str) -> None:
+    print(f"[tokens] {message}", file=sys.stderr, flush=True)
+
+
+def _request(processor: Any, image_size: int) -> dict[str, torch.Tensor]:
+    """One request: a generated image and a short question through the checkpoint's chat template."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray((np.random.default_rng(0).random((image_size, image_size, 3)) * 255).astype("uint8"))
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "Is there a defect on this part?"}]}]
+    features = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                             return_tensors="pt")
+    return {k: features[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+
+
+def speed_and_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Build the preset once, then per (method, keep): reduce, export, time in rotating rounds, measure RSS."""
+    from dsvl_adapt.compress.tokens.budget import apply_token_budget
+    from dsvl_adapt.export.onnx import export_onnx
+    from dsvl_adapt.models.checkpoint import build_reference, load_checkpoint, save_checkpoint
+    from dsvl_adapt.models.presets import get_preset
+    from dsvl_adapt.models.tokenizer import train_tokenizer
+    from dsvl_adapt.plugins import get_registry
+    from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
+    from dsvl_adapt.score.memory import measure_serving_memory
+
+    torch.set_num_threads(args.threads)
+    base_dir = work / "base"
+    if not (base_dir / "config.json").is_file():
+        tokenizer = train_tokenizer(["is there a defect on this part", "yes no scratch dent crack"] * 50,
+                                    vocab_size=args.vocab)
+        model, processor = build_reference(get_preset(args.preset), tokenizer, seed=0)
+        save_checkpoint(model, processor, base_dir)
+        del model
+    configs: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        for keep in args.keeps:
+            name = "all" if keep == 1 else f"{method}@{keep:g}"
+            if name in configs:
+                continue
+            directory = work / "export" / name
+            model, processor = load_checkpoint(base_dir)
+            if keep != 1:
+                apply_token_budget(model, processor, get_registry().token_reducers.get(method), keep=keep)
+            request = _request(processor, int(get_preset(args.preset).image_size))
+            if not (directory / "export.json").is_file():
+                _log(f"export {name}")
+                export_onnx(model, directory, {k: torch.cat([v, v]) for k, v in request.items()},
+                            threads=args.threads)
+                processor.save_pretrained(directory)
+            configs[name] = {"method": None if keep == 1 else method, "keep": keep, "request": request,
+                             "image_tokens": int(processor.num_image_tokens),
+                             "prompt_tokens": int(request["input_ids"].shape[1])}
+            del model
+    runtimes = {name: OnnxRuntimeModel.load(work / "export" / name, threads=args.threads) for name in configs}
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for name, runtime in runtimes.items():  # one warm-up each
+        runtime.forward(configs[name]["request"])
+    for order in round_orders(list(configs), args.rounds, seed=args.seed):
+        for name in order:
+            started = time.perf_counter()
+            runtimes[name].forward(configs[name]["request"])
+            times[name].append((time.perf_counter() - started) * 1000)
+    del runtimes
+    results: dict[str, Any] = {}
+    for name, config in configs.items():
+        memory = measure_serving_memory(work / "export" / name, config["request"], work_dir=work / "memory" / name,
+                                        max_new_tokens=1, eos_id=None, pad_id=None, threads=args.threads)
+        speed = paired_ratio(times["all"], times[name]).to_json() if name != "all" else None
+        results[name] = {k: config[k] for k in ("method", "keep", "image_tokens", "prompt_tokens")} | {
+            "ttft_ms_median": round(float(torch.tensor(times[name]).median()), 2),
+            "ttft_speedup_vs_all": speed,
+            "peak_rss_bytes": memory.peak_rss_bytes, "baseline_rss_bytes": memory.baseline_rss_bytes,
+            "memory_error": memory.error or None}
+    full = results["all"]
+    for name, result in results.items():
+        if name == "all" or not (result["peak_rss_bytes"] and full["peak_rss_bytes"]):
+            continue
+        above = lambda r: r["peak_rss_bytes"] - (r["baseline_rss_bytes"] or 0)  # noqa: E731 - the model's share
+        result["peak_rss_reduction"] = round(1 - result["peak_rss_bytes"] / full["peak_rss_bytes"], 3)
+        # the model's share (peak - RSS before it loaded); None when too small to see (a tiny preset)
+        result["model_rss_reduction"] = round(1 - above(result) / above(full), 3) if above(full) > 0 else None
+    acceptance = {}
+    for name, result in results.items():
+        if result["keep"] == 0.25 and result["ttft_speedup_vs_all"]:
+            ci = result["ttft_speedup_vs_all"]["ci95"] or [None, None]
+            acceptance[name] = {
+                "ttft_2.5x_faster": target_check(result["ttft_speedup_vs_all"]["ratio"], ci[0], ci[1], 2.5),
+                "peak_memory_40pct_lower": None if "peak_rss_reduction" not in result
+                else ("met" if result["peak_rss_reduction"] >= 0.40 else "not met")}
+    return {"preset": args.preset, "runtime": "onnxruntime fp32 (full graph)", "threads": args.threads,
+            "rounds": args.rounds, "ratio_method": RATIO_METHOD, "configs": results, "acceptance": acceptance}
+
+
+def accuracy(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Pipeline runs per vertical, method, keep ratio, with and without distillation."""
+    import dsvl_adapt
+
+    common = [f"model={args.accuracy_preset}", *args.overrides, f"cache_dir={work / 'cache'}"]
+    if args.quick:
+        common += ["finetune=fast", "distill=fast", "data.train_size=48", "data.validation_size=8",
+                   "data.test_size=12", "score.latency_repeats=3", "score.latency_warmup=1", "score.general_size=0",
+                   "score.measure_memory=false"]
+    stages = ["load", "finetune", "prune.structural", "prune.weights", "prune.tokens", "distill", "score"]
+    out: dict[str, Any] = {}
+    for vertical in args.verticals:
+        rows = []
+        for method in args.methods:
+            for keep in args.keeps:
+                for distilled in (False, True):
+                    if keep == 1 and method != args.methods[0]:
+                        continue  # all tokens: one run per vertical, whatever the method
+                    run_stages = stages if distilled else [s for s in stages if s != "distill"]
+                    budget = [] if keep == 1 else [f"prune.tokens.keep={keep}", f"prune.tokens.method={method}"]
+                    label = f"{vertical}/{'all' if keep == 1 else f'{method}@{keep:g}'}/" \
+                            f"{'distilled' if distilled else 'not-distilled'}"
+                    _log(f"run {label}")
+                    card = dsvl_adapt.run([f"vertical={vertical}", *common, *budget,
+                                           "pipeline.stages=[" + ",".join(run_stages) + "]"],
+                                          run_dir=str(work / "runs" / label.replace("/", "-")))
+                    student = card.tokens.get("student")
+                    rows.append({"method": None if keep == 1 else method, "keep": keep, "distilled": distilled,
+                                 "image_tokens": student.image_tokens if student else None,
+                                 "accuracy": card.accuracy.get("student"), "ci95": card.accuracy_ci.get("student"),
+                                 "teacher": card.accuracy.get("teacher"), "retention": card.retention,
+                                 "retention_ci95": card.retention_ci,
+                                 "ttft_ms": student.ttft_ms if student else
+                                 (card.latency["student"].p50_ms if "student" in card.latency else None)})
+        out[vertical] = rows
+    return out
+
+
+def plot(accuracies: dict[str, Any], path: Path) -> bool:
+    from dsvl_adapt.score.plots import accuracy_ttft_plot
+
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    for vertical, rows in accuracies.items():
+        for row in rows:
+            if row["distilled"] and row["ttft_ms"] is not None and row["accuracy"] is not None:
+                name = f"{vertical} {row['method'] or 'all tokens'}"
+                series.setdefault(name, []).append((row["ttft_ms"], row["accuracy"], f"keep {row['keep']:g}"))
+    png = accuracy_ttft_plot(series, title="student (distilled under the budget): accuracy vs time to first token")
+    if png:
+        path.write_bytes(png)
+    return png is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="deepseek-vl-1.3b")
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--keeps", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125])
+    parser.add_argument("--methods", nargs="+", default=["select", "resolution"])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verticals", nargs="+", default=["industrial", "medical", "ecommerce", "finance"])
+    parser.add_argument("--accuracy-preset", default="reference-small")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--no-accuracy", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="extra run overrides for the accuracy runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.preset, args.accuracy_preset, args.vocab = "reference-tiny", "reference-tiny", 300
+        args.keeps, args.methods, args.rounds, args.verticals = [1.0, 0.25], ["select"], 2, ["industrial"]
+    if 1.0 not in args.keeps:
+        args.keeps = [1.0, *args.keeps]
+    work = args.work or Path(tempfile.mkdtemp(prefix="tokens-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"quick": args.quick, "cpu": platform.processor() or platform.machine(),
+                              "work": str(work)}
+    if not args.no_speed:
+        result["speed_memory"] = speed_and_memory(args, work)
+    if not args.no_accuracy:
+        result["accuracy"] = accuracy(args, work)
+        result["plot"] = str(work / "tokens.png") if plot(result["accuracy"], work / "tokens.png") else None
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
