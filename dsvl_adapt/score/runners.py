@@ -39,6 +39,7 @@ class Runner:
     by_component: dict[str, int]
     torch_model: Any = None
     onnx_model: Any = None  # a backend's GenerativeModel (numpy in and out: forward / generate)
+    torch_generative: Any = None  # the torch backend's GenerativeModel over torch_model (prefill / decode)
     note: str = ""  # what the latency entry should say about the runtime (e.g. the pinned precision)
 
     def answers(self, encoder: BatchEncoder, items: Sequence[Encoded], *, batch_size: int, max_new_tokens: int,
@@ -111,11 +112,7 @@ class Runner:
 
     def generative_model(self) -> Any:
         """This artifact as a :class:`~dsvl_adapt.runtimes.contract.GenerativeModel` (prefill/decode/stream)."""
-        if self.torch_model is not None:
-            from ..runtimes import TorchRuntimeModel
-
-            return TorchRuntimeModel(self.torch_model)
-        return self.onnx_model
+        return self.torch_generative if self.torch_model is not None else self.onnx_model
 
     def generation(self, batch: dict[str, torch.Tensor], *, answer_tokens: int, eos_id: Any, pad_id: int | None,
                    warmup: int, repeats: int, threads: int | None) -> dict[str, Any]:
@@ -145,7 +142,9 @@ def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None,
         registry = get_registry()
     backend = registry.runtime_for(directory)  # two backends claiming it is an error naming both
     if load_torch is not None and is_checkpoint_dir(directory):  # the pipeline's own format: measured in PyTorch
-        return _torch_runner(directory, load_torch)
+        runner = _torch_runner(directory, load_torch)
+        runner.torch_generative = registry.runtimes.get("torch").wrap(runner.torch_model)
+        return runner
     if backend is None:
         raise ConfigError(f"{directory}: no registered runtime backend recognises this directory (installed: "
                           f"{', '.join(registry.runtimes.names())}); is it a checkpoint or an artifact that the "

@@ -85,9 +85,15 @@ class TorchBackend:
 
     def load(self, directory: Path, *, threads: int | None = None) -> GenerativeModel:
         from ...models.checkpoint import load_checkpoint
-        from .. import TorchRuntimeModel
 
         model, _processor = load_checkpoint(directory)
+        return self.wrap(model, threads=threads)
+
+    def wrap(self, model: Any, *, threads: int | None = None) -> GenerativeModel:
+        """A transformers model already in memory as a GenerativeModel (prefill/decode with transformers' cache).
+        PyTorch only: the score stage holds the model it measures and must not load it twice."""
+        from .. import TorchRuntimeModel
+
         runtime = TorchRuntimeModel(model, threads=threads)
         runtime.threads = threads
         return runtime
