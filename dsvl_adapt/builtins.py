@@ -8,7 +8,7 @@ from __future__ import annotations
 from .engine import LazyStage
 from .metrics import exact_match
 from .plugins import hookimpl
-from .schemas import DatasetRequest, DatasetSpec, MetricSpec, PromptTemplate
+from .schemas import DataCheck, DatasetRequest, DatasetSpec, MetricSpec, PromptTemplate
 
 CORE_STAGES = (
     LazyStage("load", "load the base model (a local checkpoint, or a reference preset with an offline tokenizer)",
@@ -28,6 +28,9 @@ CORE_STAGES = (
               "dsvl_adapt.compress.stages:QuantizeStage", config_keys=("quantize", "vertical.target")),
     LazyStage("export", "export the student to ONNX (full graph, or vision + LM graphs for restricted op sets)",
               "dsvl_adapt.export.stage:ExportStage", config_keys=("export", "vertical.target")),
+    LazyStage("clean", "clean the data: integrity, duplicates, leakage, label errors -> report, cleaned view, "
+                       "review page (docs/cleaning.md)", "dsvl_adapt.cleaning.stage:CleanStage",
+              config_keys=("clean", "data")),
     LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
               "dsvl_adapt.score.stage:ScoreStage", cacheable=False),
 )
@@ -66,3 +69,42 @@ def dsvl_adapt_register_prompts(register):
 @hookimpl
 def dsvl_adapt_register_metrics(register):
     register(MetricSpec(name="exact_match", compute=exact_match, description="normalised exact match of answers"))
+
+
+def lazy_check(target: str):
+    """A data check's ``run`` imported when it runs (``module:function``), so loading plugins stays fast."""
+    def run(data):
+        import importlib
+
+        module_name, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)(data)
+
+    run.__qualname__ = run.__name__ = target.rpartition(":")[2]
+    return run
+
+
+CORE_DATA_CHECKS = (
+    DataCheck(name="unreadable", level=1, run=lazy_check("dsvl_adapt.cleaning.integrity:unreadable_rows"),
+              description="rows whose image or fields could not be read (missing, empty, truncated, not an image)"),
+    DataCheck(name="image-quality", level=1, run=lazy_check("dsvl_adapt.cleaning.integrity:image_quality"),
+              description="blank or near-constant images, absurd sizes and aspect ratios"),
+    DataCheck(name="answer-set", level=1, run=lazy_check("dsvl_adapt.cleaning.integrity:answer_set"),
+              description="answers outside a closed answer set (given once, nowhere else)"),
+    DataCheck(name="duplicates", level=1, run=lazy_check("dsvl_adapt.cleaning.duplicates:duplicates"),
+              description="exact and near-duplicate images asked the same question; same pair, different answers"),
+    DataCheck(name="leakage", level=1, run=lazy_check("dsvl_adapt.cleaning.duplicates:leakage"),
+              description="train rows that are validation or test rows, validation rows that are test rows"),
+    DataCheck(name="label-issues", level=2, run=lazy_check("dsvl_adapt.cleaning.label_issues:label_issues"),
+              description="likely wrong answers: cleanlab over cross-fitted answer probabilities of a cheap model"),
+    DataCheck(name="image-question-mismatch", level=2,
+              run=lazy_check("dsvl_adapt.cleaning.label_issues:image_question_mismatch"),
+              description="pictures that look like another question's pictures (cleanlab, image-only model)"),
+    DataCheck(name="clip-similarity", level=2, run=lazy_check("dsvl_adapt.cleaning.clip:clip_similarity"),
+              description="image-text similarity under clean.clip.threshold (only with clean.clip.path)"),
+)
+
+
+@hookimpl
+def dsvl_adapt_register_data_checks(register):
+    for check in CORE_DATA_CHECKS:
+        register(check)

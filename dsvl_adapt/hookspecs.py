@@ -26,7 +26,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from .engine import RunContext, Stage, StageResult
-    from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
+    from .schemas import DataCheck, DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
 
 hookspec = pluggy.HookspecMarker("dsvl_adapt")
 
@@ -127,6 +127,16 @@ def dsvl_adapt_before_stage(stage: "Stage", context: "RunContext") -> None:
 @hookspec
 def dsvl_adapt_after_stage(stage: "Stage", context: "RunContext", result: "StageResult") -> None:
     """Observe a stage that finished; ``result`` holds its outputs and figures."""
+
+
+@hookspec
+def dsvl_adapt_register_data_checks(register: Callable[["DataCheck"], None]) -> None:
+    """Register data-cleaning checks (``dsvl-adapt clean``, the ``clean`` stage; docs/cleaning.md).
+
+    ``register(DataCheck(name=..., level=1, run=fn, verticals=["legal"]))`` where ``fn(data)``
+    yields :class:`~dsvl_adapt.cleaning.findings.Finding` objects for suspicious rows. The core's
+    integrity, duplicate, leakage and label-error checks come through this hook too.
+    """
 
 
 HOOK_NAMES: tuple[str, ...] = tuple(name for name in dir() if name.startswith("dsvl_adapt_"))

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from . import hookspecs
 from .errors import ConfigError, PluginError
-from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
+from .schemas import DataCheck, DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
 
 ENTRY_POINT_GROUP = "dsvl_adapt"
 BUILTIN_MODULES = ("dsvl_adapt.builtins",)
@@ -138,6 +138,7 @@ class Registry:
     stages: Catalog[Any]
     config_search_path: list[str]
     failures: list[str]
+    data_checks: Catalog[DataCheck] = field(default_factory=lambda: Catalog("data check", _instance_of(DataCheck)))
 
     def vertical(self, name: str) -> Vertical:
         return self.verticals.get(name)
@@ -235,6 +236,7 @@ class PluginManager:
             "targets": (Catalog("hardware target", _instance_of(HardwareTarget)),
                         "dsvl_adapt_register_hardware_targets"),
             "stages": (Catalog("stage", _check_stage), "dsvl_adapt_register_stages"),
+            "data_checks": (Catalog("data check", _instance_of(DataCheck)), "dsvl_adapt_register_data_checks"),
         }
         for catalog, hook_name in catalogs.values():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
