@@ -265,7 +265,8 @@ class CleanClipSection(Section):
 
     path: Path | None = Field(None, description="a local CLIP-style checkpoint (transformers or open_clip folder); "
                                                 "null = no similarity signal; nothing is downloaded")
-    threshold: float = Field(0.7, ge=-1, le=1, description="rows whose image-text similarity is below it are flagged")
+    threshold: float = Field(0.7, ge=0, le=2.5, description="rows whose image-text similarity (CLIPScore: "
+                                                           "2.5 x max(cosine, 0)) is below it are flagged")
 
     @field_validator("path")
     @classmethod
