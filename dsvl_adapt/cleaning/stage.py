@@ -10,7 +10,7 @@ from typing import Any, Callable
 from ..data.loading import Split
 from ..engine import StageResult
 from .data import CleaningData
-from .runner import CleaningReport, applicable_checks, run_checks, summary_table, write_outputs
+from .runner import REPORT_FILE, CleaningReport, applicable_checks, run_checks, summary_table, write_outputs
 from .view import read_decisions
 
 SPLITS = ("train", "validation", "test")
@@ -83,4 +83,9 @@ def clean_dataset(overrides: list[str], out_dir: Path | None = None,
     splits = {name: load_configured_split(config, manager.registry, name, size) for name in SPLITS}
     if out_dir is None:
         out_dir = Path("clean") / f"{config.vertical.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (Path(out_dir) / REPORT_FILE).exists():
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{out_dir} already holds a clean report ({REPORT_FILE}); give another --out (the review "
+                          "decisions you exported are applied with clean.decisions=FILE), or remove the folder")
     return clean_splits(config, manager.registry, splits, Path(out_dir), log=log)

@@ -51,6 +51,9 @@ def test_clean_command_finds_the_planted_faults_and_leaves_the_files_alone(plant
     assert report["checks"]["label-issues"]["status"].startswith("not run")
     page = (out / "review.html").read_text()
     assert "wrongattr" in page and "data:image/png;base64," in page
+    again = subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", "clean", *TINY, f"data.source={planted_copy}",
+                            "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already holds a clean report" in again.stderr  # nothing is overwritten
 
 
 def test_a_check_that_raises_is_unknown_not_a_pass(planted_copy: Path, tmp_path: Path):
