@@ -12,7 +12,7 @@ from .plugins import hookimpl
 from .runtimes.backends.onnxruntime import OnnxRuntimeBackend
 from .runtimes.backends.openvino import OpenVinoBackend
 from .runtimes.backends.pytorch import TorchBackend
-from .schemas import DatasetRequest, DatasetSpec, MetricSpec, PromptTemplate
+from .schemas import DataCheck, DatasetRequest, DatasetSpec, MetricSpec, PromptTemplate
 
 CORE_STAGES = (
     LazyStage("load", "load the base model (a local checkpoint, or a reference preset with an offline tokenizer)",
@@ -38,6 +38,9 @@ CORE_STAGES = (
               "dsvl_adapt.export.stage:ExportStage",
               config_keys=("export", "vertical.target", "quantize.backend", "quantize.follow_target",
                            "quantize.precision")),
+    LazyStage("clean", "clean the data: integrity, duplicates, leakage, label errors -> report, cleaned view, "
+                       "review page (docs/cleaning.md)", "dsvl_adapt.cleaning.stage:CleanStage",
+              config_keys=("clean", "data")),
     LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
               "dsvl_adapt.score.stage:ScoreStage", cacheable=False),
     # the stages of `dsvl-adapt update` (docs/continual.md)
@@ -106,3 +109,42 @@ def dsvl_adapt_register_token_reducers(register):
         "resolution", "a smaller image (K = g x g patches), position embeddings interpolated; plain transformers "
                       "reproduces it; exports with K tokens",
         "dsvl_adapt.compress.tokens.resolution:ResolutionReducer", square=True))
+
+
+def lazy_check(target: str):
+    """A data check's ``run`` imported when it runs (``module:function``), so loading plugins stays fast."""
+    def run(data):
+        import importlib
+
+        module_name, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)(data)
+
+    run.__qualname__ = run.__name__ = target.rpartition(":")[2]
+    return run
+
+
+CORE_DATA_CHECKS = (
+    DataCheck(name="unreadable", level=1, run=lazy_check("dsvl_adapt.cleaning.integrity:unreadable_rows"),
+              description="rows whose image or fields could not be read (missing, empty, truncated, not an image)"),
+    DataCheck(name="image-quality", level=1, run=lazy_check("dsvl_adapt.cleaning.integrity:image_quality"),
+              description="blank or near-constant images, absurd sizes and aspect ratios"),
+    DataCheck(name="answer-set", level=1, run=lazy_check("dsvl_adapt.cleaning.integrity:answer_set"),
+              description="answers outside a closed answer set (given once, nowhere else)"),
+    DataCheck(name="duplicates", level=1, run=lazy_check("dsvl_adapt.cleaning.duplicates:duplicates"),
+              description="exact and near-duplicate images asked the same question; same pair, different answers"),
+    DataCheck(name="leakage", level=1, run=lazy_check("dsvl_adapt.cleaning.duplicates:leakage"),
+              description="train rows that are validation or test rows, validation rows that are test rows"),
+    DataCheck(name="label-issues", level=2, run=lazy_check("dsvl_adapt.cleaning.label_issues:label_issues"),
+              description="likely wrong answers: cleanlab over cross-fitted answer probabilities of a cheap model"),
+    DataCheck(name="image-question-mismatch", level=2,
+              run=lazy_check("dsvl_adapt.cleaning.label_issues:image_question_mismatch"),
+              description="pictures that look like another question's pictures (cleanlab, image-only model)"),
+    DataCheck(name="clip-similarity", level=2, run=lazy_check("dsvl_adapt.cleaning.clip:clip_similarity"),
+              description="image-text similarity under clean.clip.threshold (only with clean.clip.path)"),
+)
+
+
+@hookimpl
+def dsvl_adapt_register_data_checks(register):
+    for check in CORE_DATA_CHECKS:
+        register(check)

@@ -20,6 +20,7 @@ examples:
   dsvl-adapt run -m finetune.lora.r=8,16                     # Hydra multirun sweep
   dsvl-adapt validate finetune.lora.r=8                      # check a config in seconds
   dsvl-adapt update runs/x data.source=new_rows/             # a new version (runs/x-v2), runs/x kept
+  dsvl-adapt clean vertical=ecommerce data.source=/data/shop # report + review page; the data is not changed
   dsvl-adapt plugins --json
   dsvl-adapt serve runs/smoke --port 8000                    # OpenAI-compatible server over the deployed model
   dsvl-adapt monitor runs/smoke/serve                        # HTML report of what the server saw
@@ -75,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--show", action="store_true", help="print the composed configuration")
     validate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     validate.set_defaults(handler=_cmd_validate)
+
+    clean = sub.add_parser("clean", help="check the data (integrity, duplicates, leakage, label errors) and write "
+                                         "a report, a cleaned view and a review page",
+                           description="Run the data checks on the rows a run would use (generated, or "
+                                       "data.source=DIR): integrity, duplicates, leakage, the vertical's own checks "
+                                       "(level 1), likely label errors and image-question mismatches (level 2). "
+                                       "Writes clean_report.json, cleaned_view.json and review.html (level 3: mark "
+                                       "keep / fix / drop, export decisions.jsonl, apply it with "
+                                       "clean.decisions=FILE). The data files are never changed. "
+                                       "See docs/cleaning.md.")
+    clean.add_argument("--out", metavar="DIR", default=None,
+                       help="where the outputs go (default: clean/<vertical>-<time>, a new folder)")
+    clean.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; clean.* settings (docs/cleaning.md)")
+    clean.set_defaults(handler=_cmd_clean)
 
     plugins = sub.add_parser("plugins", help="list installed plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -328,6 +343,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     else:
         print(f"configuration is valid: vertical={config.vertical.name}, model="
               f"{config.model.preset or config.model.path}, stages={' -> '.join(config.pipeline.stages)}")
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from .cleaning.stage import clean_dataset
+
+    clean_dataset(list(args.overrides), Path(args.out) if args.out else None,
+                  log=lambda message: print(message, file=sys.stderr))
     return 0
 
 

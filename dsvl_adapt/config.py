@@ -263,6 +263,51 @@ class ScoreSection(Section):
     models: list[Literal["base", "teacher", "student"]] = Field(default_factory=lambda: ["base", "teacher", "student"])
 
 
+class CleanClipSection(Section):
+    """The optional image-text similarity signal of the clean stage (docs/cleaning.md)."""
+
+    path: Path | None = Field(None, description="a local CLIP-style checkpoint (transformers or open_clip folder); "
+                                                "null = no similarity signal; nothing is downloaded")
+    threshold: float = Field(0.7, ge=0, le=2.5, description="rows whose image-text similarity (CLIPScore: "
+                                                           "2.5 x max(cosine, 0)) is below it are flagged")
+
+    @field_validator("path")
+    @classmethod
+    def _local_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a local folder; give a CLIP checkpoint directory, or null")
+        return value
+
+
+class CleanSection(Section):
+    """The ``clean`` stage and ``dsvl-adapt clean`` (docs/cleaning.md)."""
+
+    decisions: Path | None = Field(None, description="a review decisions file (JSONL: split, id, decision keep/fix/"
+                                                     "drop, answer) applied whenever the data loads")
+    label_issues: Literal["flag", "drop", "fix"] = Field(
+        "flag", description="what the stage does with likely label errors: flag (the review page), drop them, or "
+                            "fix them with the suggested answer")
+    folds: int = Field(5, ge=2, le=20, description="folds of the cross-fitted cheap model (level 2)")
+    level2: bool = Field(True, description="run the model-based checks (label errors, image-question mismatch)")
+    near_duplicate_distance: int = Field(4, ge=0, le=64, description="perceptual-hash bits two images may differ "
+                                                                     "by and count as the same picture")
+    min_image_side: int = Field(8, ge=1, description="images with a shorter side are flagged as absurd sizes")
+    max_aspect_ratio: float = Field(8.0, ge=1, description="images longer than this times their width (or wider) "
+                                                           "are flagged")
+    blank_std: float = Field(2.0, ge=0, description="images whose grey-level standard deviation is below it are "
+                                                    "blank or near-constant")
+    review_rows: int = Field(300, ge=1, description="most suspicious rows shown on the review page")
+    skip_checks: list[str] = Field(default_factory=list, description="registered data checks not to run")
+    clip: CleanClipSection = Field(default_factory=CleanClipSection)
+
+    @field_validator("decisions")
+    @classmethod
+    def _decisions_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist; give the decisions JSONL the review page exported, or null")
+        return value
+
+
 class RunConfig(Section):
     """The whole validated run configuration."""
 
@@ -276,6 +321,7 @@ class RunConfig(Section):
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     export: ExportSection = Field(default_factory=ExportSection)
     score: ScoreSection
+    clean: CleanSection = Field(default_factory=CleanSection)
     seed: int = Field(0, ge=0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     run_dir: Path | None = Field(None, description="where the run writes; the same dir resumes")

@@ -74,12 +74,18 @@ class RunContext:
 
     # -- data ----------------------------------------------------------------------------
     def split(self, name: str, image_size: int, size: int | None = None) -> Any:
-        """Validated rows of a split of the vertical's dataset (cached per image size)."""
+        """Validated rows of a split of the vertical's dataset (cached per image size), with the clean stage's
+        cleaned view applied when it ran (docs/cleaning.md)."""
         from .data.loading import load_configured_split
 
         key = (name, image_size)
         if key not in self._splits:
             self._splits[key] = load_configured_split(self.config, self.registry, name, image_size, size)
+        view = self.artifacts.get("clean_view")  # the clean stage's cleaned view, once it has run
+        if view is not None:
+            from .cleaning.view import cached_view
+
+            return cached_view(view).apply(self._splits[key])
         return self._splits[key]
 
     def skipped_rows(self) -> dict[str, int]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from .compress.tokens.contract import TokenReducer
     from .engine import RunContext, Stage, StageResult
     from .runtimes.contract import RuntimeBackend
-    from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
+    from .schemas import DataCheck, DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
 
 hookspec = pluggy.HookspecMarker("dsvl_adapt")
 
@@ -167,6 +167,16 @@ def dsvl_adapt_register_token_reducers(register: Callable[["TokenReducer"], None
     (reduces the model in place and sets the processor's ``num_image_tokens``) and ``restore(model, budget)``
     (re-installs on a loaded model what its config cannot express). The built-ins (``select``,
     ``resolution``) come through this hook too.
+    """
+
+
+@hookspec
+def dsvl_adapt_register_data_checks(register: Callable[["DataCheck"], None]) -> None:
+    """Register data-cleaning checks (``dsvl-adapt clean``, the ``clean`` stage; docs/cleaning.md).
+
+    ``register(DataCheck(name=..., level=1, run=fn, verticals=["legal"]))`` where ``fn(data)``
+    yields :class:`~dsvl_adapt.cleaning.findings.Finding` objects for suspicious rows. The core's
+    integrity, duplicate, leakage and label-error checks come through this hook too.
     """
 
 

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from . import hookspecs
 from .errors import ConfigError, PluginError
 from .runtimes.contract import RuntimeBackend
-from .schemas import DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
+from .schemas import DataCheck, DatasetSpec, HardwareTarget, MetricSpec, PromptTemplate, Vertical
 
 ENTRY_POINT_GROUP = "dsvl_adapt"
 BUILTIN_MODULES = ("dsvl_adapt.builtins",)
@@ -185,6 +185,7 @@ class Registry:
     config_search_path: list[str]
     failures: list[str]
     token_reducers: Catalog[Any] = field(default_factory=lambda: Catalog("token reducer", _check_token_reducer))
+    data_checks: Catalog[DataCheck] = field(default_factory=lambda: Catalog("data check", _instance_of(DataCheck)))
 
     def vertical(self, name: str) -> Vertical:
         return self.verticals.get(name)
@@ -303,6 +304,7 @@ class PluginManager:
             "stages": (Catalog("stage", _check_stage), "dsvl_adapt_register_stages"),
             "runtimes": (Catalog("runtime backend", _check_backend, _runtime_hint), "dsvl_adapt_register_runtimes"),
             "token_reducers": (Catalog("token reducer", _check_token_reducer), "dsvl_adapt_register_token_reducers"),
+            "data_checks": (Catalog("data check", _instance_of(DataCheck)), "dsvl_adapt_register_data_checks"),
         }
         for catalog, hook_name in catalogs.values():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():

@@ -164,3 +164,20 @@ class Row(_Strict):
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
     meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataCheck(_Strict):
+    """A data-cleaning check (``dsvl-adapt clean``, the ``clean`` stage): ``run(data) -> iterable of Finding``.
+
+    ``data`` is a :class:`dsvl_adapt.cleaning.data.CleaningData` (the loaded splits, the vertical, the
+    ``clean`` config, shared image hashes and out-of-sample answer probabilities); each finding is a
+    :class:`dsvl_adapt.cleaning.findings.Finding` naming a row, the reason and what to do with it.
+    Level 1 checks look at one row or pairs of rows (integrity, duplicates, leakage, the vertical's
+    rules); level 2 checks use a model (label errors, image-question mismatch) and run after level 1.
+    """
+
+    name: Name
+    description: str = ""
+    level: Literal[1, 2] = 1
+    run: Callable[..., Iterable[Any]]
+    verticals: list[str] | None = Field(None, description="the verticals it applies to; None = every vertical")

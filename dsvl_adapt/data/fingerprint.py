@@ -56,9 +56,10 @@ class DataFingerprint:
         return changed + added + removed or ["files"]
 
 
-def generated_fingerprint(dataset: str, seed: int, sizes: dict[str, int]) -> DataFingerprint:
-    """Generated rows are fixed by the generator's name, the seed and the sizes."""
-    generator = {"dataset": dataset, "seed": seed, "sizes": dict(sizes)}
+def generated_fingerprint(dataset: str, seed: int, sizes: dict[str, int], **extra: str) -> DataFingerprint:
+    """Generated rows are fixed by the generator's name, the seed and the sizes (and ``extra``: the hash of a
+    review decisions file applied to them)."""
+    generator = {"dataset": dataset, "seed": seed, "sizes": dict(sizes), **extra}
     return DataFingerprint("generated", _digest(generator), generator=generator)
 
 

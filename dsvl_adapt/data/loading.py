@@ -156,6 +156,8 @@ def load_configured_split(config: Any, registry: Any, split: str, image_size: in
 
     Generated data is made at that size; a user's folder (``data.source``) is read whole, every row
     validated, then sampled to it (seeded by ``seed`` and the split's name; all rows when fewer).
+    A review decisions file (``clean.decisions``) is applied before sampling; with the ``clean`` stage
+    in the pipeline, unreadable rows are skipped (the stage reports and drops them).
     """
     data = config.data
     request = DatasetRequest(
@@ -166,6 +168,13 @@ def load_configured_split(config: Any, registry: Any, split: str, image_size: in
         source=data.source,
     )
     spec = registry.datasets.get(registry.vertical(config.vertical.name).dataset)
-    loaded = load_split(spec, request, on_bad_row=data.on_bad_row, max_pixels=data.max_image_pixels,
-                        allow_outside=data.allow_outside)
+    clean = getattr(config, "clean", None)
+    cleaning = clean is not None and "clean" in config.pipeline.stages
+    # with the clean stage, an unreadable row is one of its findings (dropped, reported), not the end of the run
+    loaded = load_split(spec, request, on_bad_row="skip" if cleaning else data.on_bad_row,
+                        max_pixels=data.max_image_pixels, allow_outside=data.allow_outside)
+    if clean is not None and clean.decisions is not None:
+        from ..cleaning.view import apply_decisions, read_decisions
+
+        loaded = apply_decisions(loaded, read_decisions(clean.decisions))
     return sample_split(loaded, request.size, seed=config.seed) if data.source is not None else loaded

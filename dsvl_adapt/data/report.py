@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .fingerprint import DataFingerprint, folder_fingerprint, generated_fingerprint
+from .fingerprint import DataFingerprint, file_sha256, folder_fingerprint, generated_fingerprint
 from .leakage import Overlap, refuse_overlap, test_train_overlap
 from .loading import Split
 
@@ -43,11 +43,15 @@ class DataReport:
 def data_fingerprint(config: Any, registry: Any, splits: dict[str, Split] | None = None) -> DataFingerprint:
     """The fingerprint of ``config``'s data; a folder's includes the images ``splits`` referenced."""
     data = config.data
+    decisions = getattr(getattr(config, "clean", None), "decisions", None)
     if data.source is None:
         dataset = registry.vertical(config.vertical.name).dataset
         sizes = {name: getattr(data, f"{name}_size") for name in SPLITS}
-        return generated_fingerprint(dataset, config.seed, sizes)
+        extra = {"decisions": file_sha256(Path(decisions))} if decisions is not None else {}
+        return generated_fingerprint(dataset, config.seed, sizes, **extra)
     referenced = set().union(*(split.image_files for split in (splits or {}).values()))
+    if decisions is not None:  # a review decisions file changes the rows as much as the folder does
+        referenced.add(Path(decisions))
     return folder_fingerprint(data.source, data.allow_outside, referenced)
 
 
@@ -64,7 +68,8 @@ def data_report(config: Any, registry: Any, load: Callable[[str], Split],
         return _REPORTS[key]
     loaded = {name: load(name) for name in SPLITS}
     overlap = test_train_overlap(loaded["train"], loaded["test"])
-    refuse_overlap(overlap, config.data.max_overlap, len(loaded["test"].rows))
+    if "clean" not in config.pipeline.stages:  # the clean stage drops the train copies of test rows
+        refuse_overlap(overlap, config.data.max_overlap, len(loaded["test"].rows))
     report = DataReport(
         fingerprint=data_fingerprint(config, registry, loaded),
         splits={name: _split_facts(split, config.data.source) for name, split in loaded.items()},

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .plots import byte_unit
-from .scorecard import Scorecard, _fmt, _mib, ci_text, comparison_text, fit_text, verdict_text
+from .scorecard import Scorecard, _fmt, _mib, ci_text, cleaning_lines, comparison_text, fit_text, verdict_text
 
 CSS = """
 :root { --ok: #2e7d4f; --bad: #c62828; --muted: #6b7280; --line: #e5e7eb; --est: #8a5a00; }
@@ -334,6 +334,9 @@ def _objectives(card: Scorecard) -> str:
 
 def _lists(card: Scorecard) -> str:
     out = []
+    if card.data is not None:
+        items = "".join(f"<li>{_e(line)}</li>" for line in cleaning_lines(card.data))
+        out.append(f'<section id="cleaning"><h2>Data cleaning</h2><ul>{items}</ul></section>')
     if card.skipped_rows:
         items = "".join(f"<li>{_e(k)}: {v}</li>" for k, v in card.skipped_rows.items())
         out.append(f'<section id="skipped"><h2>Skipped rows</h2><ul>{items}</ul></section>')

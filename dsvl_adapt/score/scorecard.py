@@ -196,6 +196,25 @@ class RuntimeScore(_Model):
     predictions: str | None = Field(None, description="its answers to the test rows, in the score stage's folder")
 
 
+class DataCleaning(_Model):
+    """What the clean stage found and did (docs/cleaning.md): the seed's share-of-usable-data measure."""
+
+    rows_in: int = Field(description="rows of every split before cleaning (unreadable ones included)")
+    flagged: dict[str, int] = Field(default_factory=dict, description="rows flagged, by reason")
+    flagged_by_level: dict[str, int] = Field(default_factory=dict, description="rows flagged, by check level (1, 2)")
+    dropped: int = 0
+    fixed: int = 0
+    open: int = Field(0, description="rows flagged and left for review (no decision, not dropped or fixed)")
+    usable_share: float | None = Field(None, description="(rows in - dropped - left for review) / rows in")
+    clean_share: float | None = Field(None, description="rows no check had anything to say about / rows in")
+
+    @classmethod
+    def from_figures(cls, figures: dict[str, Any] | None) -> "DataCleaning | None":
+        if not figures or "rows_in" not in figures:
+            return None
+        return cls(**{key: figures[key] for key in cls.model_fields if key in figures})
+
+
 class Scorecard(_Model):
     schema_version: int = SCHEMA_VERSION
     vertical: str
@@ -244,6 +263,8 @@ class Scorecard(_Model):
     verdict: bool | None = Field(None, description="true: every objective met; false: one failed; null: none "
                                                    "declared, or none failed but one could not be checked")
     skipped_rows: dict[str, int] = Field(default_factory=dict)
+    data: DataCleaning | None = Field(None, description="when the clean stage ran: rows in, flagged by reason and "
+                                                        "level, dropped, fixed, share of usable data")
     test_rows: int = 0
     stages: dict[str, Any] = Field(default_factory=dict, description="figures recorded by each stage")
     tokens: dict[str, ImageTokens] = Field(
@@ -261,6 +282,19 @@ class Scorecard(_Model):
         (directory / "scorecard.json").write_text(self.model_dump_json(indent=2))
         (directory / "scorecard.md").write_text(render_markdown(self))
         write_html(self, directory)
+
+
+def cleaning_lines(data: DataCleaning) -> list[str]:
+    """The clean stage's figures as short sentences (scorecard.md and .html)."""
+    share = lambda value: "unknown" if value is None else f"{value:.1%}"  # noqa: E731
+    lines = [f"rows in: {data.rows_in}; usable share {share(data.usable_share)} (with no finding: "
+             f"{share(data.clean_share)})",
+             f"dropped {data.dropped}, fixed {data.fixed}, left for review {data.open}"]
+    if data.flagged_by_level:
+        lines.append("flagged by level: " + ", ".join(f"level {k}: {v}" for k, v in data.flagged_by_level.items()))
+    if data.flagged:
+        lines.append("flagged by reason: " + ", ".join(f"{k} {v}" for k, v in data.flagged.items()))
+    return lines
 
 
 def load_scorecard(path: str | Path) -> Scorecard:
@@ -431,6 +465,8 @@ def render_markdown(card: Scorecard) -> str:
             limit = ("≥ " if o.higher_is_better else "≤ ") + _fmt(o.limit)
             lines.append(f"| {o.name} | {ok} | {_fmt(o.value)} | {limit} | {o.note} |")
         lines.append("")
+    if card.data is not None:
+        lines += ["## Data cleaning", ""] + [f"- {line}" for line in cleaning_lines(card.data)] + [""]
     if card.skipped_rows:
         lines += ["## Skipped rows", ""] + [f"- {k}: {v}" for k, v in card.skipped_rows.items()] + [""]
     if card.notes:

@@ -36,6 +36,7 @@ from .intervals import (
 from .scorecard import (
     Comparison,
     Generation,
+    DataCleaning,
     Intervals,
     Latency,
     Memory,
@@ -166,6 +167,7 @@ class ScoreStage:
             generation=generation,
             runtimes=runtimes, size=sizes, params=params, peak_rss_bytes=peak_rss_bytes(), targets=targets,
             throughput=throughput, memory=memory, skipped_rows=context.skipped_rows(), test_rows=len(rows),
+            data=DataCleaning.from_figures(context.figures.get("clean", {}).get("data")),
             stages=_stage_figures(context), notes=notes,
             provenance={"config": context.raw_config, "seed": context.config.seed, "versions": package_versions(),
                         "git_revision": git_revision(), "run_dir": str(context.run_dir),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dsvl_adapt import hookimpl
 from dsvl_adapt.schemas import (
+    DataCheck,
     DatasetRequest,
     DatasetSpec,
     HardwareTarget,
@@ -124,3 +125,16 @@ def dsvl_adapt_register_hardware_targets(register):
 @hookimpl
 def dsvl_adapt_config_search_path():
     return "pkg://dsvl_adapt_ecommerce.conf"
+
+
+def _catalogue_rules(data):
+    from .checks import catalogue_rules
+
+    return catalogue_rules(data)
+
+
+@hookimpl
+def dsvl_adapt_register_data_checks(register):
+    register(DataCheck(name="ecommerce-catalogue-rules", level=1, run=_catalogue_rules, verticals=["ecommerce"],
+                       description="an answer must be a value of the attribute asked; a title in meta.title must "
+                                   "not name another colour than the answer"))
