@@ -160,6 +160,8 @@ class QuantizeStage:
         split = export_graphs(context, table_int8=cfg.embedding_dtype == "int8") == "split"
         export = export_onnx(model, fp32_dir, calibration[0], split=split, opset=context.config.export.opset)
         processor.save_pretrained(fp32_dir)
+        if cfg.precision == "mixed":  # per-layer int4/int8/fp32 searched against the retention objective
+            return self._mixed(context, cfg, fp32_dir, export, model, calibration, processor, cast_from)
         if backend == "openvino":
             return self._openvino(context, cfg, fp32_dir, export, calibration, processor, cast_from)
         directory = context.work_dir / "onnx-int8" if cfg.bits == 8 else context.work_dir / "onnx-int4"
@@ -167,7 +169,25 @@ class QuantizeStage:
         processor.save_pretrained(directory)
         figures = {"backend": backend, "bits": cfg.bits, "mode": cfg.mode, "export": export.model_dump(mode="json"),
                    **report.model_dump(mode="json"), "size_bytes": report.bytes, "cast_from": cast_from}
+        if cfg.bits == 4:
+            figures.update(_plan_figures(directory, "int4"))
         return StageResult(artifacts={"deploy": directory.name, "onnx": directory.name}, figures=figures)
+
+    @staticmethod
+    def _mixed(context: RunContext, cfg, fp32_dir: Path, export, model, calibration, processor,
+               cast_from: str | None) -> StageResult:
+        from ..quantization.stage import run_mixed
+
+        directory, figures, result = run_mixed(context, cfg, model=model, processor=processor,
+                                               calibration=calibration, fp32_dir=fp32_dir,
+                                               inference_precision=context.config.quantize.inference_precision)
+        figures = {"backend": cfg.backend, "bits": cfg.bits, "mode": cfg.mode, "precision": "mixed",
+                   "export": export.model_dump(mode="json"), "size_bytes": result.chosen.bytes,
+                   "cast_from": cast_from, **figures}
+        artifacts = {"deploy": directory.name, "onnx": fp32_dir.name if cfg.backend == "openvino" else directory.name}
+        if cfg.backend == "openvino":
+            artifacts["openvino"] = directory.name
+        return StageResult(artifacts=artifacts, figures=figures)
 
     @staticmethod
     def _openvino(context: RunContext, cfg, fp32_dir: Path, export, calibration, processor,
@@ -175,7 +195,7 @@ class QuantizeStage:
         """ONNX fp32 export -> OpenVINO IR -> NNCF compression, at the precision the config pins."""
         from .quantize import quantize_openvino
 
-        precision = context.config.quantize.precision
+        precision = context.config.quantize.inference_precision
         directory = context.work_dir / f"openvino-int{cfg.bits}"
         try:
             report = quantize_openvino(fp32_dir, directory, cfg, calibration, precision=precision)
@@ -187,10 +207,18 @@ class QuantizeStage:
                    "openvino": report.model_dump(mode="json"), "size_bytes": report.bytes,
                    "reload_max_abs_diff": report.reload_max_abs_diff, "max_abs_diff": report.max_abs_diff,
                    "top1_agreement": report.top1_agreement, "cast_from": cast_from}
+        if cfg.bits == 4:
+            figures.update(_plan_figures(directory, "int4"))
         # deploy: the IR; onnx: the fp32 graphs it was converted from (the export stage reuses them, and the
         # scorecard's opset/op checks read their inventory).
         return StageResult(artifacts={"deploy": directory.name, "openvino": directory.name, "onnx": fp32_dir.name},
                            figures=figures)
+
+
+def _plan_figures(directory: Path, precision: str) -> dict:
+    from ..quantization.stage import plan_figures
+
+    return plan_figures(directory, precision)
 
 
 def _dir_bytes(directory: Path) -> int:

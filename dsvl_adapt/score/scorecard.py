@@ -375,6 +375,9 @@ def render_markdown(card: Scorecard) -> str:
                       (c.note if c.estimated or c.ok is None else (f" — {c.note}" if c.note else ""))
                 lines.append(f"| {c.name} | {ok} | {_fmt(c.value)} {c.unit} | {_fmt(c.limit)} {c.unit} | {how} |")
             lines.append("")
+    from ..quantization.plan import markdown_lines
+
+    lines += markdown_lines(card.stages.get("quantize"))
     if card.objectives:
         lines += ["## Objectives", "", "| objective | ok | value | limit | note |", "|---|---|---|---|---|"]
         for o in card.objectives:
