@@ -62,6 +62,11 @@ class MixedResult:
     def message(self) -> str:
         r = self.chosen.retention
         shown = "unknown" if r is None else f"{r:.3f}"
+        if self.reference <= 0:
+            return (f"objective not reachable at this size: retention is unknown - the reference (teacher) metric "
+                    f"on the validation split is {self.reference:g}, so no plan can be shown to keep "
+                    f"{self.min_retention} of it; best plan found (the smallest): {self.chosen.label} "
+                    f"({len(self.evaluations)} plans evaluated)")
         if self.reachable:
             return (f"mixed precision: {self.chosen.label} holds retention {shown} >= {self.min_retention} "
                     f"through the runtime ({len(self.evaluations)} plans evaluated)")
@@ -119,15 +124,15 @@ def search_mixed_plan(layers: Sequence[LayerSensitivity], *, build: Callable[[di
         chosen = set(fp32_order[:m])
         return {name: "fp32" if name in chosen else "int8" for name in names}
 
-    def finish(best: Evaluation | None) -> MixedResult:
+    def finish() -> MixedResult:
         passing = [e for e in evaluations if e.holds]
         if passing:
             return MixedResult(min(passing, key=lambda e: e.bytes), True, min_retention, reference, evaluations)
-        fallback = max(evaluations, key=lambda e: (e.retention or 0.0, -e.bytes)) if best is None else best
+        fallback = max(evaluations, key=lambda e: (e.retention or 0.0, -e.bytes))
         return MixedResult(fallback, False, min_retention, reference, evaluations)
 
     if run(f"int4 {n}/{n}", int4_plan(n)).holds:
-        return finish(None)
+        return finish()
     if run(f"int8 {n}/{n}", int4_plan(0)).holds:
         low, high = 0, n  # plan(low) holds, plan(high) does not
         while high - low > 1 and len(evaluations) < max_evaluations:
@@ -136,14 +141,14 @@ def search_mixed_plan(layers: Sequence[LayerSensitivity], *, build: Callable[[di
                 low = mid
             else:
                 high = mid
-        return finish(None)
+        return finish()
     low, high = 0, n  # plan(low) fails; plan(high) = all fp32, unknown yet
     if not run(f"fp32 {n}/{n}", fp32_plan(n)).holds:
-        return finish(None)
+        return finish()
     while high - low > 1 and len(evaluations) < max_evaluations:
         mid = (low + high) // 2
         if run(f"fp32 {mid}/{n}, int8 {n - mid}", fp32_plan(mid)).holds:
             high = mid
         else:
             low = mid
-    return finish(None)
+    return finish()

@@ -229,6 +229,25 @@ def test_mixed_search_through_onnxruntime_meets_the_target_or_says_unreachable(t
     assert "## Weight precision" in text and result.message in text
 
 
+def test_mixed_search_with_a_zero_reference_says_retention_is_unknown(fp32_split, tiny, tmp_path):
+    """A teacher that scores 0 on validation (an untrained tiny run) leaves retention unknown: never a pass."""
+    model, batches = tiny
+    base = QuantizeConfig(backend="onnxruntime", precision="int4")
+    layers = layer_sensitivity(model, batches[:1], include=lambda n: not base.skips(n), group_size=32)
+    count = iter(range(100))
+
+    def build(per_layer):
+        directory = tmp_path / f"plan-{next(count)}"
+        quantize_onnx(fp32_split, directory, base.model_copy(update={"per_layer": per_layer}), compare_batches=0)
+        return directory
+
+    result = search_mixed_plan(layers, build=build, evaluate=lambda d: 0.0, reference=0.0, min_retention=0.95,
+                               size=lambda d: OnnxRuntimeModel.load(d, threads=1).size_bytes)
+    assert not result.reachable and all(e.retention is None and not e.holds for e in result.evaluations)
+    assert "retention is unknown" in result.message and "best plan found" in result.message
+    assert result.chosen.bytes == min(e.bytes for e in result.evaluations)
+
+
 @pytest.mark.slow
 def test_pipeline_mixed_precision_writes_the_plan_and_the_scorecard_shows_it(tiny_overrides, tmp_path):
     import subprocess
