@@ -295,3 +295,43 @@ def openvino_available() -> str | None:
     except ImportError as e:
         return f"{e} (pip install \"dsvl-adapt[openvino]\")"
     return None
+
+
+def nncf_int4(ir_dir: Path, destination: Path, batches: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """NNCF's int4 weight compression on each graph of an IR from :func:`openvino_convert`, as its weight
+    compression guide shows it: ``nncf.compress_weights(model, mode=CompressWeightsMode.INT4_ASYM)`` with every
+    other default (group size 128, ratio 1, int8 backup for embeddings and the last layer); with ``batches`` also
+    ``dataset=nncf.Dataset(samples), awq=True, scale_estimation=True`` (the guide's data-aware recipe). A graph
+    NNCF refuses (e.g. channels that group 128 does not divide) is kept as converted, and said so."""
+    import nncf
+    import openvino as ov
+
+    meta = json.loads((ir_dir / PLAIN_OPENVINO_FILE).read_text())
+    samples = _calibration_samples(ir_dir, batches) if batches else {}
+    _copy_non_graph_files(ir_dir, destination, [])
+    core = ov.Core()
+    refused: dict[str, str] = {}
+    for name, file in meta["graphs"].items():
+        model = core.read_model(str(ir_dir / file))
+        kwargs: dict[str, Any] = {"mode": nncf.CompressWeightsMode.INT4_ASYM}
+        if batches:
+            kwargs.update(dataset=nncf.Dataset(samples[name]), awq=True, scale_estimation=True)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                model = nncf.compress_weights(model, **kwargs)
+        except nncf.errors.InvalidGroupSizeError as e:
+            # group 128 does not divide some layer's channels: do what NNCF's error message advises
+            from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+            refused[name] = (f"{type(e).__name__}: {str(e).splitlines()[0]} -> retried with "
+                             "group_size_fallback_mode=ADJUST")
+            with contextlib.redirect_stdout(sys.stderr):
+                model = nncf.compress_weights(core.read_model(str(ir_dir / file)), **kwargs,
+                                              advanced_parameters=AdvancedCompressionParameters(
+                                                  group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
+        ov.save_model(model, str(destination / file))
+    call = ("nncf.compress_weights(model, mode=INT4_ASYM" + (", dataset=..., awq=True, scale_estimation=True)"
+                                                            if batches else ")"))
+    meta.update({"compressed_from": str(ir_dir), "how": call, "refused": refused})
+    (destination / PLAIN_OPENVINO_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    return {"call": call, "calibration_samples": len(batches or []), "refused": refused, "nncf": nncf.__version__}

@@ -37,7 +37,7 @@ CORE_STAGES = (
                         "graph, or vision + LM graphs for restricted op sets)",
               "dsvl_adapt.export.stage:ExportStage",
               config_keys=("export", "vertical.target", "quantize.backend", "quantize.follow_target",
-                           "quantize.precision")),
+                           "quantize.precision", "quantize.inference_precision")),
     LazyStage("clean", "clean the data: integrity, duplicates, leakage, label errors -> report, cleaned view, "
                        "review page (docs/cleaning.md)", "dsvl_adapt.cleaning.stage:CleanStage",
               config_keys=("clean", "data")),

@@ -234,10 +234,20 @@ class QuantizeSection(QuantizeConfig):
         True, description="quantize for the target's runtime backend when one of that name is registered, "
                           "instead of `backend`"
     )
-    precision: Literal["f32", "bf16"] = Field(
+    inference_precision: Literal["f32", "bf16"] = Field(
         "f32", description="OpenVINO inference precision, pinned at load (the CPU plugin's own default is bf16 "
                            "wherever the CPU has it); recorded in openvino.json and the runtime's label"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_inference_precision(cls, data: Any) -> Any:
+        """``quantize.precision=f32|bf16`` (its meaning before ``precision`` named the weight precision) still
+        sets the OpenVINO inference precision."""
+        if isinstance(data, dict) and data.get("precision") in ("f32", "bf16"):
+            data = dict(data)
+            data["inference_precision"] = data.pop("precision")
+        return data
 
 
 class ExportSection(Section):

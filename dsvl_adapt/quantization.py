@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 from .runtimes.contract import QuantizationPlan, RuntimeBackend
 
-__all__ = ["DEFAULT_SKIP", "SUPPORTED", "QuantizeConfig", "backend_name", "check_plan", "config_for_backend"]
+__all__ = ["ALGORITHMS", "DATA_AWARE_ALGORITHMS", "DEFAULT_SKIP", "SUPPORTED", "QuantizeConfig", "backend_name", "check_plan", "config_for_backend"]
 
 DEFAULT_SKIP: tuple[str, ...] = (r"^model\.vision_model\.", r"^model\.high_res_vision_", r"^model\.aligner\.")
 
@@ -36,6 +36,17 @@ SUPPORTED: dict[str, dict[str, tuple[int, ...]]] = {
 
 def _supported_text(backend: str) -> str:
     return ", ".join(f"bits={b} mode={m!r}" for m, bits in SUPPORTED[backend].items() for b in bits)
+
+
+#: backend -> int4 weight algorithms it offers (``QuantizeConfig.algorithm``); see docs/precision.md
+ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "torch": (),
+    "onnxruntime": ("rtn", "hqq"),
+    "openvino": ("rtn", "awq", "scale_estimation", "awq_scale_estimation", "gptq"),
+}
+#: data-aware algorithms: they read the calibration batches
+DATA_AWARE_ALGORITHMS = frozenset({"awq", "scale_estimation", "awq_scale_estimation", "gptq"})
+LayerPrecision = Literal["int4", "int8", "fp32"]
 
 
 class QuantizeConfig(BaseModel):
@@ -62,6 +73,42 @@ class QuantizeConfig(BaseModel):
         "auto", description="the token-embedding table of split exports (onnxruntime, openvino), which the caller "
                             "looks input_ids up in: int8 per row, or fp32. auto = int8 on those backends; the torch "
                             "backend quantizes Linear layers only and keeps the embedding fp32")
+
+    precision: Literal["int8", "int4", "mixed"] | None = Field(
+        None, description="weight precision of the language model: int8, int4 (weight-only, groups of block_size; "
+                          "lm_head at `backup`), or mixed (int4/int8/fp32 chosen per layer by sensitivity to meet "
+                          "objectives.min_retention through the deployed runtime). Sets bits and mode; null = as "
+                          "bits/mode say")
+    symmetric: bool = Field(False, description="int4: symmetric weights (no zero points) instead of asymmetric")
+    algorithm: Literal["rtn", "hqq", "awq", "scale_estimation", "awq_scale_estimation", "gptq"] = Field(
+        "rtn", description="int4 weight algorithm: rtn (round to nearest); onnxruntime: hqq; openvino (NNCF, "
+                           "calibrated on the vertical's rows): awq, scale_estimation, awq_scale_estimation, gptq")
+    backup: Literal["int8", "fp32"] = Field(
+        "int8", description="int4: precision of the layers kept out of int4 (lm_head; openvino: NNCF's backup "
+                            "layers and the share left by ratio)")
+    ratio: float = Field(1.0, gt=0, le=1, description="openvino int4: share of the LM's layers in int4 (NNCF picks "
+                                                      "by its sensitivity), the rest at `backup`")
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None, description="onnxruntime MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (CPU)")
+    per_layer: dict[str, LayerPrecision] = Field(
+        default_factory=dict, description="module path -> int4 | int8 | fp32 for single layers (a mixed plan "
+                                          "writes it); a path matched by `skip` stays fp32 regardless")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_sets_bits_and_mode(cls, data: Any) -> Any:
+        """``precision`` wins over ``bits``/``mode``: int4 and mixed are weight-only (openvino also dynamic)."""
+        if not isinstance(data, dict) or data.get("precision") is None:
+            return data
+        data = dict(data)
+        precision, backend = data["precision"], data.get("backend", "torch")
+        if precision == "int8":
+            data["bits"] = 8
+        elif precision in ("int4", "mixed") and backend != "torch":
+            data["bits"] = 4
+            if not (backend == "openvino" and data.get("mode") == "dynamic"):
+                data["mode"] = "weight_only"
+        return data
 
     @field_validator("mode")
     @classmethod
@@ -98,6 +145,48 @@ class QuantizeConfig(BaseModel):
             raise ValueError(f"block_size must be a power of 2, got {block_size}")
         return block_size
 
+    @model_validator(mode="after")
+    def _low_bit_knobs_fit_the_backend(self) -> QuantizeConfig:
+        backend = self.backend
+        if self.precision in ("int4", "mixed") and backend == "torch":
+            raise ValueError(f"precision={self.precision!r} needs int4 kernels, which the torch backend does not "
+                             "have here (torch.ao dynamic quantization is int8 only): use backend onnxruntime "
+                             "(MatMulNBits) or openvino (NNCF), e.g. a target with runtime: onnxruntime")
+        low_bit = self.bits == 4 or self.precision == "mixed"
+        if self.algorithm != "rtn":
+            if not low_bit:
+                raise ValueError(f"algorithm={self.algorithm!r} applies to int4 weights; this config is int8 "
+                                 "(set precision=int4 or mixed, or algorithm=rtn)")
+            if self.algorithm not in ALGORITHMS[backend]:
+                raise ValueError(f"algorithm {self.algorithm!r} is not offered by backend {backend!r}; "
+                                 f"choose one of: {', '.join(ALGORITHMS[backend])}")
+        if self.algorithm == "hqq" and self.symmetric:
+            raise ValueError("algorithm='hqq' is asymmetric by construction: set symmetric=false or algorithm=rtn")
+        if low_bit and not 16 <= self.block_size <= 256:
+            raise ValueError(f"block_size (the int4 group size) must be 16..256 and a power of 2, got "
+                             f"{self.block_size}: 32, 64 or 128 are the usual choices")
+        if self.ratio < 1 and backend != "openvino":
+            raise ValueError(f"ratio={self.ratio} is NNCF's int4 share (backend openvino); on {backend!r} use "
+                             "precision=mixed, which chooses int4/int8 per layer by measured sensitivity")
+        if self.accuracy_level is not None and backend != "onnxruntime":
+            raise ValueError(f"accuracy_level is an ONNX Runtime MatMulNBits attribute; backend {backend!r} does "
+                             "not have it: remove it")
+        for path, precision in self.per_layer.items():
+            if precision == "int4" and not low_bit:
+                raise ValueError(f"per_layer[{path!r}]='int4' in an int8 config: set precision=int4 or mixed")
+        return self
+
+    def layer_precision(self, module_path: str) -> LayerPrecision:
+        """The weight precision of one linear layer under this config: skip -> fp32, then ``per_layer``, then
+        ``lm_head`` at ``backup`` under int4, else int4 or int8 by ``bits``."""
+        if self.skips(module_path):
+            return "fp32"
+        if module_path in self.per_layer:
+            return self.per_layer[module_path]
+        if self.bits == 4 and module_path.rsplit(".", 1)[-1] == "lm_head":
+            return self.backup
+        return "int4" if self.bits == 4 else "int8"
+
     @property
     def embedding_dtype(self) -> Literal["fp32", "int8"]:
         """The embedding table's dtype on this backend (``auto`` resolved)."""
@@ -123,8 +212,9 @@ class QuantizeConfig(BaseModel):
     def to_plan(self) -> QuantizationPlan:
         """This configuration as the runtime contract's :class:`QuantizationPlan` (``weights`` = ``int<bits>``,
         every other field in ``options``), which a backend's ``prepare`` receives."""
-        options = self.model_dump(mode="json", exclude={"backend", "mode", "bits"})
-        return QuantizationPlan(weights=f"int{self.bits}", mode=self.mode, options=options)
+        options = self.model_dump(mode="json", exclude={"backend", "mode", "bits", "per_layer"})
+        return QuantizationPlan(weights=f"int{self.bits}", mode=self.mode, options=options,
+                                per_layer=dict(self.per_layer))
 
     @classmethod
     def from_plan(cls, backend: str, plan: QuantizationPlan) -> QuantizeConfig | None:
@@ -135,10 +225,8 @@ class QuantizeConfig(BaseModel):
         bits = {"int8": 8, "int4": 4}.get(plan.weights)
         if bits is None:
             raise ValueError(f"backend {backend!r} quantizes to int8 or int4, not {plan.weights!r}")
-        if plan.per_layer:
-            raise ValueError(f"backend {backend!r} has no per-layer mixed precision; leave QuantizationPlan.per_layer "
-                             "empty (keep layers in full precision with the skip option)")
-        fields = {"backend": backend, "bits": bits, **({"mode": plan.mode} if plan.mode else {}), **plan.options}
+        fields = {"backend": backend, "bits": bits, **({"mode": plan.mode} if plan.mode else {}), **plan.options,
+                  **({"per_layer": dict(plan.per_layer)} if plan.per_layer else {})}
         known = set(cls.model_fields)
         return cls.model_validate({k: v for k, v in fields.items() if k in known})
 

@@ -154,7 +154,7 @@ def prepare_options(context: RunContext) -> dict[str, Any]:
     target = context.target()
     return {"opset": context.config.export.opset, "graphs": context.config.export.graphs,
             "supported_ops": list(target.supported_ops) if target and target.supported_ops is not None else None,
-            "precision": context.config.quantize.precision, "allow_pickle": context.config.model.allow_pickle,
+            "precision": context.config.quantize.inference_precision, "allow_pickle": context.config.model.allow_pickle,
             "trust_remote_code": context.config.model.trust_remote_code}
 
 
@@ -179,13 +179,26 @@ class QuantizeStage:
         calibration = calibration_batches(context, processor, count=cfg.calibration_batches,
                                           batch_size=context.config.prune.calibration_batch_size)
         plan = cfg.to_plan()
-        request = PrepareRequest(checkpoint_dir=context.artifact("student"),
-                                 out_dir=context.work_dir / f"{backend.name}-{plan.weights}", plan=plan,
-                                 calibration=calibration, options=prepare_options(context), model=model,
-                                 scratch_dir=context.work_dir)
+
+        def request(config: Any, out_dir: Path) -> PrepareRequest:
+            return PrepareRequest(checkpoint_dir=context.artifact("student"), out_dir=out_dir, plan=config.to_plan(),
+                                  calibration=calibration, options=prepare_options(context), model=model,
+                                  scratch_dir=context.work_dir)
+
         try:
-            artifact = backend.prepare(request)
+            if cfg.precision == "mixed":  # per-layer int4/int8/fp32 searched against the retention objective
+                from ..lowbit.stage import run_mixed
+
+                artifact, plan_figures = run_mixed(context, cfg, backend=backend, model=model, processor=processor,
+                                                   calibration=calibration, request=request)
+            else:
+                artifact = backend.prepare(request(cfg, context.work_dir / f"{backend.name}-{plan.weights}"))
+                plan_figures = {}
+                if cfg.bits == 4:  # the per-layer plan next to the artifact: which layer holds which precision
+                    from ..lowbit.stage import plan_figures as int4_plan_figures
+
+                    plan_figures = int4_plan_figures(Path(artifact.directory), "int4")
         except ValueError as e:  # e.g. the saved artifact does not reload to the same logits
             raise StageError(f"runtime backend {backend.name!r} could not prepare the student: {e}") from e
-        figures = {"backend": backend.name, **artifact.report, "cast_from": cast_from}
+        figures = {"backend": backend.name, **artifact.report, "cast_from": cast_from, **plan_figures}
         return StageResult(artifacts=stage_artifacts(context, artifact), figures=figures)

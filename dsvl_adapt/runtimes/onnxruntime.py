@@ -302,13 +302,12 @@ def _quantize_graph(src: Path, dst: Path, config: QuantizeConfig, feeds: list[di
                         use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
                         reduce_range=config.reduce_range_resolved, extra_options={"MatMulConstBOnly": True})
     else:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from onnxruntime.quantization.onnx_model import ONNXModel
 
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(pre)), bits=config.bits, block_size=config.block_size,
-                                         is_symmetric=False, nodes_to_exclude=excluded,
-                                         op_types_to_quantize=("MatMul",))
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=external)
+        from dsvl_adapt.lowbit.int4_onnxruntime import quantize_graph_weights
+
+        nbits = quantize_graph_weights(onnx.load(str(pre)), candidates, paths, config, dst.with_suffix(".layers.json"))
+        ONNXModel(nbits).save_model_to_file(str(dst), use_external_data_format=external)
 
     quantized_ops = {"MatMulInteger", "MatMulNBits", "DynamicQuantizeMatMul", "QLinearMatMul"}
     model = onnx.load(str(dst), load_external_data=False)

@@ -405,7 +405,8 @@ def _quiet_nncf() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _compress(model, config: QuantizeConfig, ignored: list[str], calibration: list[dict[str, np.ndarray]]):
+def _compress(model, config: QuantizeConfig, ignored: list[str], calibration: list[dict[str, np.ndarray]],
+              paths: dict[str, str | None] | None = None):
     nncf = _nncf()
     scope = nncf.IgnoredScope(names=ignored, validate=False)
     with _quiet_nncf():
@@ -421,8 +422,9 @@ def _compress(model, config: QuantizeConfig, ignored: list[str], calibration: li
                                  advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow))
         if config.bits == 8:
             return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=scope)
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=config.block_size,
-                                     ratio=1.0, ignored_scope=scope)
+        from dsvl_adapt.lowbit.int4_openvino import compress_for_config
+
+        return compress_for_config(model, config, ignored, calibration, paths or {})
 
 
 def _graph_feeds(runtime: OpenVinoModel, report, batches: Sequence[dict[str, Any]]
@@ -543,7 +545,9 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
     checks = batches[:compare_batches]
     fp32_stub = stub.model_copy(update={"runtime_properties": runtime_properties("f32", None), "precision": "f32"})
     reference = None  # logits of the fp32 IR at f32: the yardstick for the compressed one
-    if quantize is not None and (checks or quantize.mode == "static"):
+    calibrated = quantize is not None and (quantize.mode == "static" or (quantize.bits == 4
+                                                                       and quantize.algorithm != "rtn"))
+    if quantize is not None and (checks or calibrated):
         fp32_runtime = OpenVinoModel(fp32_stub, threads=threads, models=fp32_models)
         reference = _logits(fp32_runtime, checks)
     final: dict[str, Any] = {}
@@ -553,7 +557,7 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
         skipped = {name: 0 for name in src.graphs}
     else:
         feeds: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in src.graphs}
-        if quantize.mode == "static":
+        if calibrated:
             feeds = _graph_feeds(fp32_runtime, src, batches[: quantize.calibration_batches])
         fp32_runtime = None  # compiled copies are as large as the weights: free them before compressing
         for name, model in fp32_models.items():
@@ -566,8 +570,12 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
                 final[name] = model
                 continue
             # NNCF may change the model in place: compress a fresh conversion, keep the fp32 one as reference.
-            final[name] = stateful(name, _compress(ov.convert_model(str(src.graph_path(name))), quantize, ignored,
-                                                   feeds[name]))
+            compressed = _compress(ov.convert_model(str(src.graph_path(name))), quantize, ignored, feeds[name], paths)
+            if quantize.bits == 4:  # the plan next to the artifact: which layer holds which precision
+                from dsvl_adapt.lowbit.int4_openvino import write_layer_plan
+
+                write_layer_plan(compressed, paths, destination / f"{name}.layers.json", quantize.model_dump())
+            final[name] = stateful(name, compressed)
         fp32_models.clear()
         if src.embed_file:  # the reference above looked tokens up in the fp32 table; the compressed model may not
             embed_file = copy_embedding_table(src.directory, src.embed_file, destination, quantize.embedding_dtype)
@@ -584,7 +592,9 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
     if quantize is not None:
         quantization = {"backend": "openvino", **quantize.model_dump(mode="json"),
                         "nncf": ("quantize(TRANSFORMER)" if quantize.mode == "static" else
-                                 f"compress_weights({'INT8_ASYM' if quantize.bits == 8 else 'INT4_ASYM'})"),
+                                 "compress_weights(INT8_ASYM)" if quantize.bits == 8 else
+                                 f"compress_weights(INT4_{'SYM' if quantize.symmetric else 'ASYM'}, "
+                                 f"algorithm={quantize.algorithm})"),
                         "dynamic_activation_quantization": quantize.mode == "dynamic",
                         "embedding_table": table_dtype(stub.embed_file),
                         "quantized_ops": {n: g.quantized_ops for n, g in graphs.items()},

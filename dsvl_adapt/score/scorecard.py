@@ -458,6 +458,9 @@ def render_markdown(card: Scorecard) -> str:
                 lines.append(f"| {c.name} | {ok} | {_fmt(c.value)} {c.unit} | {_fmt(c.limit)} {c.unit} | {how} |")
             lines.append("")
     lines += lineage_markdown(card.lineage)
+    from ..lowbit.plan import markdown_lines
+
+    lines += markdown_lines(card.stages.get("quantize"))
     if card.objectives:
         lines += ["## Objectives", "", "| objective | ok | value | limit | note |", "|---|---|---|---|---|"]
         for o in card.objectives:

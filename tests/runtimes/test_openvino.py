@@ -246,11 +246,13 @@ def test_quantize_config_accepts_openvino_modes_and_names_fields():
 def test_precision_knob_validates_in_the_run_config():
     from dsvl_adapt.api import validate
 
-    assert validate([]).quantize.precision == "f32"
-    assert validate(["quantize.precision=bf16"]).quantize.precision == "bf16"
+    assert validate([]).quantize.inference_precision == "f32"
+    assert validate(["quantize.inference_precision=bf16"]).quantize.inference_precision == "bf16"
+    legacy = validate(["quantize.precision=bf16"]).quantize  # the knob's name before precision meant weights
+    assert legacy.inference_precision == "bf16" and legacy.precision is None
     with pytest.raises(ConfigError) as info:
-        validate(["quantize.precision=fp16"])
-    assert "quantize.precision" in str(info.value)
+        validate(["quantize.inference_precision=fp16"])
+    assert "quantize.inference_precision" in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------- missing extra
