@@ -120,7 +120,7 @@ class MetricSpec(_Strict):
 
 
 
-Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+Runtime = Literal["torch", "onnxruntime", "openvino", "tensorrt", "executorch"]
 DType = Literal["fp32", "bf16", "fp16", "int8", "int4"]
 
 
