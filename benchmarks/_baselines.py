@@ -14,6 +14,11 @@ SDK against itself. Each function below names the documented call it makes, with
 * :func:`nncf_quantize_defaults` - NNCF's basic post-training quantization flow for an OpenVINO model:
   ``nncf.quantize(ov.Core().read_model(xml), nncf.Dataset(samples))`` with every default (preset, model type,
   ``subset_size=300`` - capped by the samples given, fast bias correction), then ``ov.save_model``.
+* :func:`nncf_int4_stateful_defaults` - what a user gets from OpenVINO + NNCF alone for an LLM with a KV cache, as
+  Optimum-Intel's export does it: the LM made stateful (OpenVINO's make-stateful transformation), then
+  ``nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM)`` with every other default (group 128,
+  ratio 1, embeddings and the last layer int8 as NNCF decides); the vision graph
+  ``nncf.compress_weights(model)`` (its default, INT8_ASYM), as Optimum-Intel treats a VLM's vision part.
 * :class:`PlainOpenVinoModel` - ``ov.Core().compile_model(xml, "CPU")`` with OpenVINO's defaults (inference precision
   as the CPU plugin chooses: bf16 on CPUs with AVX512-BF16/AMX), only the thread count set, as every runtime in the
   benchmark gets the same number of threads.
@@ -189,6 +194,11 @@ class PlainOpenVinoModel(GraphRuntimeModel):
         self.hybrid = meta["hybrid"]
         self._embed = self._embedding_table(SimpleNamespace(mode=meta["mode"], embed_file=meta["embed_file"]),
                                             self.directory)
+        if meta.get("kv_cache"):  # a stateful LM: run it as the SDK's OpenVINO model does
+            from dsvl_adapt.export.onnx import KvCacheInfo
+
+            self.kv_cache = KvCacheInfo.model_validate(meta["kv_cache"])
+            self._request = 0
         first = next(iter(self.compiled.values()))
         self.properties = {}
         for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
@@ -207,6 +217,74 @@ class PlainOpenVinoModel(GraphRuntimeModel):
     def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         result = self.requests[name].infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return np.array(result.to_tuple()[0], copy=True)
+
+    def _lm_step(self, *args: Any) -> Any:  # the stateful LM, exactly as the SDK's OpenVINO model runs it
+        from dsvl_adapt.runtimes.openvino import OpenVinoModel
+
+        return OpenVinoModel._lm_step(self, *args)  # type: ignore[arg-type]
+
+    def _run_lm(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        from dsvl_adapt.runtimes.openvino import OpenVinoModel
+
+        return OpenVinoModel._run_lm(self, feeds)  # type: ignore[arg-type]
+
+    def kv_cache_bytes(self, state: Any = None) -> int:
+        from dsvl_adapt.runtimes.openvino import OpenVinoModel
+
+        return OpenVinoModel.kv_cache_bytes(self, state)  # type: ignore[arg-type]
+
+
+def nncf_int4_stateful_defaults(export_dir: Path, destination: Path) -> dict[str, Any]:
+    """The int4 + stateful baseline of the module docstring from an SDK split export with a KV cache."""
+    import nncf
+    import openvino as ov
+
+    from dsvl_adapt.export.onnx import read_report
+    from dsvl_adapt.runtimes.openvino import make_stateful
+
+    report = read_report(export_dir)
+    if report.mode != "split" or report.kv_cache is None:
+        raise ValueError(f"{export_dir}: the int4 stateful baseline needs a split export with a KV cache")
+    graphs = [report.graph_path(name) for name in report.graphs]
+    _copy_non_graph_files(Path(export_dir), destination, graphs)
+    for handler in logging.getLogger("nncf").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+    files = {}
+    adjusted = False
+    for name in report.graphs:
+        model = ov.convert_model(str(report.graph_path(name)))
+        with contextlib.redirect_stdout(sys.stderr):
+            if name == "lm":
+                make_stateful(model, report.kv_cache)
+                try:
+                    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM)
+                except nncf.InvalidGroupSizeError:  # layers narrower than a group of 128: tiny presets only
+                    from nncf.quantization.advanced_parameters import (
+                        AdvancedCompressionParameters,
+                        GroupSizeFallbackMode,
+                    )
+
+                    adjusted = True
+                    model = nncf.compress_weights(
+                        model,
+                        mode=nncf.CompressWeightsMode.INT4_ASYM,
+                        advanced_parameters=AdvancedCompressionParameters(
+                            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
+            else:
+                model = nncf.compress_weights(model)
+        ov.save_model(model, str(destination / f"{name}.xml"))
+        files[name] = f"{name}.xml"
+    meta = {"mode": report.mode, "graphs": files, "embed_file": report.embed_file, "hybrid": report.hybrid,
+            "image_token_id": report.image_token_id, "converted_from": str(export_dir),
+            "kv_cache": report.kv_cache.model_dump(),
+            "how": "lm: make stateful, nncf.compress_weights(mode=INT4_ASYM) defaults; vision: "
+                   "nncf.compress_weights() defaults; ov.save_model defaults"}
+    (destination / PLAIN_OPENVINO_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    if adjusted:
+        meta["how"] += " (layers narrower than 128: group_size_fallback_mode=ADJUST, as NNCF's error advises)"
+        (destination / PLAIN_OPENVINO_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    return {"call": meta["how"], "nncf": nncf.__version__}
 
 
 def openvino_available() -> str | None:

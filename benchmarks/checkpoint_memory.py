@@ -6,7 +6,8 @@ its processor and tokenizer, and vocab 102400 for the 1.3B preset. Then runs, in
 
     dsvl-adapt run vertical=industrial model=local model.path=DIR pipeline.stages=[load,prune.structural,export]
 
-and prints one JSON object: the child's peak RSS (GiB), wall seconds, seconds per stage, and the dtype
+and prints one JSON object: the child's peak RSS (GiB), wall seconds, seconds per stage, the peak so far after each
+stage (the stage that raised it set the peak), the CPU model and the dtype
 the load stage chose. The checkpoint is built once per --work folder and reused.
 
     python benchmarks/checkpoint_memory.py --preset deepseek-vl-1.3b --work /tmp/ckpt-1.3b
@@ -69,16 +70,26 @@ def main() -> None:
     result = subprocess.run(command, env=dict(os.environ, DSVL_ADAPT_NO_PROGRESS="1"))
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, the largest child
-    stages = {}
+    stages, peaks = {}, {}
     for name in args.stages.split(","):
         record = run_dir / "stages" / name / "stage.json"
         if record.is_file():
-            stages[name] = round(json.loads(record.read_text())["seconds"], 1)
+            data = json.loads(record.read_text())
+            stages[name] = round(data["seconds"], 1)
+            if data.get("process_peak_rss_bytes"):
+                peaks[name] = round(data["process_peak_rss_bytes"] / 2**30, 2)
     load = run_dir / "stages" / "load" / "stage.json"
     dtype = json.loads(load.read_text())["figures"].get("dtype") if load.is_file() else None
     print(json.dumps({"preset": args.preset, "returncode": result.returncode, "peak_rss_gib": round(peak_kib / 2**20, 2),
-                      "seconds": round(seconds, 1), "stage_seconds": stages, "dtype": dtype,
+                      "seconds": round(seconds, 1), "stage_seconds": stages,
+                      "peak_rss_gib_after_stage": peaks, "dtype": dtype, "cpu": _cpu_model(),
                       "cpu_count": os.cpu_count(), "run_dir": str(run_dir)}, indent=1))
+
+
+def _cpu_model() -> str:
+    from dsvl_adapt.score.timing import cpu_model
+
+    return cpu_model()
 
 
 if __name__ == "__main__":

@@ -221,7 +221,9 @@ def graph_config(name: str, description: str, runtime: Any, kind: str, directory
         return out
 
     return Config(name, description, kind, params, directory, lambda: runtime.forward(batch),
-                  generate_no_cache, generate_no_cache, {"generate16_kind": "greedy_generate, no KV cache", **info})
+                  generate_no_cache, generate_no_cache,
+                  {"generate16_kind": "SDK generation loop, " + ("KV cache" if runtime.has_kv_cache
+                                                                 else "no KV cache (full graph)"), **info})
 
 
 def ort_config(name: str, description: str, directory: Path, params: int, batch: dict[str, torch.Tensor],

@@ -21,6 +21,20 @@ def run(*args: Any, **kwargs: Any) -> Any:
     return _run(*args, **kwargs)
 
 
+def update(*args: Any, **kwargs: Any) -> Any:
+    """Update a finished run with new rows as a new version; see :func:`dsvl_adapt.continual.update.update`."""
+    from .continual.update import update as _update
+
+    return _update(*args, **kwargs)
+
+
+def rescore(*args: Any, **kwargs: Any) -> Any:
+    """Score a version's deployed artifact on other test data; see :func:`dsvl_adapt.continual.update.rescore`."""
+    from .continual.update import rescore as _rescore
+
+    return _rescore(*args, **kwargs)
+
+
 def load(directory: Any, **kwargs: Any) -> Any:
     """Load a checkpoint directory the SDK wrote (pruned or not) exactly: ``(model, processor)``."""
     from .models.checkpoint import load_checkpoint
@@ -35,4 +49,4 @@ def load_scorecard(path: Any) -> Any:
     return _load(path)
 
 
-__all__ = ["__version__", "hookimpl", "load", "load_scorecard", "run"]
+__all__ = ["__version__", "hookimpl", "load", "load_scorecard", "rescore", "run", "update"]

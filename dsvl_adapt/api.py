@@ -66,3 +66,11 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Sco
     context = execute(config, raw, config.run_dir)
     path = context.run_dir / "scorecard.json"
     return load_scorecard(path) if path.is_file() else None
+
+
+def update(run_dir: str | Path, overrides: Sequence[str] = (), new_run_dir: str | Path | None = None) -> Scorecard:
+    """Update the finished run ``run_dir`` with new rows (``data.source=NEW_DIR``) as a new version; see
+    :func:`dsvl_adapt.continual.update.update` and docs/continual.md."""
+    from .continual.update import update as _update
+
+    return _update(run_dir, overrides, new_run_dir)

@@ -30,6 +30,16 @@ CORE_STAGES = (
               "dsvl_adapt.export.stage:ExportStage", config_keys=("export", "vertical.target")),
     LazyStage("score", "score base, teacher and student: accuracy, retention, latency, size, hardware fit",
               "dsvl_adapt.score.stage:ScoreStage", cacheable=False),
+    # the stages of `dsvl-adapt update` (docs/continual.md)
+    LazyStage("update.parent", "take the parent's teacher and its pruned, distilled student as the starting point",
+              "dsvl_adapt.continual.stages:UpdateParentStage", config_keys=("update",)),
+    LazyStage("update.finetune", "a fresh LoRA adapter on the parent's teacher: new rows (+ replay, LwF, EWC), "
+              "merged -> teacher", "dsvl_adapt.continual.stages:UpdateFinetuneStage",
+              config_keys=("update", "finetune")),
+    LazyStage("update.distill", "re-distill the new teacher into the parent's student (its pruned structure kept)",
+              "dsvl_adapt.continual.stages:UpdateDistillStage", config_keys=("update", "distill")),
+    LazyStage("update.score", "score the parent and this version on the old test split, the new rows and the "
+              "general set", "dsvl_adapt.continual.stages:UpdateScoreStage", cacheable=False),
 )
 
 

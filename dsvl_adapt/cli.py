@@ -19,7 +19,10 @@ examples:
   dsvl-adapt run model=reference-tiny finetune=fast run_dir=runs/smoke   # same run_dir resumes
   dsvl-adapt run -m finetune.lora.r=8,16                     # Hydra multirun sweep
   dsvl-adapt validate finetune.lora.r=8                      # check a config in seconds
+  dsvl-adapt update runs/x data.source=new_rows/             # a new version (runs/x-v2), runs/x kept
   dsvl-adapt plugins --json
+  dsvl-adapt serve runs/smoke --port 8000                    # OpenAI-compatible server over the deployed model
+  dsvl-adapt monitor runs/smoke/serve                        # HTML report of what the server saw
 """
 
 OVERRIDES_HELP = ("Hydra overrides, key=value (e.g. vertical=industrial model=reference-tiny "
@@ -91,6 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="DIR", help="where report.html goes (default: the folder given)")
     report.set_defaults(handler=_cmd_report)
 
+    update = sub.add_parser("update", help="update a finished run with new rows: a new version, its parent kept",
+                            description="Start from RUN_DIR's teacher and student, learn the rows of "
+                                        "data.source=NEW_DIR with update.strategy (naive | replay | replay+lwf | "
+                                        "replay+ewc), re-distill and re-quantize the student (its pruned structure "
+                                        "kept unless update.reprune=true) and score it against its parent on the old "
+                                        "test split, the new test rows and the general set. Writes a new run folder "
+                                        "(default: RUN_DIR-v2 beside it; run_dir=PATH to choose); RUN_DIR is never "
+                                        "written to. See docs/continual.md.")
+    update.add_argument("run_dir", metavar="RUN_DIR", help="a finished run (or an earlier update)")
+    update.add_argument("--fail-on-objectives", action="store_true",
+                        help="exit with status 3 when the objectives (forgetting_update included) are not met")
+    update.add_argument("overrides", nargs="*", help="data.source=NEW_DIR (required), update.strategy=replay, "
+                                                     "update.replay.size=256, run_dir=PATH, finetune.lora.train.steps=N …")
+    update.set_defaults(handler=_cmd_update)
+
+    rescore = sub.add_parser("rescore", help="score a version's deployed artifact on other test data (rollback)",
+                             description="Score RUN_DIR's deployed artifact (quantized student, through its runtime) "
+                                         "on the test split of data.source=DIR (e.g. the latest increment), with "
+                                         "its interval and the general set; writes rescore.json under "
+                                         "RUN_DIR/rescores/ (or --out). Nothing else of the run is changed.")
+    rescore.add_argument("run_dir", metavar="RUN_DIR", help="a finished run or update")
+    rescore.add_argument("--out", metavar="DIR", help="where rescore.json goes")
+    rescore.add_argument("--json", action="store_true", help="print the result as JSON")
+    rescore.add_argument("overrides", nargs="*", help="data.source=DIR, data.test_size=N, score.*")
+    rescore.set_defaults(handler=_cmd_rescore)
+
     new_plugin = sub.add_parser("new-plugin", help="scaffold a new vertical plugin package",
                                 description="Write a complete plugin package (hooks, dataset, prompt, metric, "
                                             "hardware target, Hydra config, tests with a tiny sample data folder, "
@@ -123,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the scorecard or the run config")
     schema.add_argument("which", choices=["scorecard", "config"])
     schema.set_defaults(handler=_cmd_schema)
+
+    from .serve.cli import add_commands  # serve | monitor (their heavy imports happen when they run)
+
+    add_commands(sub)
     return parser
 
 
@@ -245,6 +278,42 @@ def _print_summary(card: Any, run_dir: Path) -> None:
         for remedy in diagnosis.remedies:
             console.print(f"  try: {remedy}", highlight=False)
     console.print(f"scorecard: {run_dir / 'scorecard.md'}")
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from .continual.update import update
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+    card = update(args.run_dir, args.overrides)
+    lineage = card.lineage
+    run_dir = Path(card.provenance.get("run_dir", "."))
+    _print_summary(card, run_dir)
+    if lineage is not None:
+        for name, score in lineage.scores.items():
+            print(f"{name}: parent {score.parent:.3f} -> update {score.update:.3f} ({score.change:+.3f} "
+                  f"[{score.change_ci[0]:+.3f}, {score.change_ci[1]:+.3f}], {score.rows} rows)", file=sys.stderr)
+    if args.fail_on_objectives and card.objectives and card.verdict is not True:
+        print("objectives not met or not checked (see scorecard.md)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from .continual.update import rescore
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+    result = rescore(args.run_dir, args.overrides, out=args.out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        low, high = result["accuracy_ci"]
+        general = f", general {result['general']:.3f}" if result["general"] is not None else ""
+        print(f"v{result['version']} {result['run_dir']} ({result['runtime']}): {result['metric']} "
+              f"{result['accuracy']:.3f} [{low:.3f}, {high:.3f}] on {result['test_rows']} test rows of "
+              f"{result['data_source']}{general}\nwritten: {result['written']}")
+    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .compress.configs import StructuralPruneConfig, WeightPruneConfig
 from .compress.quantize import QuantizeConfig
+from .continual.settings import UpdateSection
 from .errors import ConfigError
 
 CONF_DIR_CANDIDATES = (
@@ -279,6 +280,8 @@ class RunConfig(Section):
     cache_dir: Path | None = Field(
         None, description="share completed stages between runs with the same inputs (sweeps); null = off"
     )
+    update: UpdateSection | None = Field(
+        None, description="set by `dsvl-adapt update`: the run this one updates and how (docs/continual.md)")
 
 
 def conf_dir() -> Path:

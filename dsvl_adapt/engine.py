@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,17 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
     return context
 
 
+def _process_peak_rss_bytes() -> int | None:
+    """The run process's peak resident memory so far (Linux/macOS; None elsewhere). Recorded at each stage's end: a
+    stage that raised it set the run's peak, which is how a large checkpoint's memory is told apart by stage."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
 def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager: PluginManager, log: Any) -> None:
     name = stage.name
     run_dir = context.run_dir
@@ -242,7 +254,8 @@ def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager:
         final = context.run_dir / "stages" / name
         record = {"stage": name, "paths": RUN_RELATIVE,
                   "artifacts": record_artifacts(result.artifacts, context.work_dir, final, context.run_dir),
-                  "figures": _without_partial(result.figures, context.work_dir, final), "seconds": seconds}
+                  "figures": _without_partial(result.figures, context.work_dir, final), "seconds": seconds,
+                  "process_peak_rss_bytes": _process_peak_rss_bytes()}
         (context.work_dir / STAGE_RECORD).write_text(json.dumps(record, indent=2, default=str))
         os.replace(context.work_dir, final)
     log(f"[{name}] done in {seconds:.1f} s")

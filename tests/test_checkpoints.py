@@ -16,7 +16,7 @@ import torch
 
 from dsvl_adapt.errors import ModelLoadError
 from dsvl_adapt.models.checkpoint import build_reference, load_checkpoint
-from dsvl_adapt.models.dtype import for_runtime, resolve_dtype
+from dsvl_adapt.models.dtype import compute_dtype, for_runtime, resolve_dtype
 from dsvl_adapt.models.tokenizer import train_tokenizer
 
 SMALL = ["vertical=industrial", "data.train_size=16", "data.validation_size=4", "data.test_size=4",
@@ -87,11 +87,21 @@ def test_model_dtype_decides_the_weights_dtype(setting, stored, device, stages, 
     assert resolve_dtype(setting, stored, device=device, stages=stages) == expected
 
 
-@pytest.mark.parametrize(("native_bf16", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
-def test_a_bf16_checkpoint_stays_bf16_only_where_the_cpu_computes_in_bf16(native_bf16, expected):
-    """Nothing trains: bf16 halves the memory, but only a CPU with bf16 in hardware runs it at speed."""
+def test_a_bf16_checkpoint_stays_bf16_between_stages_when_nothing_trains():
+    """Nothing trains: bf16 on disk and between stages halves the memory and the copy of a large checkpoint."""
     stages = ["load", "prune.structural", "export"]
-    assert resolve_dtype("auto", "bfloat16", device="cpu", stages=stages, native_bf16=native_bf16) == expected
+    assert resolve_dtype("auto", "bfloat16", device="cpu", stages=stages) == torch.bfloat16
+
+
+@pytest.mark.parametrize(("stored", "native_bf16", "device", "expected"), [
+    (torch.bfloat16, True, "cpu", torch.bfloat16),    # bf16 in hardware: compute in it
+    (torch.bfloat16, False, "cpu", torch.float32),    # emulated bf16 is several times slower than fp32
+    (torch.float16, True, "cpu", torch.float32),      # fp16 is slow on CPUs
+    (torch.float32, False, "cpu", torch.float32),
+    (torch.bfloat16, False, "cuda", torch.bfloat16),  # a GPU computes in the stored dtype
+])
+def test_stages_compute_in_a_dtype_the_cpu_runs_at_speed(stored, native_bf16, device, expected):
+    assert compute_dtype(stored, device=device, native_bf16=native_bf16) == expected
 
 
 def test_for_runtime_casts_a_bf16_model_to_fp32_once():
@@ -126,6 +136,25 @@ def test_bf16_checkpoint_is_loaded_in_the_run_dtype_and_kept_when_nothing_trains
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     original, _ = load_checkpoint(bf16_checkpoint)
     assert torch.equal(original.lm_head.weight.float(), model.lm_head.weight)
+
+
+def test_a_bf16_checkpoint_is_pruned_in_the_cpus_compute_dtype_and_saved_in_bf16(bf16_checkpoint, tmp_path):
+    """Nothing trains (auto): the base links to the checkpoint, pruning computes in fp32 on a CPU without bf16 in
+    hardware (bf16 where it has it) and the student is written in bf16, reloading to the same logits."""
+    import dsvl_adapt
+    from safetensors import safe_open
+
+    run_dir = tmp_path / "run"
+    dsvl_adapt.run(["model=local", f"model.path={bf16_checkpoint}", "pipeline.stages=[load,prune.structural]",
+                    *SMALL], run_dir=run_dir)
+    assert _stage(run_dir, "load")["figures"]["dtype"] == "bfloat16"
+    assert (run_dir / "stages" / "load" / "base" / "model.safetensors").is_symlink()  # no converted copy
+    pruned = _stage(run_dir, "prune.structural")["figures"]
+    assert pruned["params_after"] < pruned["params_before"]
+    assert pruned["reload_max_abs_diff"] <= 1e-5 and 0.0 <= pruned["validation_accuracy"] <= 1.0
+    with safe_open(run_dir / "stages" / "prune.structural" / "student" / "model.safetensors", "pt") as f:
+        dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}
+    assert dtypes == {"BF16"}
 
 
 def test_fp16_checkpoint_runs_in_fp32_on_the_cpu(tmp_path):

@@ -17,9 +17,12 @@ from dsvl_adapt.plugins import get_manager
 
 
 def test_tiny_run_writes_every_stage_and_the_scorecard(tiny_run):
+    peaks = []
     for stage in ("load", "finetune", "score"):
         record = json.loads((tiny_run / "stages" / stage / "stage.json").read_text())
         assert record["stage"] == stage and record["seconds"] > 0
+        peaks.append(record["process_peak_rss_bytes"])
+    assert peaks == sorted(peaks) and peaks[0] > 50 * 2**20  # the process's peak so far, at each stage's end
     assert not list((tiny_run / "stages").glob("*.partial"))
     card = dsvl_adapt.load_scorecard(tiny_run)
     assert set(card.accuracy) == {"base", "teacher", "student"}

@@ -199,6 +199,17 @@ def _keep_heads(heads: int, kv_heads: int, ratio: float, field: str) -> tuple[in
 # Tracing helpers
 # --------------------------------------------------------------------------------------
 
+def _graph_structure_only() -> Any:
+    """Tracing needs the autograd graph's structure only: torch-pruning walks ``grad_fn`` links (reading a few
+    integer attributes such as ``_saved_dim``) and never runs backward. The tensors autograd would save for a
+    backward pass are dropped as the forward goes, so tracing a 1.3B model holds its weights, not its activations."""
+
+    def unpack(_: None) -> Tensor:
+        raise RuntimeError("the dependency graph was traced without saved activations: no backward through it")
+
+    return torch.autograd.graph.saved_tensors_hooks(lambda tensor: None, unpack)
+
+
 @contextlib.contextmanager
 def _rope_identity(parts: _Parts):
     """Make ``apply_rotary_pos_emb`` an identity while torch-pruning traces the model.
@@ -532,7 +543,7 @@ def prune_structural(
             example = dict(_to_device(example, device), use_cache=False)
 
             say(f"tracing the dependency graph ({len(steps)} per-layer groups to prune)")
-            with warnings.catch_warnings(), torch.enable_grad(), _rope_identity(parts):
+            with warnings.catch_warnings(), torch.enable_grad(), _rope_identity(parts), _graph_structure_only():
                 warnings.simplefilter("ignore")  # "unwrapped parameters" notices for RMSNorm/SAM weights
                 DG = tp.DependencyGraph().build_dependency(model, example_inputs=example,
                                                            output_transform=_logits)

@@ -4,7 +4,11 @@ Layouts written into ``directory``::
 
     full  (split=False)  model.onnx      input_ids, attention_mask, pixel_values[, high_res_pixel_values] -> logits
     split (split=True)   vision.onnx     pixel_values[, high_res_pixel_values] -> image_embeds (B, N, hidden), aligned
-                         lm.onnx         inputs_embeds, attention_mask -> logits
+                         lm.onnx         inputs_embeds, attention_mask, position_ids,
+                                         past_key_values.<i>.key|value -> logits, present.<i>.key|value
+                                         (the KV cache: one graph for the prefill - empty past - and each decode
+                                         step; ``kv_cache=False`` or opset < 18: inputs_embeds, attention_mask ->
+                                         logits, no cache)
                          embed_tokens.npy  the (vocab, hidden) fp32 embedding table, for the caller's lookup
                                            (quantized exports: ``embed_tokens.int8.npz``, see runtimes.embedding)
     both                 <graph>.inventory.json, config.json (the HF config), export.json (the ExportReport)
@@ -13,8 +17,18 @@ Batch and sequence axes are dynamic. The full graph inserts image features with 
 ``masked_scatter`` lowers); the split graphs have neither: the caller embeds ``input_ids`` with ``embed_tokens.npy``
 and writes the image embeddings row by row at the ``image_token_id`` positions (``OnnxRuntimeModel`` does this).
 
-Position ids are computed inside the graphs from ``attention_mask`` (``cumsum - 1``), so left-padded batches - what
-generation needs - get the same positions as ``generate`` gives them; without padding this equals the model's default.
+Position ids are computed inside the full graph from ``attention_mask`` (``cumsum - 1``), so left-padded batches -
+what generation needs - get the same positions as ``generate`` gives them; without padding this equals the model's
+default. The split LM with a cache takes them as an input (the runtime computes them the same way from the mask,
+which covers past and new positions: (B, past + T)).
+
+The LM with a cache is ONE graph, not a prefill graph plus a decode graph: past keys/values of shape
+(B, kv_heads, past, head_dim) with ``past`` a dynamic axis that may be 0 serve the prefill (empty past) and every
+decode step (past = the cached length). Two graphs would store every weight twice (or share it through external
+data that quantizers rewrite separately); an ``If``-merged graph (Optimum's old ``decoder_model_merged``) carries
+both branches for no gain on CPU. The same graph is what OpenVINO's make-stateful transformation takes
+(:mod:`dsvl_adapt.runtimes.openvino`). Its names follow Optimum / onnxruntime-genai: ``past_key_values.<i>.key``,
+``present.<i>.value``. Logits come for every new position (``forward`` needs them when scoring).
 
 Exporter: the torch.export-based ("dynamo") exporter, for every opset it supports (>= 18; default the exporter's
 own). Why: the TorchScript exporter is deprecated and warns on every call, stores the tied ``lm_head``/embedding
@@ -50,6 +64,7 @@ __all__ = [
     "REPORT_FILE",
     "ExportReport",
     "GraphInfo",
+    "KvCacheInfo",
     "export_onnx",
     "graph_inventory",
     "read_report",
@@ -70,6 +85,37 @@ class GraphInfo(BaseModel):
     outputs: list[str]
     inventory: str
     bytes: int = Field(description="graph file plus its external data")
+
+
+class KvCacheInfo(BaseModel):
+    """The split LM's cache inputs and outputs: one (key, value) pair per layer, each (B, kv_heads, sequence,
+    head_dim) in ``dtype``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    past_inputs: list[str] = Field(description="past_key_values.<i>.key, past_key_values.<i>.value, ... in order")
+    present_outputs: list[str] = Field(description="present.<i>.key, present.<i>.value, ... in the same order")
+    kv_heads: list[int] = Field(description="per layer")
+    head_dims: list[int] = Field(description="per layer")
+    dtype: str = "float32"
+
+    def empty_past(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Zero-length past tensors for a new request (the prefill), by input name."""
+        shapes = [(h, d) for h, d in zip(self.kv_heads, self.head_dims, strict=True) for _ in ("key", "value")]
+        return {name: np.zeros((batch_size, h, 0, d), dtype=self.dtype)
+                for name, (h, d) in zip(self.past_inputs, shapes, strict=True)}
+
+    def prefill_feeds(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Every input of the LM graph for a whole sequence with an empty past (calibration, checks)."""
+        positions = np.maximum(np.asarray(attention_mask, dtype=np.int64).cumsum(-1) - 1, 0)
+        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": positions,
+                **self.empty_past(inputs_embeds.shape[0])}
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes of keys and values one position adds to the cache (per row)."""
+        itemsize = int(np.dtype(self.dtype).itemsize)
+        return 2 * itemsize * sum(h * d for h, d in zip(self.kv_heads, self.head_dims, strict=True))
 
 
 class ExportReport(BaseModel):
@@ -94,6 +140,7 @@ class ExportReport(BaseModel):
     embed_file: str | None = None
     config_file: str = "config.json"
     quantization: dict[str, Any] | None = Field(None, description="set on graphs quantized by ONNX Runtime")
+    kv_cache: KvCacheInfo | None = Field(None, description="the split LM's past/present names (None: no cache)")
 
     def graph_path(self, name: str) -> Path:
         return Path(self.directory) / self.graphs[name].file
@@ -267,7 +314,26 @@ def _wrappers():
                                               position_ids=position_ids_from_mask(attention_mask), use_cache=False)
             return out.logits
 
-    return FullGraph, VisionGraph, LMGraph
+    class LMWithPastGraph(torch.nn.Module):
+        """The LM on new positions against past keys/values (possibly empty); logits and the present cache."""
+
+        def __init__(self, model):
+            super().__init__()
+            setattr(self, WRAPPER_ATTR, model)
+
+        def forward(self, inputs_embeds, attention_mask, position_ids, past):
+            from transformers import DynamicCache
+
+            hf = getattr(self, WRAPPER_ATTR)
+            cache = DynamicCache(config=hf.config.get_text_config())
+            for layer in range(len(past) // 2):
+                cache.update(past[2 * layer], past[2 * layer + 1], layer)
+            out = hf(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                     cache=cache, use_cache=True)
+            present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+            return (out.logits, *present)
+
+    return FullGraph, VisionGraph, LMGraph, LMWithPastGraph
 
 
 @contextlib.contextmanager
@@ -304,10 +370,18 @@ def _export_one(module, args: tuple, path: Path, input_names: list[str], output_
                               output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True)
             return
         dims: dict[str, Any] = {}
-        shapes = []
-        for name in input_names:
+        shapes: list[Any] = []
+        names = iter(input_names)
+
+        def axes_of(name: str) -> dict[int, Any]:
             axes = dynamic.get(name, {})
-            shapes.append({ax: dims.setdefault(label, torch.export.Dim(label)) for ax, label in axes.items()})
+            # a past axis may be 0 (the prefill's empty cache): torch.export needs the range said
+            return {ax: dims.setdefault(label, (torch.export.Dim(label, min=0) if label.startswith("past")
+                                                    else torch.export.Dim(label)))
+                    for ax, label in axes.items()}
+
+        for arg in args:  # a tuple argument (the past keys/values) takes one name per element
+            shapes.append(tuple(axes_of(next(names)) for _ in arg) if isinstance(arg, tuple) else axes_of(next(names)))
         program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=input_names,
                                     output_names=output_names, dynamic_shapes=tuple(shapes), optimize=True,
                                     verbose=False, external_data=external)
@@ -353,13 +427,53 @@ def _other_length_batch(batch: dict[str, Any], image_token_id: int, extra: int =
     return out
 
 
+def _past_example(model, embeds, attention_mask) -> tuple[KvCacheInfo, tuple]:
+    """Names and shapes of the cache, and tracing arguments for the LM with past: the first two positions of the
+    example as the past (computed by the model), the rest as new positions (torch.export specialises sizes 0 and 1,
+    so both axes are traced at >= 2)."""
+    from transformers import DynamicCache
+
+    past_len = 2
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config.get_text_config())
+    model(inputs_embeds=embeds[:, :past_len], attention_mask=attention_mask[:, :past_len],
+          position_ids=positions[:, :past_len], cache=cache, use_cache=True)
+    past = tuple(t.detach() for layer in cache.layers for t in (layer.keys, layer.values))
+    layers = len(past) // 2
+    info = KvCacheInfo(
+        past_inputs=[f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")],
+        present_outputs=[f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")],
+        kv_heads=[int(past[2 * i].shape[1]) for i in range(layers)],
+        head_dims=[int(past[2 * i].shape[3]) for i in range(layers)],
+        dtype=str(past[0].dtype).removeprefix("torch."))
+    if embeds.shape[1] <= past_len + 1:
+        raise ValueError(f"example_batch is too short to trace the KV-cache graph ({embeds.shape[1]} positions; "
+                         f"at least {past_len + 2} needed)")
+    return info, (embeds[:, past_len:], attention_mask, positions[:, past_len:], past)
+
+
+def _decode_diff(runtime, reference, batch: dict[str, Any], pixel_names: list[str]) -> float:
+    """Prefill all but the last token through the runtime, decode the last against the cache: max logit difference
+    to PyTorch's logits at that position (rows are unpadded in the example batch)."""
+    import torch
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    prompt = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], **{n: batch[n] for n in pixel_names}}
+    _, state = runtime.prefill(prompt)
+    got, _ = runtime.decode(state, ids[:, -1].numpy())
+    with torch.no_grad():
+        expected = reference(*(batch[n] for n in ["input_ids", "attention_mask", *pixel_names])).numpy()[:, -1]
+    return float(np.abs(got - expected).max())
+
+
 def _masked_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     valid = mask.astype(bool)
     return float(np.abs(a[valid] - b[valid]).max()) if valid.any() else 0.0
 
 
 def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: dict[str, Any], *, split: bool = False,
-                opset: int | None = None, tolerance: float = 1e-4, threads: int | None = None) -> ExportReport:
+                opset: int | None = None, tolerance: float = 1e-4, threads: int | None = None,
+                kv_cache: bool = True) -> ExportReport:
     """Export ``model`` (a DeepSeek-VL or DeepSeek-VL-Hybrid ``...ForConditionalGeneration``) to ONNX.
 
     ``example_batch`` holds ``input_ids``, ``attention_mask``, ``pixel_values`` (and ``high_res_pixel_values`` for
@@ -368,6 +482,10 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
     difference to PyTorch over the attended positions, ``within_tolerance`` whether it stays under ``tolerance``
     (a warning is issued otherwise). ``opset=None`` takes the exporter's default; below 18 the TorchScript exporter
     is used. The model is exported in its own dtype (fp32 expected) on CPU and left unchanged.
+
+    ``kv_cache`` (split only, dynamo exporter only): the LM graph takes past keys/values and returns the present ones
+    (see the module docstring); ``max_abs_diff["kv_decode"]`` then holds the difference between decoding the
+    example's last token against the cache of the others and PyTorch's logits for it.
     """
     import onnx
     import torch
@@ -385,7 +503,9 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
     trace = batch if batch["input_ids"].shape[0] > 1 else {k: torch.cat([v, v]) for k, v in batch.items()}
     pixel_names = ["pixel_values"] + (["high_res_pixel_values"] if hybrid else [])
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    FullGraph, VisionGraph, LMGraph = _wrappers()
+    FullGraph, VisionGraph, LMGraph, LMWithPastGraph = _wrappers()
+    with_past = split and kv_cache and exporter == "dynamo"
+    kv_info: KvCacheInfo | None = None
 
     was_training = model.training
     model.eval()
@@ -411,11 +531,23 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
                 embeds = embed(trace["input_ids"])
                 mask = trace["input_ids"] == image_token_id
                 embeds[mask] = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
-                names = ["inputs_embeds", "attention_mask"]
-                _export_one(LMGraph(model), (embeds, trace["attention_mask"]), directory / "lm.onnx", names,
-                            ["logits"], {"inputs_embeds": {0: "batch", 1: "sequence"},
-                                         "attention_mask": {0: "batch", 1: "sequence"}}, opset, exporter, param_bytes)
-                graphs["lm"] = GraphInfo(file="lm.onnx", inputs=names, outputs=["logits"], inventory="", bytes=0)
+                if with_past:
+                    kv_info, args = _past_example(model, embeds, trace["attention_mask"])
+                    names = ["inputs_embeds", "attention_mask", "position_ids", *kv_info.past_inputs]
+                    outputs = ["logits", *kv_info.present_outputs]
+                    past_axes = {n: {0: "batch", 2: "past_sequence"} for n in kv_info.past_inputs}
+                    _export_one(LMWithPastGraph(model), args, directory / "lm.onnx", names, outputs,
+                                {"inputs_embeds": {0: "batch", 1: "sequence"},
+                                 "attention_mask": {0: "batch", 1: "total_sequence"},
+                                 "position_ids": {0: "batch", 1: "sequence"}, **past_axes},
+                                opset, exporter, param_bytes)
+                else:
+                    names, outputs = ["inputs_embeds", "attention_mask"], ["logits"]
+                    _export_one(LMGraph(model), (embeds, trace["attention_mask"]), directory / "lm.onnx", names,
+                                outputs, {"inputs_embeds": {0: "batch", 1: "sequence"},
+                                          "attention_mask": {0: "batch", 1: "sequence"}},
+                                opset, exporter, param_bytes)
+                graphs["lm"] = GraphInfo(file="lm.onnx", inputs=names, outputs=outputs, inventory="", bytes=0)
                 np.save(directory / EMBED_FILE, embed.weight.detach().float().cpu().numpy())
                 image_embeds = feats
 
@@ -436,7 +568,7 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
             directory=str(directory), mode="split" if split else "full", exporter=exporter, opset=max(versions),
             graphs=graphs, inventories=inventories, tolerance=tolerance, within_tolerance=True,
             model_class=type(model).__name__, hybrid=hybrid, image_token_id=image_token_id,
-            num_image_tokens=num_image_tokens, embed_file=EMBED_FILE if split else None)
+            num_image_tokens=num_image_tokens, embed_file=EMBED_FILE if split else None, kv_cache=kv_info)
 
         # ONNX Runtime vs PyTorch: the example batch, then another batch size and length.
         runtime = OnnxRuntimeModel(report, threads=threads)
@@ -450,6 +582,8 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
         if image_embeds is not None:
             got = runtime.image_embeddings({n: trace[n] for n in pixel_names})
             diffs["image_embeds"] = float(np.abs(got - image_embeds.numpy()).max())
+        if kv_info is not None:
+            diffs["kv_decode"] = _decode_diff(runtime, reference, batch, pixel_names)
     finally:
         model.train(was_training)
 

@@ -118,13 +118,11 @@ class DistillStage:
         student, processor = context.load_model("student")
         encoder = BatchEncoder(processor, context.prompt)
         image_size = processor.image_processor.size["height"]
-        train = encoder.encode_all(context.split("train", image_size).rows)
-        train = with_general_replay(context, processor, train, cfg.replay_general)
+        train = self.train_items(context, encoder, processor)
         validation = encoder.encode_all(context.split("validation", image_size).rows)
         before = validation_accuracy(context, student, processor)
 
-        weight_stage = context.figures.get("prune.weights", {})
-        masks = sparsity_masks(student, list(weight_stage.get("per_layer", {})))
+        masks = sparsity_masks(student, self.kept_zero_layers(context))
         loss = DistillLoss(teacher, cfg, student.config)
         student.train().requires_grad_(True)
         trainer = Trainer(student, encoder, cfg.train, checkpoint_dir=context.work_dir / "checkpoints",
@@ -143,6 +141,17 @@ class DistillStage:
             "layer_map": loss.layer_map if cfg.hidden_weight > 0 else None,
             "kept_zero_masks": len(masks), **model_figures(student, directory),
         })
+
+
+    def train_items(self, context: RunContext, encoder: BatchEncoder, processor: Any) -> list[Any]:
+        """The encoded rows the student learns from: the train split, with general-set replay (an update run adds
+        its replay rows: :mod:`dsvl_adapt.continual.stages`)."""
+        train = encoder.encode_all(context.split("train", processor.image_processor.size["height"]).rows)
+        return with_general_replay(context, processor, train, context.config.distill.replay_general)
+
+    def kept_zero_layers(self, context: RunContext) -> list[str]:
+        """Layers whose zeros (from ``prune.weights``) stay zero while the student trains."""
+        return list(context.figures.get("prune.weights", {}).get("per_layer", {}))
 
 
 def _reapply(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> Any:

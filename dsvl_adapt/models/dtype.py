@@ -6,10 +6,15 @@ saves its model in the dtype it loaded it in):
 * ``float32`` / ``bfloat16`` / ``float16``: that dtype;
 * ``auto`` (the default): on a GPU, the checkpoint's own dtype. On the CPU, float32 (training
   in half-precision weights loses updates, and fp16 is slow there), except a bfloat16
-  checkpoint in a pipeline that trains nothing (no ``finetune`` or ``distill`` stage) on a CPU
-  with bfloat16 in hardware (AVX-512 BF16, AMX): it stays bfloat16, which halves the memory of
-  pruning and exporting a large checkpoint. Without it bf16 arithmetic is emulated and several
-  times slower than fp32 (see ``dsvl_adapt.machine``), so the weights go to float32.
+  checkpoint in a pipeline that trains nothing (no ``finetune`` or ``distill`` stage): it stays
+  bfloat16 on disk and between stages, which halves the memory and the disk traffic of pruning
+  and exporting a large checkpoint (the ``load`` stage links the checkpoint's files, no copy).
+
+The dtype weights are *stored* in is not always the dtype to *compute* in: on a CPU without
+bfloat16 in hardware (AVX-512 BF16, AMX) bf16 arithmetic is emulated and several times slower
+than fp32 (see ``dsvl_adapt.machine``). Stages that compute on the weights (tracing and scoring
+for pruning, the reload check) cast to :func:`compute_dtype` while they work and save in the
+stored dtype.
 
 ONNX Runtime, OpenVINO and PyTorch's dynamic int8 quantization take float32 models (ONNX
 Runtime rejects a graph whose Conv reads bfloat16): :func:`for_runtime` casts a model to the
@@ -37,12 +42,11 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(setting: str, checkpoint_dtype: str | None, *, device: str,
-                  stages: Sequence[str] = TRAINING_STAGES, native_bf16: bool | None = None) -> torch.dtype:
+                  stages: Sequence[str] = TRAINING_STAGES) -> torch.dtype:
     """The dtype the run keeps the weights in (see the module docstring for ``auto``).
 
     ``checkpoint_dtype``: the dtype most of the checkpoint's weights are stored in (None: unknown,
-    taken as float32); ``stages``: the pipeline's stage names; ``native_bf16``: whether the CPU has
-    bf16 in hardware (default: this host's, ``dsvl_adapt.machine.has_native_bf16``).
+    taken as float32); ``stages``: the pipeline's stage names.
     """
     if setting != "auto":
         return getattr(torch, setting)
@@ -50,12 +54,22 @@ def resolve_dtype(setting: str, checkpoint_dtype: str | None, *, device: str,
     if resolve_device(device) == "cuda":
         return own
     trains = any(stage in TRAINING_STAGES for stage in stages)
-    if native_bf16 is None:
-        from ..machine import has_native_bf16
-
-        native_bf16 = has_native_bf16()
-    if own == torch.bfloat16 and not trains and native_bf16:
+    if own == torch.bfloat16 and not trains:
         return own
+    return torch.float32
+
+
+def compute_dtype(stored: torch.dtype, *, device: str = "cpu", native_bf16: bool | None = None) -> torch.dtype:
+    """The dtype to compute in for weights stored in ``stored``: the same on a GPU; on the CPU float32 for
+    float16 (slow there) and for bfloat16 unless the CPU has bf16 in hardware."""
+    if resolve_device(device) == "cuda" or stored == torch.float32:
+        return stored
+    if stored == torch.bfloat16:
+        if native_bf16 is None:
+            from ..machine import has_native_bf16
+
+            native_bf16 = has_native_bf16()
+        return stored if native_bf16 else torch.float32
     return torch.float32
 
 

@@ -65,6 +65,9 @@ __all__ = [
 ]
 
 
+_ORT_ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(bfloat16)": 2, "tensor(double)": 8}
+
+
 def _ort():
     import onnxruntime
 
@@ -72,12 +75,19 @@ def _ort():
 
 
 class OnnxRuntimeModel(GraphRuntimeModel):
-    """An export directory (full or split, fp32 or quantized) in ONNX Runtime, CPU by default."""
+    """An export directory (full or split, fp32 or quantized) in ONNX Runtime, CPU by default.
+
+    With a KV-cache LM (``report.kv_cache``) every LM call goes through an ``IOBinding``: the present keys/values
+    stay in the ``OrtValue`` buffers ONNX Runtime allocated for them and are bound as the next step's past without a
+    copy to numpy; only the logits come back. (The graph concatenates past and new positions, so each step allocates
+    its present buffers anew; fixed, pre-allocated cache buffers would need a static-cache graph.)"""
 
     name = "onnxruntime"
+    runtime = "onnxruntime"
     graph_suffix = ".onnx"
 
-    def __init__(self, report: ExportReport, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(self, report: ExportReport, *, threads: int | None = None, providers: Sequence[str] | None = None,
+                 session_config: dict[str, str] | None = None):
         ort = _ort()
         self.report = report
         self.directory = Path(report.directory)
@@ -86,6 +96,8 @@ class OnnxRuntimeModel(GraphRuntimeModel):
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        for key, value in (session_config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
+            options.add_session_config_entry(key, value)
         providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.sessions = {name: ort.InferenceSession(str(report.graph_path(name)), sess_options=options,
                                                     providers=providers)
@@ -93,12 +105,15 @@ class OnnxRuntimeModel(GraphRuntimeModel):
         self.image_token_id = report.image_token_id
         self.hybrid = report.hybrid
         self._embed = self._embedding_table(report, self.directory)
+        self.kv_cache = report.kv_cache if report.mode == "split" else None
+        self.threads = threads
 
     @classmethod
-    def load(cls, directory: str | Path, threads: int | None = None,
-             providers: Sequence[str] | None = None) -> OnnxRuntimeModel:
-        """Open what ``export_onnx`` (or ``quantize_export``) wrote in ``directory``."""
-        return cls(read_report(directory), threads=threads, providers=providers)
+    def load(cls, directory: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+             session_config: dict[str, str] | None = None) -> OnnxRuntimeModel:
+        """Open what ``export_onnx`` (or ``quantize_export``) wrote in ``directory``; ``session_config``: ONNX
+        Runtime session config entries."""
+        return cls(read_report(directory), threads=threads, providers=providers, session_config=session_config)
 
     @property
     def size_bytes(self) -> int:
@@ -111,6 +126,38 @@ class OnnxRuntimeModel(GraphRuntimeModel):
     def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         output = "image_embeds" if name == "vision" else "logits"
         return self.sessions[name].run([output], feeds)[0]
+
+    def _lm_step(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                 cache: list[Any] | None) -> tuple[np.ndarray, list[Any]]:
+        kv = self.kv_cache
+        past: dict[str, Any] = (kv.empty_past(inputs_embeds.shape[0]) if cache is None
+                                else dict(zip(kv.past_inputs, cache, strict=True)))
+        feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
+                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64), **past}
+        outputs = self._run_lm(feeds)
+        return outputs[0].numpy(), outputs[1:]
+
+    def _run_lm(self, feeds: dict[str, Any]) -> list[Any]:
+        """One LM run through an IOBinding: numpy feeds are bound as CPU inputs, ``OrtValue`` feeds (the previous
+        step's present keys/values) as they are; returns the outputs as ``OrtValue`` (logits first)."""
+        session = self.sessions["lm"]
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in ["logits", *self.kv_cache.present_outputs]:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    @staticmethod
+    def kv_cache_bytes(state: Any) -> int:
+        """Bytes the keys and values of a :class:`~dsvl_adapt.runtimes.generation.CacheState` hold."""
+        cache = getattr(state, "cache", None) or []
+        return sum(int(np.prod(v.shape())) * _ORT_ITEMSIZE[v.data_type()] for v in cache)
 
 
 
@@ -191,7 +238,9 @@ def _graph_feeds(source: ExportReport, batches: Sequence[dict[str, Any]]) -> dic
         else:
             feeds["vision"].append(pixels)
             image = runtime.image_embeddings(pixels)
-            feeds["lm"].append({"inputs_embeds": runtime.inputs_embeds(ids, image), "attention_mask": mask})
+            embeds = runtime.inputs_embeds(ids, image)
+            feeds["lm"].append(source.kv_cache.prefill_feeds(embeds, mask) if source.kv_cache is not None
+                               else {"inputs_embeds": embeds, "attention_mask": mask})
     return feeds
 
 

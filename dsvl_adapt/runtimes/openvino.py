@@ -6,7 +6,8 @@ Import this module freely; ``openvino`` and ``nncf`` are imported on first use a
 Layout written by :func:`convert_export` (mirrors an ONNX export directory)::
 
     full   model.xml + model.bin         input_ids, attention_mask, pixel_values[, high_res_pixel_values] -> logits
-    split  vision.xml/.bin, lm.xml/.bin  as the ONNX split graphs, with the token table for the caller's lookup:
+    split  vision.xml/.bin, lm.xml/.bin  as the ONNX split graphs, with the token table for the caller's lookup;
+                                         the LM is stateful when the export has a KV cache (below):
                                          embed_tokens.npy, or per-row int8 embed_tokens.int8.npz when compressed
                                          (``quantize.embedding``, :mod:`dsvl_adapt.runtimes.embedding`)
     both   config.json (HF config), openvino.json (:class:`OpenVinoReport`: what was converted, how it was
@@ -29,6 +30,15 @@ Compression (a :class:`dsvl_adapt.compress.quantize.QuantizeConfig` with ``backe
 
 The skip policy (``QuantizeConfig.skip``) is honoured through the torch module path that the exporter stores on every
 ONNX node; OpenVINO keeps the ONNX node names as friendly names, which become NNCF's ``IgnoredScope``.
+
+KV cache: when the ONNX LM takes ``past_key_values.<i>.*`` and returns ``present.<i>.*``, the IR is made stateful -
+OpenVINO's ``MakeStateful`` pass (``openvino.passes``; Optimum-Intel calls the same transformation through
+``openvino._offline_transformations.apply_make_stateful_transformation``) turns each past/present pair into a
+ReadValue/Assign variable, so the cache lives inside the infer request and only ``inputs_embeds``,
+``attention_mask`` (B, past + T) and ``position_ids`` (B, T) cross the boundary. Each variable starts as a
+(B, kv_heads, 0, head_dim) zero-length tensor, B read from ``inputs_embeds`` (Optimum-Intel's
+``build_state_initializer``); ``reset_state`` starts a request. No ``beam_idx`` input: it only reorders the cache
+for beam search, which the loop does not do. Compression (NNCF) runs on the stateless graph, the transformation after.
 
 Precision is explicit: OpenVINO's CPU plugin otherwise runs in bf16 wherever the CPU supports it (AVX512-BF16, AMX)
 and in f32 elsewhere, so the same IR would give different numbers on different machines. ``precision`` ("f32" or
@@ -54,6 +64,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dsvl_adapt.errors import ConfigError
+from dsvl_adapt.export.onnx import KvCacheInfo
 from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
 from dsvl_adapt.runtimes.embedding import (
     copy_embedding_table,
@@ -158,6 +169,7 @@ class OpenVinoReport(BaseModel):
     num_image_tokens: int
     embed_file: str | None = None
     config_file: str = "config.json"
+    kv_cache: KvCacheInfo | None = Field(None, description="the ONNX LM's cache names; set when lm.xml is stateful")
     max_abs_diff: dict[str, float] = Field(default_factory=dict,
                                            description="logits vs the unquantized IR at f32, attended positions")
     top1_agreement: float | None = Field(None, description="share of attended positions with the same argmax")
@@ -230,6 +242,7 @@ class OpenVinoModel(GraphRuntimeModel):
     """An OpenVINO IR directory (full or split, fp32 or compressed) on the CPU, behind the runtime interface."""
 
     name = "openvino"
+    runtime = "openvino"
     graph_suffix = ".xml"
 
     def __init__(self, report: OpenVinoReport, *, threads: int | None = None, precision: str | None = None,
@@ -253,6 +266,8 @@ class OpenVinoModel(GraphRuntimeModel):
         self.image_token_id = report.image_token_id
         self.hybrid = report.hybrid
         self._embed = self._embedding_table(report, self.directory)
+        self.kv_cache = report.kv_cache if report.mode == "split" else None
+        self._request = 0  # which request the LM's internal state belongs to (a stale CacheState is refused)
 
     @classmethod
     def load(cls, directory: str | Path, threads: int | None = None, precision: str | None = None) -> OpenVinoModel:
@@ -271,6 +286,31 @@ class OpenVinoModel(GraphRuntimeModel):
     def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         result = self.requests[name].infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return np.array(result.to_tuple()[0], copy=True)
+
+    def _lm_step(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                 cache: int | None) -> tuple[np.ndarray, int]:
+        """The stateful LM: ``cache`` None resets the request's state (a new request); otherwise it must be the
+        token of the request now held, since the state lives in the one infer request."""
+        request = self.requests["lm"]
+        if cache is None:
+            request.reset_state()
+            self._request += 1
+        elif cache != self._request:
+            raise RuntimeError("this decode state belongs to an earlier request: the OpenVINO LM holds one "
+                               "request's KV cache at a time; prefill again")
+        feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
+                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64)}
+        return self._run_lm(feeds), self._request
+
+    def _run_lm(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run of the stateful LM on ``feeds``; the logits (B, T, vocab)."""
+        result = self.requests["lm"].infer(feeds)
+        return np.array(result.to_tuple()[0], copy=True)
+
+    def kv_cache_bytes(self, state: Any = None) -> int:
+        """Bytes the LM's state variables (the KV cache of the current request) hold."""
+        return sum(int(v.state.byte_size) for v in self.requests["lm"].query_state())
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -397,8 +437,33 @@ def _graph_feeds(runtime: OpenVinoModel, report, batches: Sequence[dict[str, Any
         else:
             feeds["vision"].append(pixels)
             image = runtime.image_embeddings(pixels)
-            feeds["lm"].append({"inputs_embeds": runtime.inputs_embeds(ids, image), "attention_mask": mask})
+            embeds = runtime.inputs_embeds(ids, image)  # the stateless LM (compressed before it is made stateful)
+            feeds["lm"].append(report.kv_cache.prefill_feeds(embeds, mask) if report.kv_cache is not None
+                               else {"inputs_embeds": embeds, "attention_mask": mask})
     return feeds
+
+
+def make_stateful(model, kv: KvCacheInfo) -> None:
+    """Turn the LM's past inputs / present outputs into internal state variables (in place), each starting as a
+    zero-length (B, kv_heads, 0, head_dim) tensor with B read from ``inputs_embeds``."""
+    ov = _ov()
+    from openvino import opset13 as ops
+    from openvino.passes import MakeStateful, Manager
+
+    manager = Manager()
+    manager.register_pass(MakeStateful(dict(zip(kv.past_inputs, kv.present_outputs, strict=True))))
+    manager.run_passes(model)
+    embeds = model.input("inputs_embeds")
+    batch = ops.gather(ops.shape_of(embeds, output_type="i64"), ops.constant([0]), ops.constant(0))
+    for op in model.get_ops():
+        if op.get_type_name() != "ReadValue":
+            continue
+        dims = [d.get_min_length() for d in op.get_output_partial_shape(0)]
+        shape = ops.concat([batch, *(ops.constant(np.array([d], dtype=np.int64)) for d in dims[1:])], 0)
+        op.set_arguments([ops.broadcast(ops.constant(0.0, dtype=op.get_output_element_type(0)), shape)])
+    model.validate_nodes_and_infer_types()
+    if any(p.get_any_name() in kv.past_inputs for p in model.inputs):  # pragma: no cover - OpenVINO changed
+        raise RuntimeError(f"OpenVINO {ov.get_version()} left past inputs on the stateful LM")
 
 
 def _logits(runtime: OpenVinoModel, batches: Sequence[dict[str, Any]]) -> list[np.ndarray]:
@@ -455,14 +520,21 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
     dtype = "fp32" if quantize is None else ("int4" if quantize.bits == 4 else "int8")
     properties = runtime_properties(precision, mode)
 
-    fp32_models = {name: ov.convert_model(str(src.graph_path(name))) for name in src.graphs}
+    kv = src.kv_cache if src.mode == "split" else None
+
+    def stateful(name: str, model):
+        if kv is not None and name == "lm":
+            make_stateful(model, kv)
+        return model
+
+    fp32_models = {name: stateful(name, ov.convert_model(str(src.graph_path(name)))) for name in src.graphs}
     stub = OpenVinoReport(
         directory=str(destination), source=str(Path(source).resolve()), source_bytes=src.bytes, mode=src.mode,
         graphs={name: OvGraph(file=f"{name}.xml", inputs=[], outputs=[], bytes=0, op_types={}, weights={})
                 for name in src.graphs},
         precision=precision, dtype=dtype, runtime_properties=properties, hybrid=src.hybrid,
         image_token_id=src.image_token_id, num_image_tokens=src.num_image_tokens, embed_file=src.embed_file,
-        config_file=src.config_file, versions=_versions())
+        config_file=src.config_file, kv_cache=kv, versions=_versions())
     for extra in (src.embed_file, src.config_file):
         if extra:
             shutil.copyfile(Path(src.directory) / extra, destination / extra)
@@ -493,7 +565,8 @@ def convert_export(source: str | Path, destination: str | Path, *, precision: st
                 final[name] = model
                 continue
             # NNCF may change the model in place: compress a fresh conversion, keep the fp32 one as reference.
-            final[name] = _compress(ov.convert_model(str(src.graph_path(name))), quantize, ignored, feeds[name])
+            final[name] = stateful(name, _compress(ov.convert_model(str(src.graph_path(name))), quantize, ignored,
+                                                   feeds[name]))
         fp32_models.clear()
         if src.embed_file:  # the reference above looked tokens up in the fp32 table; the compressed model may not
             embed_file = copy_embedding_table(src.directory, src.embed_file, destination, quantize.embedding_dtype)

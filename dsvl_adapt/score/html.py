@@ -225,6 +225,19 @@ def _speed_size(card: Scorecard, plots: dict[str, bytes]) -> str:
                 '<p class="how">Accuracy measured through each artifact itself, not through the PyTorch model '
                 "it came from.</p>",
                 _table(["artifact", _e(card.metric), "p50 ms", "p90 ms", "size"], rows)]
+    if card.generation:
+        rows = [[f"<td>{_e(m)}</td>", _td(g.ttft_ms, 1), _td(g.tpot_ms, 1), _td(g.tokens_per_s, 1),
+                 _td(g.answer_tokens), _td(g.tokens_per_s_64, 1),
+                 (f'<td class="num">{g.kv_cache_bytes_per_token:,}</td>' if g.kv_cache_bytes_per_token is not None
+                  else "<td>no cache</td>"),
+                 f"<td>{_e(g.runtime)}</td>"] for m, g in card.generation.items()]
+        some = next(iter(card.generation.values()))
+        out += ["<h3>Generation</h3>",
+                _table(["model", "time to first token ms", "ms per output token", "tokens/s (answer)",
+                        "answer tokens", "tokens/s (64)", "KV cache bytes/token", "runtime"], rows),
+                f'<p class="how">One request through each model\'s runtime on {_e(some.cpu)}, {_e(some.threads)} '
+                f"threads; medians of {some.repeats} runs after {some.warmup} warm-up. Time to first token = image "
+                "encoding + prefill; tokens/s (64) = a fixed 64-token continuation (EOS ignored).</p>"]
     if card.throughput:
         rows = [[f"<td>{_e(t.target)}</td>", f"<td>{_e(t.runtime)}</td>", _td(t.batch_size),
                  _td(t.requests_per_s, 2), _td(t.batch_p50_ms, 1),
@@ -288,6 +301,12 @@ def _targets(card: Scorecard, plots: dict[str, bytes]) -> str:
     return "".join(out)
 
 
+def _lineage(card: Scorecard) -> str:
+    from .lineage import lineage_html
+
+    return lineage_html(card.lineage)
+
+
 def _objectives(card: Scorecard) -> str:
     if not card.objectives:
         return ""
@@ -342,7 +361,7 @@ def render_html(card: Scorecard) -> str:
         f"<title>Scorecard — {_e(card.vertical)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>Scorecard — {_e(card.vertical)}</h1><p class=\"sub\">{_e(subtitle)}</p>",
         _summary(card), _accuracy(card, plots), _speed_size(card, plots), _targets(card, plots),
-        _objectives(card), _lists(card), _provenance(card),
+        _lineage(card), _objectives(card), _lists(card), _provenance(card),
         "</main></body></html>",
     ]
     return "\n".join(p for p in parts if p)

@@ -109,6 +109,10 @@ def render_model_card(card: Scorecard, model_name: str, role: str = "student", *
             lines += [f"- {name} {c.name}: {c.note or 'method not recorded'}" for name, c in estimated]
         lines.append("")
 
+    from .lineage import lineage_model_card
+
+    lines += lineage_model_card(card.lineage)
+
     # -- usage -----------------------------------------------------------------------------
     system_message = ([f'messages = [{{"role": "system", "content": [{{"type": "text", "text": {_yaml_str(system)}}}]}},',
                        '            {"role": "user", "content": [{"type": "image", "image": image},']

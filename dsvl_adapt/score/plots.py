@@ -291,3 +291,32 @@ def pareto_plot(points: Sequence[ParetoPoint], *, xlabel: str, ylabel: str, titl
     ax.margins(0.12)
     ax.legend(fontsize=7, loc="best")
     return _png(figure)
+
+
+# -- continual adaptation ------------------------------------------------------------------------
+def weekly_accuracy_plot(panels: dict[str, dict[str, list[tuple[float, float, float, float]]]], *,
+                         title: str) -> bytes | None:
+    """One panel per evaluation set (e.g. new items, base items): accuracy per week for each strategy, its 95%
+    interval as a band. ``panels[set][strategy]`` is a list of ``(week, value, low, high)``."""
+    if not panels:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(5.2 * len(panels), 4.0)
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (name, series) in zip(axes, panels.items()):
+        for index, (strategy, points) in enumerate(series.items()):
+            points = sorted(points)
+            weeks = [p[0] for p in points]
+            color = _color(strategy, index)
+            ax.plot(weeks, [p[1] for p in points], marker="o", color=color, label=strategy)
+            ax.fill_between(weeks, [p[2] for p in points], [p[3] for p in points], color=color, alpha=0.15)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("week (0 = before the first increment)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (95% interval)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=7, loc="best")
+    figure.suptitle(title, fontsize=10)
+    return _png(figure)

@@ -358,7 +358,14 @@ class Report:
             "best": self.best and self.best.as_dict(self.varying), "best_feasible": self.best_feasible,
             "counts": dict(Counter(r.status for r in self.runs)) | {"feasible": sum(r.feasible for r in self.runs)},
             "runs": [r.as_dict(self.varying) for r in self.runs], "warnings": self.warnings,
+            "lineage": self.lineage(),
         }
+
+    def lineage(self) -> list[dict[str, Any]]:
+        """Parent -> child edges of the update runs reported (docs/continual.md)."""
+        from .lineage import lineage_edges
+
+        return lineage_edges([(str(r.path), r.card) for r in self.runs])
 
 
 def build_report(dirs: Sequence[str | Path]) -> Report:
@@ -493,6 +500,12 @@ def render_report_html(report: Report, out_dir: Path) -> str:
                              f"<figcaption>{caption}; filled: feasible, hollow: infeasible, line: Pareto front"
                              "</figcaption></figure>")
         parts.append("</div></section>")
+    edges = report.lineage()
+    if edges:
+        from .lineage import edge_text
+
+        parts.append('<section id="lineage"><h2>Lineage (parent → child)</h2><ul>' +
+                     "".join(f"<li>{e(edge_text(edge))}</li>" for edge in edges) + "</ul></section>")
     if report.warnings:
         parts.append('<section id="warnings"><h2>Warnings</h2><ul>' +
                      "".join(f"<li>{e(w)}</li>" for w in report.warnings) + "</ul></section>")
@@ -561,6 +574,10 @@ def _print_table(report: Report) -> None:
         what = "best feasible run" if report.best_feasible else "no run is feasible; nearest miss"
         console.print(f"{what}: #{best.index} ({best.label}), {report.metric} {_fmt(best.metric)}"
                       + (f", student model: {best.student_dir}" if best.student_dir else ""), soft_wrap=True)
+    from .lineage import edge_text
+
+    for edge in report.lineage():
+        console.print(f"lineage: {edge_text(edge)}", soft_wrap=True, highlight=False)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     console.print(f"report: {report.path}", soft_wrap=True)

@@ -98,11 +98,36 @@ class Runner:
         if self.torch_model is not None:
             runtime, used_threads = f"torch-eager ({self.label})", used
         else:
-            runtime = f"{self.runtime} ({self.label}{self.note}; decode re-runs the prompt, no KV cache)"
+            cache = ("KV cache" if getattr(self.onnx_model, "has_kv_cache", False)
+                     else "no KV cache: decode re-runs the sequence (full graph)")
+            runtime = f"{self.runtime} ({self.label}{self.note}; {cache})"
             used_threads = threads or self.onnx_model.threads
         return {**percentiles(prefill), "decode_ms_per_token": round(per_token, 3), "runtime": runtime,
                 "threads": used_threads, "cpu": cpu_model(), "batch_size": int(batch["input_ids"].shape[0]),
                 "warmup": warmup, "repeats": repeats, "measured": True}, prefill
+
+
+    def generative_model(self) -> Any:
+        """This artifact as a :class:`~dsvl_adapt.runtimes.contract.GenerativeModel` (prefill/decode/stream)."""
+        if self.torch_model is not None:
+            from ..runtimes import TorchRuntimeModel
+
+            return TorchRuntimeModel(self.torch_model)
+        return self.onnx_model
+
+    def generation(self, batch: dict[str, torch.Tensor], *, answer_tokens: int, eos_id: Any, pad_id: int | None,
+                   warmup: int, repeats: int, threads: int | None) -> dict[str, Any]:
+        """Time to first token, time per output token, tokens/s and KV bytes per token through this runtime
+        (:mod:`dsvl_adapt.score.generation_speed`)."""
+        from .generation_speed import measure_generation
+
+        model = self.generative_model()
+        with torch_threads(threads if self.torch_model is not None else None) as used:
+            figures = measure_generation(model, batch, answer_tokens=answer_tokens, eos_token_id=eos_id,
+                                         pad_token_id=pad_id, warmup=warmup, repeats=repeats)
+        kv = self.torch_model is not None or bool(getattr(model, "has_kv_cache", False))
+        return {**figures, "kv_cache": kv, "runtime": f"{self.runtime} ({self.label})", "cpu": cpu_model(),
+                "threads": used if self.torch_model is not None else (threads or self.onnx_model.threads)}
 
 
 def open_runner(directory: Path, *, load_torch: Any, threads: int | None = None) -> Runner:

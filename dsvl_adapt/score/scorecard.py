@@ -3,7 +3,8 @@
 Stable fields that scripts rely on (see the design notes): ``vertical``, ``metric``,
 ``accuracy.<model>``, ``retention``, ``metrics.<model>.<name>``, ``latency.<model>.p50_ms|p90_ms|
 p99_ms|runtime``, ``size.<model>.bytes``, ``params.<model>``, ``targets[].name|fits|checks[]``,
-``accuracy_ci.<model>``, ``memory.<model>.peak_rss_bytes``.
+``accuracy_ci.<model>``, ``memory.<model>.peak_rss_bytes``, ``generation.<model>.ttft_ms|tpot_ms|tokens_per_s|
+tokens_per_s_64|answer_tokens|kv_cache_bytes_per_token|runtime``.
 
 Schema version 2 (what changed in meaning since 1):
 
@@ -26,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .lineage import Lineage, lineage_markdown
+
 SCHEMA_VERSION = 2
 
 
@@ -46,6 +49,30 @@ class Latency(_Model):
     repeats: int = 0
     measured: bool = Field(True, description="false when estimated (see `estimate`)")
     estimate: str | None = Field(None, description="how an estimate was made")
+
+
+class Generation(_Model):
+    """Generation speed of one model through its own runtime, one request (see
+    :mod:`dsvl_adapt.score.generation_speed`)."""
+
+    ttft_ms: float = Field(description="time to first token: image encoding + prefill + the first token, median")
+    tpot_ms: float = Field(description="time per output token after the first (decode steps), median over a "
+                                       "64-token continuation")
+    tokens_per_s: float | None = Field(description="tokens / time of a whole answer at the vertical's "
+                                                   "max_answer_tokens (stopping at EOS, as answers do)")
+    answer_tokens: int = Field(description="tokens the timed answer had (median)")
+    max_answer_tokens: int = Field(description="the vertical's generation budget")
+    tokens_per_s_64: float | None = Field(description="tokens / time of a fixed 64-token continuation (EOS ignored)")
+    kv_cache_bytes_per_token: int | None = Field(
+        description="bytes the runtime's KV cache holds per cached position and row, measured after a prefill; "
+                    "null when the runtime keeps no cache (it re-runs the sequence each step)")
+    kv_cache: bool = Field(description="decode steps reuse cached keys/values")
+    runtime: str = Field(description="runtime and artifact label, e.g. onnxruntime (onnxruntime-int8)")
+    threads: int | None = None
+    cpu: str | None = None
+    batch_size: int = 1
+    warmup: int = 0
+    repeats: int = 0
 
 
 class Throughput(_Model):
@@ -200,6 +227,9 @@ class Scorecard(_Model):
     memory: dict[str, Memory] = Field(
         default_factory=dict, description="per model: peak resident memory of a process serving it (measured)")
     latency: dict[str, Latency] = Field(default_factory=dict)
+    generation: dict[str, Generation] = Field(
+        default_factory=dict, description="per model: time to first token, time per output token, tokens/s and KV-"
+                                          "cache bytes per token, measured through the model's runtime")
     throughput: list[Throughput] = Field(default_factory=list, description="the student at each target's batch size")
     runtimes: dict[str, RuntimeScore] = Field(
         default_factory=dict, description="the student through each runtime artifact the run produced"
@@ -217,6 +247,7 @@ class Scorecard(_Model):
     stages: dict[str, Any] = Field(default_factory=dict, description="figures recorded by each stage")
     notes: list[str] = Field(default_factory=list)
     provenance: dict[str, Any] = Field(default_factory=dict)
+    lineage: Lineage | None = Field(None, description="an update run against its parent (docs/continual.md)")
 
     def write(self, directory: Path) -> None:
         """``scorecard.json``, ``scorecard.md`` and a self-contained ``scorecard.html`` with plots."""
@@ -341,6 +372,18 @@ def render_markdown(card: Scorecard) -> str:
                           f"{some.warmup} warm-up + {some.repeats} timed runs (latency = one forward over image + "
                           "prompt)."]
         lines.append("")
+    if card.generation:
+        lines += ["## Generation", "",
+                  "| model | time to first token ms | ms per output token | tokens/s (answer) | answer tokens "
+                  "| tokens/s (64) | KV cache bytes/token | runtime |", "|---|---|---|---|---|---|---|---|"]
+        for m, g in card.generation.items():
+            kv = f"{g.kv_cache_bytes_per_token:,}" if g.kv_cache_bytes_per_token is not None else "no cache"
+            lines.append(f"| {m} | {_fmt(g.ttft_ms, 1)} | {_fmt(g.tpot_ms, 1)} | {_fmt(g.tokens_per_s, 1)} "
+                         f"| {g.answer_tokens} | {_fmt(g.tokens_per_s_64, 1)} | {kv} | {g.runtime} |")
+        some = next(iter(card.generation.values()))
+        lines += ["", f"One request through each model's runtime on {some.cpu}, {some.threads} threads; medians of "
+                      f"{some.repeats} runs after {some.warmup} warm-up. Time to first token = image encoding + "
+                      "prefill; tokens/s (64) = a fixed 64-token continuation.", ""]
     if card.memory:
         lines += ["## Memory of a process serving each model", "",
                   "| model | peak RSS | before the model loads | runtime | batch | how |", "|---|---|---|---|---|---|"]
@@ -375,6 +418,7 @@ def render_markdown(card: Scorecard) -> str:
                       (c.note if c.estimated or c.ok is None else (f" — {c.note}" if c.note else ""))
                 lines.append(f"| {c.name} | {ok} | {_fmt(c.value)} {c.unit} | {_fmt(c.limit)} {c.unit} | {how} |")
             lines.append("")
+    lines += lineage_markdown(card.lineage)
     if card.objectives:
         lines += ["## Objectives", "", "| objective | ok | value | limit | note |", "|---|---|---|---|---|"]
         for o in card.objectives:

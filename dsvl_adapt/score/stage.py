@@ -35,6 +35,7 @@ from .intervals import (
 )
 from .scorecard import (
     Comparison,
+    Generation,
     Intervals,
     Latency,
     Memory,
@@ -101,6 +102,9 @@ class ScoreStage:
                 latency, samples = runner.latency(one, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
                                                   threads=cfg.threads)
                 result["latency"], result["prefill_samples"] = Latency(**latency), samples
+                result["generation"] = Generation(**runner.generation(
+                    one, answer_tokens=vertical.max_answer_tokens, eos_id=encoder.eos_id, pad_id=encoder.pad_id,
+                    warmup=1, repeats=max(1, min(3, cfg.latency_repeats)), threads=cfg.threads))
                 if runner.torch_model is not None and runner.dtype == "fp32":
                     result["macs"] = count_linear_macs(runner.torch_model, one)
                 result["encoder"], result["items"] = encoder, items  # batches at each target's size
@@ -125,12 +129,15 @@ class ScoreStage:
               results: dict[Path, dict[str, Any]], rows: list[Row]) -> Scorecard:
         roles = _roles(context)
         metrics, latency, sizes, params, notes = {}, {}, {}, {}, []
+        generation: dict[str, Generation] = {}
         for role, path in roles.items():
             result = results[path]
             runner: Runner = result["runner"]
             metrics[role] = result["metrics"]
             if "latency" in result:
                 latency[role] = result["latency"]
+            if "generation" in result:
+                generation[role] = result["generation"]
             sizes[role] = Size(bytes=runner.size_bytes, weight_bytes=runner.weight_bytes,
                                by_component=runner.by_component)
             if runner.params is not None:
@@ -154,6 +161,7 @@ class ScoreStage:
         card = Scorecard(
             vertical=context.vertical.name, metric=primary.name, higher_is_better=primary.higher_is_better,
             accuracy=accuracy, retention=retention, metrics=metrics, general=general, latency=latency,
+            generation=generation,
             runtimes=runtimes, size=sizes, params=params, peak_rss_bytes=peak_rss_bytes(), targets=targets,
             throughput=throughput, memory=memory, skipped_rows=context.skipped_rows(), test_rows=len(rows),
             stages=_stage_figures(context), notes=notes,

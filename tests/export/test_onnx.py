@@ -126,8 +126,10 @@ def test_split_export_has_no_nonzero_or_scatter_and_matches(split, tiny):
         assert "NonZero" not in inv["op_types"] and "ScatterND" not in inv["op_types"], name
         onnx.checker.check_model(str(split.graph_path(name)))
     lm_inputs = json.loads(Path(split.inventories["lm"]).read_text())["inputs"]
-    assert [v["name"] for v in lm_inputs] == ["inputs_embeds", "attention_mask"]
-    assert max(split.max_abs_diff.values()) <= ATOL and "image_embeds" in split.max_abs_diff
+    past = [f"past_key_values.{i}.{kind}" for i in range(2) for kind in ("key", "value")]
+    assert [v["name"] for v in lm_inputs] == ["inputs_embeds", "attention_mask", "position_ids", *past]
+    assert split.kv_cache.past_inputs == past and split.kv_cache.bytes_per_token == 2 * 2 * (2 * 16) * 4
+    assert max(split.max_abs_diff.values()) <= ATOL and {"image_embeds", "kv_decode"} <= set(split.max_abs_diff)
     runtime = OnnxRuntimeModel.load(split.directory, threads=1)
     image = runtime.image_embeddings(batch)
     assert image.shape == (2, get_preset("reference-tiny").num_image_tokens, model.config.text_config.hidden_size)

@@ -22,6 +22,7 @@ from dsvl_adapt.score.modelcard import render_model_card, write_model_card
 from dsvl_adapt.score.plots import scorecard_plots
 from dsvl_adapt.score.scorecard import (
     FitCheck,
+    Generation,
     Latency,
     ObjectiveCheck,
     Scorecard,
@@ -49,6 +50,16 @@ def sample_card() -> Scorecard:
         latency={
             "teacher": Latency(p50_ms=812.4, p90_ms=861.0, p99_ms=934.7, decode_ms_per_token=41.2, **cpu),
             "student": Latency(p50_ms=301.9, p90_ms=322.5, p99_ms=350.1, decode_ms_per_token=17.8, **cpu),
+        },
+        generation={
+            "teacher": Generation(ttft_ms=795.3, tpot_ms=39.7, tokens_per_s=21.4, answer_tokens=6,
+                                  max_answer_tokens=16, tokens_per_s_64=23.9, kv_cache_bytes_per_token=196_608,
+                                  kv_cache=True, runtime="torch (torch-bf16)", threads=8,
+                                  cpu="Intel Xeon Gold 6338", warmup=1, repeats=3),
+            "student": Generation(ttft_ms=288.6, tpot_ms=12.3, tokens_per_s=64.2, answer_tokens=6,
+                                  max_answer_tokens=16, tokens_per_s_64=71.8, kv_cache_bytes_per_token=98_304,
+                                  kv_cache=True, runtime="openvino (openvino-int8-f32)", threads=8,
+                                  cpu="Intel Xeon Gold 6338", warmup=1, repeats=3),
         },
         size={
             "base": Size(bytes=3_950_000_000, weight_bytes=3_946_000_000,
@@ -129,7 +140,8 @@ def test_html_is_self_contained_and_has_every_section() -> None:
                  "322.5", "torch-eager", "Intel Xeon Gold 6338", "1,104,000,000", "Weights per component",
                  "language_model", "Hardware targets", "edge-npu", "does NOT fit", "GridSample, Einsum",
                  "Objectives", "min_retention", "Skipped rows", "Notes", "38% of MLP channels", "Provenance",
-                 "abc1234", "2 / 3", "-63% vs teacher"):
+                 "abc1234", "2 / 3", "-63% vs teacher", "Generation", "time to first token ms", "288.6", "71.8",
+                 "98,304", "openvino (openvino-int8-f32)"):
         assert text in html, text
     # estimated figures say so, and how
     assert 'estimated</span><span class="how">roofline: max(2 x 190,000,000,000 MACs' in html

@@ -78,3 +78,22 @@ def test_throughput_check_without_a_figure_is_unknown_not_passed():
                        measured={}, inventory=None, throughput=slow)
     check = next(c for c in fit.checks if c.name == "throughput")
     assert check.ok is False and check.estimated and not fit.fits
+
+
+def test_generation_figures_are_measured_through_the_students_runtime(ecommerce_run):
+    card = json.loads((ecommerce_run / "scorecard.json").read_text())
+    gen = card["generation"]["student"]
+    assert gen["runtime"].startswith("onnxruntime") and gen["batch_size"] == 1
+    assert 0 < gen["ttft_ms"] and 0 < gen["tpot_ms"] and gen["tokens_per_s_64"] > 0
+    assert 1 <= gen["answer_tokens"] <= gen["max_answer_tokens"]
+    artifact = next(r for r in card["runtimes"].values() if r["runtime"] == "onnxruntime")["path"]
+    export = json.loads((ecommerce_run / artifact / "export.json").read_text())  # an absolute path stays as it is
+    if export["mode"] == "split":  # the cache holds fp32 keys and values for every layer, per position
+        kv = export["kv_cache"]
+        per_token = 2 * 4 * sum(h * d for h, d in zip(kv["kv_heads"], kv["head_dims"]))
+        assert gen["kv_cache"] is True and gen["kv_cache_bytes_per_token"] == per_token
+    else:
+        assert gen["kv_cache"] is False and gen["kv_cache_bytes_per_token"] is None
+    assert "no KV cache" not in card["latency"]["student"]["runtime"] or export["mode"] == "full"
+    assert "## Generation" in (ecommerce_run / "scorecard.md").read_text()
+    assert "time to first token ms" in (ecommerce_run / "scorecard.html").read_text()

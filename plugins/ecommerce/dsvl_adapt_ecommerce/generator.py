@@ -238,23 +238,40 @@ def _render(rng, cat: str, colour: str, pattern: str, s: int):
     return out, {"backdrop": bd_name, "bbox": bbox}
 
 
-def generate_rows(split: str, n: int, *, seed: int = 0, image_size: int = 128) -> list[dict]:
+def generate_rows(split: str, n: int, *, seed: int = 0, image_size: int = 128,
+                  attributes: dict[str, tuple[str, ...]] | None = None,
+                  asked: dict[str, tuple[str, ...]] | None = None) -> list[dict]:
     """``n`` product rows for ``split``, each asking one attribute.
 
     Balanced per block of ``len(_SLOTS)`` rows: the three question types equally often and,
     within each, every answer equally often; the attributes not asked are uniform.
     Row ``i`` depends only on (split, seed, i, image_size).
+
+    ``attributes`` narrows the catalogue to some values of each attribute (a shop that sells fewer products:
+    ``{"category": ("shirt", "mug"), ...}``; a missing attribute keeps all its values); ``asked`` narrows the
+    questions to rows whose asked answer is one of these values (the new items of a week: products of a new
+    category, or of a new colour), the other attributes drawn from ``attributes``. Without either the rows are
+    exactly those of the default catalogue (``benchmarks/continual.py`` uses both to simulate weekly increments).
     """
     _check(n, seed, image_size)
-    labels = _balanced(_SLOTS, split, seed, n)
+    catalogue = ATTRIBUTES if attributes is None else {k: tuple(attributes.get(k, v)) for k, v in ATTRIBUTES.items()}
+    unknown = sorted({value for values in [*(attributes or {}).values(), *(asked or {}).values()] for value in values}
+                     - {value for values in ATTRIBUTES.values() for value in values})
+    if unknown:
+        raise ValueError(f"unknown attribute value(s) {unknown}; the catalogue has {ATTRIBUTES}")
+    slots = _SLOTS
+    if attributes is not None or asked is not None:
+        questions = {k: tuple(v) for k, v in (asked or catalogue).items() if v}
+        slots = balanced_slots(questions, {k: QUESTION_WEIGHTS[k] for k in questions})
+    labels = _balanced(slots, split, seed, n)
     rows = []
-    for i, (asked, value) in enumerate(labels):
+    for i, (kind, value) in enumerate(labels):
         rng = np.random.default_rng([_stream(split), seed, 1, i])
-        attrs = {k: vals[int(rng.integers(len(vals)))] for k, vals in ATTRIBUTES.items()}
-        attrs[asked] = value
-        q = QUESTIONS[asked][int(rng.integers(len(QUESTIONS[asked])))]
+        attrs = {k: vals[int(rng.integers(len(vals)))] for k, vals in catalogue.items()}
+        attrs[kind] = value
+        q = QUESTIONS[kind][int(rng.integers(len(QUESTIONS[kind])))]
         img, extra = _render(rng, attrs["category"], attrs["colour"], attrs["pattern"], image_size)
-        meta = {**attrs, "question_type": asked, "asked": asked, **extra}
+        meta = {**attrs, "question_type": kind, "asked": kind, **extra}
         rows.append({"id": f"{NAME}-{split}-{seed}-{i:06d}", "image": img, "question": q,
                      "answer": value, "meta": meta})
     return rows

@@ -1,0 +1,314 @@
+"""Serving benchmark: the official openai client against `dsvl-adapt serve` on loopback (latency, batching, cache,
+burst).
+
+Servers run as `dsvl-adapt serve` subprocesses on 127.0.0.1 over a finished run's deployed student (by default the
+finance vertical's): A batches dynamically (max batch 8, no cache), B serves one request at a time (max batch 1, no
+cache), C batches with the response cache on and a small queue. Requests are the run's test rows, asked exactly as the
+scorecard asked them (system text, image, question). Printed as one JSON object:
+
+* ``latency``: N requests at concurrency 8 on A: errors, end-to-end p50/p90/p99 as the client saw them, and the p90
+  against the finance target's 200 ms;
+* ``batching``: throughput of A over B, in rotating paired rounds, as a ratio with its 95% interval and the >= 2x
+  target (``benchmarks/_stats.py``);
+* ``cache``: per row, a miss then the same request again on C: miss time / hit time, with its interval, against 20x;
+* ``burst``: 4x C's queue size sent at once: 200s, 429s (each with Retry-After), errors, and a good request after.
+
+Bounded: every phase has a fixed request count and timeouts; the servers are stopped at the end.
+``--quick``: a tiny finance run made in --work (finetune=fast), 40 requests, 3 rounds - figures not worth quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stats import paired_ratio, round_orders, target_check  # noqa: E402
+
+QUICK_RUN = ["vertical=finance", "model=reference-tiny", "finetune=fast", "distill=fast", "data.train_size=48",
+             "data.validation_size=8", "data.test_size=16", "score.general_size=0", "score.latency_repeats=3",
+             "score.latency_warmup=1"]
+CONCURRENCY = 8
+
+
+def log(message: str) -> None:
+    print(f"[serving] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_run(args: argparse.Namespace) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    run_dir = Path(args.work) / ("finance-tiny" if args.quick else "finance")
+    if not (run_dir / "scorecard.json").is_file():
+        overrides = QUICK_RUN if args.quick else ["vertical=finance"]
+        log(f"making the run {run_dir} ({' '.join(overrides)})")
+        subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", "run", *overrides, f"run_dir={run_dir}"], check=True,
+                       timeout=3600)
+    return run_dir
+
+
+class ServerProcess:
+    """`dsvl-adapt serve` in a subprocess, on a free loopback port."""
+
+    def __init__(self, run_dir: Path, log_dir: Path, *flags: str) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dsvl_adapt.cli", "serve", str(run_dir), "--port", str(self.port), "--log-dir",
+             str(log_dir), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.process.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("the server did not become ready in time")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def requests_for(run_dir: Path) -> tuple[str, list[list[dict[str, Any]]]]:
+    """The served model's name and the run's test rows as OpenAI messages (as the scorecard asked them)."""
+    from dsvl_adapt.data.prompting import conversation
+    from dsvl_adapt.serve.model import find_deployment
+
+    deployment = find_deployment(run_dir)
+    size = json.loads((deployment.model_dir / "preprocessor_config.json").read_text())["size"]["height"] \
+        if (deployment.model_dir / "preprocessor_config.json").is_file() else None
+    if size is None:
+        processor = json.loads((deployment.model_dir / "processor_config.json").read_text())
+        size = processor["image_processor"]["size"]["height"]
+    prompt = deployment.prompt()
+    messages = []
+    for row in deployment.rows("test", size):
+        parts = []
+        for message in conversation(prompt, row):
+            content = []
+            for part in message["content"]:
+                if part["type"] == "image":
+                    buffer = io.BytesIO()
+                    part["image"].save(buffer, format="PNG")
+                    content.append({"type": "image_url", "image_url": {
+                        "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}})
+                else:
+                    content.append(part)
+            parts.append({"role": message["role"], "content": content})
+        messages.append(parts)
+    return f"dsvl-{deployment.vertical}", messages
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return round(float(np.percentile(values, q)), 2)
+
+
+def run_load(url: str, name: str, messages: list[list[dict[str, Any]]], count: int) -> tuple[list[float], int, float]:
+    """``count`` requests at concurrency 8 (rows cycled): per-request ms, errors, wall ms."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=120)
+    times: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            client.chat.completions.create(model=name, messages=messages[i % len(messages)])
+            with lock:
+                times.append((time.perf_counter() - started) * 1000)
+        except Exception as exc:  # noqa: BLE001 - counted, and the first few shown
+            with lock:
+                errors += 1
+                if errors <= 3:
+                    log(f"error: {exc!r}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(one, range(count)))
+    return times, errors, (time.perf_counter() - started) * 1000
+
+
+def model_batching(run_dir: Path, rounds: int, seed: int) -> dict[str, Any]:
+    """The same comparison without HTTP: 8 test rows as one batch vs one by one through the served model's
+    ``generate`` (what batching saves in the model itself, apart from per-request serving overhead)."""
+    from dsvl_adapt.data.prompting import conversation
+    from dsvl_adapt.runtimes.contract import GenerationSettings
+    from dsvl_adapt.serve.model import ServedModel, find_deployment
+
+    deployment = find_deployment(run_dir)
+    model = ServedModel(deployment.model_dir)
+    prompt = deployment.prompt()
+    items = [model.encode(conversation(prompt, row)) for row in deployment.rows("test", model.image_size)[:CONCURRENCY]]
+    settings = GenerationSettings(max_new_tokens=deployment.max_answer_tokens() or 16)
+    times: dict[str, list[float]] = {"batched": [], "one-at-a-time": []}
+    model.generate(items, [settings] * len(items))  # warm-up
+    for order in round_orders(list(times), rounds, seed=seed):
+        for config in order:
+            started = time.perf_counter()
+            if config == "batched":
+                model.generate(items, [settings] * len(items))
+            else:
+                for item in items:
+                    model.generate([item], [settings])
+            times[config].append((time.perf_counter() - started) * 1000)
+    ratio = paired_ratio(times["one-at-a-time"], times["batched"])
+    return {**ratio.to_json(), "rows": len(items), "runtime": model.label,
+            "target_check": target_check(ratio.ratio, ratio.low, ratio.high, 2.0)}
+
+
+def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            response.read()
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        error.read()
+        return error.code, dict(error.headers)
+    except (urllib.error.URLError, OSError):
+        return 0, {}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", nargs="?", help="a finished run (default: a finance run made in --work)")
+    ap.add_argument("--work", default="runs/bench-serving", help="where runs and server logs go")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5, help="paired rounds of batched vs one-at-a-time")
+    ap.add_argument("--round-requests", type=int, default=64)
+    ap.add_argument("--cache-rows", type=int, default=20)
+    ap.add_argument("--queue", type=int, default=8, help="server C's queue size (the burst is 4x)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a tiny finance run, 40 requests, 3 rounds of 16")
+    args = ap.parse_args()
+    if args.quick:
+        args.requests, args.rounds, args.round_requests, args.cache_rows = 40, 3, 16, 8
+    os.environ.setdefault("DSVL_ADAPT_NO_PROGRESS", "1")
+    run_dir = ensure_run(args)
+    name, messages = requests_for(run_dir)
+    logs = Path(args.work) / "logs"
+    servers = {"batched": ServerProcess(run_dir, logs / "batched", "--max-batch", "8", "--cache-entries", "0"),
+               "one-at-a-time": ServerProcess(run_dir, logs / "single", "--max-batch", "1", "--cache-entries", "0"),
+               "cached": ServerProcess(run_dir, logs / "cached", "--max-batch", "8", "--max-queue", str(args.queue))}
+    result: dict[str, Any] = {"run_dir": str(run_dir), "model": name, "rows": len(messages),
+                              "concurrency": CONCURRENCY, "cpu": _cpu(), "cores": os.cpu_count()}
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        log("warm-up")
+        for server in servers.values():
+            run_load(server.url, name, messages, CONCURRENCY)
+        log(f"latency: {args.requests} requests at concurrency {CONCURRENCY}")
+        times, errors, wall = run_load(servers["batched"].url, name, messages, args.requests)
+        p90 = percentile(times, 90) if times else None
+        result["latency"] = {"requests": args.requests, "errors": errors, "p50_ms": percentile(times, 50),
+                             "p90_ms": p90, "p99_ms": percentile(times, 99),
+                             "throughput_rps": round(len(times) / (wall / 1000), 2),
+                             "p90_target_ms": 200, "p90_target_met": p90 is not None and p90 <= 200}
+        log(f"batching: {args.rounds} rounds of {args.round_requests} requests, rotating order")
+        walls: dict[str, list[float]] = {"batched": [], "one-at-a-time": []}
+        for order in round_orders(list(walls), args.rounds, seed=args.seed):
+            for config in order:
+                _, errs, ms = run_load(servers[config].url, name, messages, args.round_requests)
+                walls[config].append(ms if not errs else float("nan"))
+        ratio = paired_ratio(walls["one-at-a-time"], walls["batched"])
+        result["batching"] = {**ratio.to_json(), "target": ">= 2x",
+                              "target_check": target_check(ratio.ratio, ratio.low, ratio.high, 2.0),
+                              "wall_ms": {k: [round(v, 1) for v in vs] for k, vs in walls.items()}}
+        result["batching"]["model_only"] = model_batching(run_dir, args.rounds, args.seed)
+        log(f"cache: {args.cache_rows} rows, a miss then a hit each")
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{servers['cached'].url}/v1", api_key="bench", max_retries=0, timeout=120)
+        miss, hit = [], []
+        phase_start = time.time()
+        for i in range(min(args.cache_rows, len(messages))):
+            for bucket in (miss, hit):
+                started = time.perf_counter()
+                answer = client.chat.completions.create(model=name, messages=messages[i], max_tokens=31)
+                bucket.append((time.perf_counter() - started) * 1000)
+                assert answer.model_extra["dsvl"]["cache_hit"] is (bucket is hit)
+        speedup = paired_ratio(miss, hit)
+        from dsvl_adapt.serve.monitor import read_request_log
+
+        time.sleep(1)  # the server logs a request just after answering it
+        inside = [r for r in read_request_log(logs / "cached") if r.get("status") == 200 and r["time"] >= phase_start]
+        inside_ms = {kind: [r["latency_ms"]["total"] for r in inside if r["cache_hit"] is (kind == "hit")]
+                     for kind in ("miss", "hit")}
+        result["cache"] = {**speedup.to_json(), "miss_p50_ms": percentile(miss, 50), "hit_p50_ms": percentile(hit, 50),
+                           "in_server_p50_ms": {k: percentile(v, 50) if v else None for k, v in inside_ms.items()},
+                           "target": ">= 20x", "target_check": target_check(speedup.ratio, speedup.low, speedup.high,
+                                                                             20.0)}
+        log(f"burst: {4 * args.queue} requests at once on a queue of {args.queue}")
+        burst = []
+        from PIL import Image
+
+        def distinct(i: int) -> dict[str, Any]:
+            buffer = io.BytesIO()
+            Image.new("RGB", (64, 64), (i * 7 % 256, (i * 13) % 256, 90)).save(buffer, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+            return {"model": name, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Total?"}]}]}
+
+        bodies = [distinct(i) for i in range(4 * args.queue)]
+        with ThreadPoolExecutor(4 * args.queue) as pool:
+            burst = list(pool.map(lambda b: post(servers["cached"].url, b), bodies))
+        codes = [code for code, _ in burst]
+        result["burst"] = {"sent": len(burst), "answered": codes.count(200), "refused_429": codes.count(429),
+                           "retry_after_on_every_429": all("retry-after" in {k.lower() for k in h}
+                                                           for c, h in burst if c == 429),
+                           "other": sorted(c for c in codes if c not in (200, 429)),
+                           "alive_after": post(servers["cached"].url, distinct(10_000))[0] == 200,
+                           "server_running": servers["cached"].process.poll() is None}
+    finally:
+        for server in servers.values():
+            server.stop()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The server's parts on their own: cost grades and the batcher, the cache tiers, drift, repetition flags."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from dsvl_adapt.runtimes.contract import GenerationSettings
+from dsvl_adapt.serve.batching import Job, QueueFull, Scheduler, grade_cost
+from dsvl_adapt.serve.cache import ResponseCache, cache_key
+from dsvl_adapt.serve.drift import DriftMonitor, DriftReference
+from dsvl_adapt.serve.monitor import is_repetitive
+
+
+def test_cost_grades_order_requests_by_image_prompt_and_answer_size():
+    cheap = grade_cost(pixels=32 * 32, prompt_tokens=60, max_new_tokens=8)
+    long_answer = grade_cost(pixels=32 * 32, prompt_tokens=60, max_new_tokens=100)
+    huge_image = grade_cost(pixels=4000 * 4000, prompt_tokens=60, max_new_tokens=8)
+    assert cheap.name == "interactive" and long_answer.priority > cheap.priority
+    assert huge_image.name == "bulk" and huge_image.cost > long_answer.cost > cheap.cost
+
+
+def test_the_scheduler_batches_waiting_requests_puts_cheap_ones_first_and_refuses_a_full_queue():
+    batches: list[list[str]] = []
+    release = threading.Event()
+
+    def run(jobs: list[Job]) -> None:
+        release.wait(5)
+        batches.append([j.payload for j in jobs])
+        for job in jobs:
+            job.future.set_result(job.payload.upper())
+
+    scheduler = Scheduler(run, max_batch=3, max_wait_s=0.2, max_queue=4, aging_s=100)
+    cheap, costly = grade_cost(pixels=1, prompt_tokens=1, max_new_tokens=1), grade_cost(
+        pixels=10**8, prompt_tokens=1, max_new_tokens=1)
+    futures = [scheduler.submit(Job(payload=name, grade=grade))
+               for name, grade in [("b1", costly), ("c1", cheap), ("c2", cheap), ("b2", costly)]]
+    with pytest.raises(QueueFull) as full:
+        scheduler.submit(Job(payload="late", grade=cheap))
+    assert full.value.retry_after_s >= 1 and full.value.depth == 4
+    scheduler.start()
+    release.set()
+    assert [f.result(5) for f in futures] == ["B1", "C1", "C2", "B2"]
+    scheduler.stop()
+    assert batches[0] == ["c1", "c2", "b1"]  # cheap first; the batch is full at 3
+    assert batches[1] == ["b2"]
+
+
+def test_a_failing_batch_fails_its_requests_and_the_scheduler_keeps_serving():
+    calls = []
+
+    def run(jobs: list[Job]) -> None:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise RuntimeError("runtime fault")
+        for job in jobs:
+            job.future.set_result("ok")
+
+    scheduler = Scheduler(run, max_batch=2, max_wait_s=0.0, max_queue=8)
+    scheduler.start()
+    grade = grade_cost(pixels=1, prompt_tokens=1, max_new_tokens=1)
+    first = scheduler.submit(Job(payload=1, grade=grade))
+    with pytest.raises(RuntimeError):
+        first.result(5)
+    assert scheduler.submit(Job(payload=2, grade=grade)).result(5) == "ok"
+    scheduler.stop()
+
+
+def test_the_cache_key_covers_image_prompt_settings_and_model():
+    base = dict(model_id="m", image_sha256="a" * 64, prompt=[["user", ["hi"]]],
+                settings=GenerationSettings(max_new_tokens=8))
+    key = cache_key(**base)
+    assert key == cache_key(**dict(base))
+    for change in (dict(model_id="n"), dict(image_sha256="b" * 64), dict(prompt=[["user", ["hello"]]]),
+                   dict(settings=GenerationSettings(max_new_tokens=9))):
+        assert cache_key(**{**base, **change}) != key
+
+
+def test_the_cache_evicts_least_recently_used_and_its_disk_tier_survives_a_restart(tmp_path):
+    cache = ResponseCache(max_entries=2, disk_dir=tmp_path / "c", disk_max_bytes=10_000)
+    for name in ("a", "b"):
+        cache.put(name * 64, {"text": name})
+    assert cache.get("a" * 64) == {"text": "a"}  # a is now the most recent
+    cache.put("c" * 64, {"text": "c"})
+    assert len(cache) == 2 and "b" * 64 not in cache._memory
+    restarted = ResponseCache(max_entries=2, disk_dir=tmp_path / "c")
+    assert restarted.get("b" * 64) == {"text": "b"} and restarted.hits == 1
+    assert restarted.get("z" * 64) is None and restarted.misses == 1
+    small = ResponseCache(max_entries=0, disk_dir=tmp_path / "d", disk_max_bytes=100)
+    for i in range(10):
+        small.put(f"{i:064d}", {"text": "x" * 30})
+    assert sum(p.stat().st_size for p in (tmp_path / "d").glob("*/*.json")) <= 100
+
+
+def _images(seed: int, count: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def test_drift_is_unknown_until_enough_requests_then_flags_darkened_images_only():
+    reference = DriftReference.from_images(_images(0, 40))
+    same = DriftMonitor(reference, window=50, min_requests=20)
+    results = [same.observe(image) for image in _images(1, 30)]
+    assert results[0].drifted is None and "unknown" in results[0].reason
+    assert results[-1].drifted is False
+    dark = DriftMonitor(reference, window=50, min_requests=20)
+    results = [dark.observe(ImageEnhance.Brightness(image).enhance(0.3)) for image in _images(2, 20)]
+    assert results[-1].drifted is True and "brightness" in results[-1].reason
+
+
+def test_repetitive_answers_are_flagged():
+    assert is_repetitive([5, 5, 5, 5, 5, 5])
+    assert is_repetitive([1, 2, 3, 4, 3, 4, 3, 4])
+    assert not is_repetitive([1, 2, 3, 4, 5, 6, 7])
+    assert not is_repetitive([7, 7])  # too short to say
+
+
+def test_serving_commands_refuse_a_folder_that_is_not_a_run_or_model(tmp_path, capsys):
+    pytest.importorskip("fastapi")
+    from dsvl_adapt.cli import main
+
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+    started = time.monotonic()
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert time.monotonic() - started < 30
+
+
+def test_the_request_log_rotates_and_is_read_back_whole_in_order(tmp_path):
+    pytest.importorskip("prometheus_client")
+    from dsvl_adapt.serve.monitor import Monitor, MonitorSettings, read_request_log
+
+    monitor = Monitor(MonitorSettings(log_dir=tmp_path, max_log_bytes=1500, log_backups=20))
+    for i in range(60):
+        monitor.log_refusal(400, f"case-{i}", "x" * 40)
+    monitor.close()
+    assert len(list(tmp_path.glob("requests.jsonl.*"))) >= 2  # rotated
+    assert [r["error"] for r in read_request_log(tmp_path)] == [f"case-{i}" for i in range(60)]
