@@ -21,9 +21,9 @@ import numpy as np
 
 from dsvl_adapt.runtimes.contract import GenerationSettings
 from dsvl_adapt.runtimes.embedding import load_embedding_table
+from dsvl_adapt.runtimes.generation import check_left_padded, eos_ids, positions_from_mask, stream_tokens
 
 from .export import masked_bias
-from .generation import stream_tokens
 
 __all__ = ["RECORD_FILE", "ExecuTorchModel", "ExecuTorchState", "read_record"]
 
@@ -126,8 +126,7 @@ class ExecuTorchModel:
         ids = _numpy(batch["input_ids"], np.int64)
         mask = _numpy(batch["attention_mask"], np.int64) if batch.get("attention_mask") is not None \
             else np.ones_like(ids)
-        if ids.ndim != 2 or mask.shape != ids.shape:
-            raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} must both be (batch, sequence)")
+        check_left_padded(ids, mask)
         rows, length = ids.shape
         if rows > self.batch_size:
             raise ValueError(f"{rows} rows in one prefill; this artifact was exported for batch_size="
@@ -136,11 +135,9 @@ class ExecuTorchModel:
         if length >= self.max_len:
             raise ValueError(f"a prompt of {length} positions does not fit the {self.max_len}-slot KV cache of this "
                              "artifact; prepare it with a larger options={'max_len': ...}")
-        if (mask[:, -1] == 0).any():
-            raise ValueError("generation needs left padding: every row's last attention_mask entry must be 1")
         embeds = self._pad_rows(self._embeds(ids, batch))
         mask = self._pad_rows(mask)
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        positions = positions_from_mask(mask)
         slot_valid = np.zeros((self.batch_size, self.max_len), dtype=np.int64)
         slot_valid[:, :length] = mask
         logits = self._run(embeds, positions, masked_bias(slot_valid, 0, length, self.max_len), 0)
@@ -183,7 +180,7 @@ class ExecuTorchModel:
 
     def stream(self, batch: Mapping[str, Any], settings: GenerationSettings) -> Iterator[np.ndarray]:
         """Yields each step's new tokens (B,); B must fit the exported batch size (``generate`` splits)."""
-        return stream_tokens(self.prefill, self.decode, batch, settings)
+        return stream_tokens(self, batch, settings)
 
     def generate(self, batch: Mapping[str, Any], settings: GenerationSettings) -> np.ndarray:
         """New token ids (B, steps) int64; batches above the exported size run chunk by chunk."""
@@ -195,8 +192,6 @@ class ExecuTorchModel:
             chunks.append(np.stack(steps, axis=1) if steps else np.zeros((n, 0), dtype=np.int64))
         width = max(c.shape[1] for c in chunks)
         if any(c.shape[1] != width for c in chunks):  # a chunk that stopped early: fill with the pad token
-            from .generation import eos_ids
-
             eos = eos_ids(settings.eos_token_id)
             pad = settings.pad_token_id if settings.pad_token_id is not None else (int(eos[0]) if eos.size else 0)
             chunks = [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=pad) for c in chunks]

@@ -1,6 +1,6 @@
 """The ExecuTorch backend through the runtime contract: prepare (export, int8) -> load -> forward / prefill / decode /
-generate / stream, equal to PyTorch's greedy tokens for fp32 on the tiny preset; inventory; plan checks; the sampling
-loop. Exports take minutes on 2 loaded cores, so the tests that export are ``slow``.
+generate / stream (the core's loop, dsvl_adapt.runtimes.generation), equal to PyTorch's greedy tokens for fp32 on the
+tiny preset; inventory; plan checks. Exports take minutes on 2 loaded cores, so the tests that export are ``slow``.
 
 Run: ``python -m pytest -q plugins/executorch/tests`` (add ``-m slow`` for the export tests)."""
 
@@ -22,7 +22,6 @@ from dsvl_adapt.runtimes.contract import (
 )
 from dsvl_adapt_executorch import ExecuTorchBackend
 from dsvl_adapt_executorch.export import masked_bias
-from dsvl_adapt_executorch.generation import stream_tokens
 
 MAX_NEW = 8
 
@@ -109,40 +108,6 @@ def test_attention_bias_hides_padding_and_the_future_but_never_a_whole_row():
     assert not seen[0, 1, 2:].any()
     assert seen[1, 3, 2:4].all() and not seen[1, 3, :2].any()  # real queries never see padding
     assert seen[1, 0, 0] and seen.any(-1).all()  # a padding query sees itself: no row without a key
-
-
-def test_sampling_loop_is_seeded_respects_top_p_and_stops_on_eos():
-    vocab, eos = 6, 5
-
-    class Toy:  # favours token (positions so far % vocab): 3 after a 3-token prompt, then 4, then EOS
-        def prefill(self, batch):
-            n = np.asarray(batch["input_ids"]).shape[1]
-            return self._logits(n), n
-
-        def decode(self, n, tokens):
-            assert tokens.shape == (2,)  # one new token per row
-            return self._logits(n + 1), n + 1
-
-        @staticmethod
-        def _logits(n):
-            out = np.zeros((2, vocab))
-            out[:, n % vocab] = 5.0
-            return out
-
-    toy = Toy()
-    batch = {"input_ids": np.ones((2, 3), dtype=np.int64)}
-
-    def run(**settings):
-        return np.stack(list(stream_tokens(toy.prefill, toy.decode, batch, GenerationSettings(**settings))), axis=1)
-
-    assert run(max_new_tokens=10, eos_token_id=eos).tolist() == [[3, 4, 5]] * 2
-    assert run(max_new_tokens=2, eos_token_id=eos).shape == (2, 2)
-    # the favoured token holds 97% of the mass: top_p=0.5 keeps it alone, whatever the draw
-    assert run(max_new_tokens=10, eos_token_id=eos, do_sample=True, top_p=0.5, seed=3).tolist() == [[3, 4, 5]] * 2
-    hot = dict(max_new_tokens=6, do_sample=True, temperature=50.0, seed=7)
-    assert run(**hot).tolist() == run(**hot).tolist()  # seeded
-    with pytest.raises(ValueError, match="temperature"):
-        run(max_new_tokens=2, do_sample=True, temperature=0.0)
 
 
 # ---------------------------------------------------------------------------------------------------- exports
