@@ -138,25 +138,6 @@ def dsvl_adapt_register_runtimes(register: Callable[["RuntimeBackend"], None]) -
 
 
 @hookspec
-def dsvl_adapt_config_search_path() -> str | list[str] | None:
-    """Return Hydra search-path entries holding this plugin's config groups.
-
-    Usually ``"pkg://dsvl_adapt_<vertical>.conf"``; the package then ships
-    ``conf/vertical/<vertical>.yaml`` so that ``vertical=<vertical>`` composes.
-    """
-
-
-@hookspec
-def dsvl_adapt_before_stage(stage: "Stage", context: "RunContext") -> None:
-    """Observe a stage about to run (logging, experiment trackers). Must not mutate the model."""
-
-
-@hookspec
-def dsvl_adapt_after_stage(stage: "Stage", context: "RunContext", result: "StageResult") -> None:
-    """Observe a stage that finished; ``result`` holds its outputs and figures."""
-
-
-@hookspec
 def dsvl_adapt_register_token_reducers(register: Callable[["TokenReducer"], None]) -> None:
     """Register visual-token reduction methods for ``prune.tokens`` (docs/tokens.md).
 
@@ -178,6 +159,25 @@ def dsvl_adapt_register_data_checks(register: Callable[["DataCheck"], None]) -> 
     yields :class:`~dsvl_adapt.cleaning.findings.Finding` objects for suspicious rows. The core's
     integrity, duplicate, leakage and label-error checks come through this hook too.
     """
+
+
+@hookspec
+def dsvl_adapt_config_search_path() -> str | list[str] | None:
+    """Return Hydra search-path entries holding this plugin's config groups.
+
+    Usually ``"pkg://dsvl_adapt_<vertical>.conf"``; the package then ships
+    ``conf/vertical/<vertical>.yaml`` so that ``vertical=<vertical>`` composes.
+    """
+
+
+@hookspec
+def dsvl_adapt_before_stage(stage: "Stage", context: "RunContext") -> None:
+    """Observe a stage about to run (logging, experiment trackers). Must not mutate the model."""
+
+
+@hookspec
+def dsvl_adapt_after_stage(stage: "Stage", context: "RunContext", result: "StageResult") -> None:
+    """Observe a stage that finished; ``result`` holds its outputs and figures."""
 
 
 HOOK_NAMES: tuple[str, ...] = tuple(name for name in dir() if name.startswith("dsvl_adapt_"))
