@@ -97,7 +97,7 @@ def onnxruntime_dynamic_int8(export_dir: Path, destination: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from dsvl_adapt.export.onnx import read_report
+    from dsvl_adapt.export.onnx_format import read_report
 
     report = read_report(export_dir)
     graphs = [report.graph_path(name) for name in report.graphs]
@@ -114,7 +114,7 @@ def openvino_convert(export_dir: Path, destination: Path) -> Path:
     """OpenVINO IR of every graph of an SDK export, converted and saved with OpenVINO's defaults."""
     import openvino as ov
 
-    from dsvl_adapt.export.onnx import read_report
+    from dsvl_adapt.export.onnx_format import read_report
 
     report = read_report(export_dir)
     graphs = [report.graph_path(name) for name in report.graphs]
@@ -195,7 +195,7 @@ class PlainOpenVinoModel(GraphRuntimeModel):
         self._embed = self._embedding_table(SimpleNamespace(mode=meta["mode"], embed_file=meta["embed_file"]),
                                             self.directory)
         if meta.get("kv_cache"):  # a stateful LM: run it as the SDK's OpenVINO model does
-            from dsvl_adapt.export.onnx import KvCacheInfo
+            from dsvl_adapt.export.onnx_format import KvCacheInfo
 
             self.kv_cache = KvCacheInfo.model_validate(meta["kv_cache"])
             self._request = 0
@@ -239,7 +239,7 @@ def nncf_int4_stateful_defaults(export_dir: Path, destination: Path) -> dict[str
     import nncf
     import openvino as ov
 
-    from dsvl_adapt.export.onnx import read_report
+    from dsvl_adapt.export.onnx_format import read_report
     from dsvl_adapt.runtimes.openvino import make_stateful
 
     report = read_report(export_dir)

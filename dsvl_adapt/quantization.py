@@ -250,7 +250,8 @@ def config_for_backend(settings: QuantizeConfig, backend: RuntimeBackend) -> Qua
         config = QuantizeConfig.model_validate({**fields, "backend": backend.name})
     except ValidationError as e:
         raise ConfigError(f"quantize (for backend {backend.name!r}): "
-                          + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                          + "; ".join((f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else "") + err["msg"]
+                                      for err in e.errors())
                           ) from None
     check_plan(backend, config)
     return config

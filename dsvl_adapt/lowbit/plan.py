@@ -31,7 +31,7 @@ _OV_DTYPES = {"u4": "int4", "i4": "int4", "nf4": "int4", "u8": "int8", "i8": "in
 def _onnx_bytes(graph_path: Path) -> Counter[str]:
     import onnx
 
-    from dsvl_adapt.export.onnx import _tensor_bytes
+    from dsvl_adapt.export.onnx_format import _tensor_bytes
 
     model = onnx.load(str(graph_path), load_external_data=False)
     sizes = {t.name: (_tensor_bytes(t), t.data_type) for t in model.graph.initializer}

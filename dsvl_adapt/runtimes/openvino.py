@@ -64,7 +64,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dsvl_adapt.errors import ConfigError
-from dsvl_adapt.export.onnx import KvCacheInfo
+from dsvl_adapt.export.onnx_format import KvCacheInfo
 from dsvl_adapt.runtimes import GraphRuntimeModel, to_numpy
 from dsvl_adapt.runtimes.embedding import (
     copy_embedding_table,

@@ -436,7 +436,7 @@ def _inventory(directory: Path | None) -> dict[str, Any] | None:
     """Op types and opset over every graph of an ONNX export directory."""
     if directory is None or not (directory / "export.json").is_file():
         return None
-    from ..export.onnx import read_report
+    from ..export.onnx_format import read_report
 
     report = read_report(directory)
     op_types: set[str] = set()

@@ -193,8 +193,8 @@ def test_the_exported_vision_graph_gives_k_tokens_and_onnx_runtime_answers_as_py
     assert np.array_equal(got, expected.numpy())
 
     # OpenVINO, converted from the same graphs (int8 weights): K embeddings from its vision graph too
-    from dsvl_adapt.compress.quantize import QuantizeConfig, quantize_openvino
-    from dsvl_adapt.runtimes.openvino import OpenVinoModel
+    from dsvl_adapt.quantization import QuantizeConfig
+    from dsvl_adapt.runtimes.openvino import OpenVinoModel, quantize_openvino
 
     quantize_openvino(tmp_path, tmp_path / "openvino", QuantizeConfig(backend="openvino", mode="weight_only"),
                       [dict(batch, labels=batch["input_ids"])])

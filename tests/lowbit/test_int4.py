@@ -82,7 +82,7 @@ def test_precision_sets_bits_and_mode_and_the_run_config_validates_it():
 
     config = validate(["quantize.precision=int4", "quantize.block_size=64", "quantize.symmetric=true"]).quantize
     assert (config.bits, config.mode, config.block_size, config.symmetric) == (4, "weight_only", 64, True)
-    assert validate(["quantize.precision=mixed", "quantize.backend=openvino",
+    assert validate(["quantize.precision=mixed", "quantize.backend=openvino", "quantize.follow_target=false",
                      "quantize.algorithm=awq_scale_estimation"]).quantize.bits == 4
     with pytest.raises(ConfigError, match="quantize.*block_size"):
         validate(["quantize.precision=int4", "quantize.block_size=24"])
