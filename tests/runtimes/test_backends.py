@@ -121,7 +121,8 @@ def test_an_fp32_plan_exports_the_same_model(registry, checkpoint, tmp_path):
 @pytest.mark.parametrize(("runtime", "plan", "words"), [
     ("torch", QuantizationPlan(weights="int4", mode="dynamic"), ["bits=4", "'torch'"]),
     ("onnxruntime", QuantizationPlan(weights="int2"), ["'onnxruntime'", "int8 or int4"]),
-    ("onnxruntime", QuantizationPlan(weights="int8", mode="dynamic", per_layer={"lm_head": "fp32"}), ["per-layer"]),
+    ("onnxruntime", QuantizationPlan(weights="int8", mode="dynamic", per_layer={"lm_head": "int4"}),
+     ["lm_head", "int8 config"]),  # a per-layer int4 needs precision=int4 or mixed
 ])
 def test_a_plan_the_backend_cannot_run_is_refused_before_any_work(registry, checkpoint, tmp_path, runtime, plan,
                                                                    words):
