@@ -62,3 +62,19 @@ def write_test_listing(predictions_file: Path, test_rows: int, directory: Path) 
         listing.append({"image": str(path), "question": row["question"]})
     (directory / "rows.json").write_text(json.dumps(listing))
     return directory / "rows.json"
+
+
+# -- the cleaning tests' planted-fault folder (tests/cleaning/planted_data.py), built once per session. Kept here,
+# not in a tests/cleaning/conftest.py: a second conftest module would shadow this one for `from conftest import`.
+@pytest.fixture(scope="session")
+def planted_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from planted_data import build_planted_folder  # tests/cleaning is on sys.path once its tests are collected
+
+    return build_planted_folder(tmp_path_factory.mktemp("planted") / "shop")
+
+
+@pytest.fixture
+def planted_copy(planted_folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(planted_folder, tmp_path / "shop"))

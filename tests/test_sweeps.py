@@ -95,6 +95,7 @@ def grid_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    "prune.structural.lm_mlp_ratio=0.25,0.5", "prune.weights.sparsity=0.0,0.5"], cwd)
 
 
+@pytest.mark.slow  # a Hydra multirun of several trials: minutes on 2 cores
 def test_parallel_grid_runs_every_trial_and_finetunes_once(grid_sweep):
     trials = _trials(grid_sweep)
     assert len(trials) == 4
@@ -110,6 +111,7 @@ def test_parallel_grid_runs_every_trial_and_finetunes_once(grid_sweep):
         "prune.weights.sparsity=0.0", "prune.weights.sparsity=0.5"}
 
 
+@pytest.mark.slow  # a Hydra multirun of several trials: minutes on 2 cores
 def test_report_on_the_sweep_folder_writes_the_pareto_plot(grid_sweep):
     out = _cli(["report", str(grid_sweep), "--json"], grid_sweep.parent, timeout=120)
     assert out.returncode in (0, 3), out.stderr  # 3: no trial meets industrial's retention objective
@@ -120,6 +122,7 @@ def test_report_on_the_sweep_folder_writes_the_pareto_plot(grid_sweep):
     assert 'id="pareto"' in html and "data:image/png;base64," in html
 
 
+@pytest.mark.slow  # a Hydra multirun of several trials: minutes on 2 cores
 def test_optuna_search_under_the_verticals_objectives(tmp_path, plugin_env, shared_cache):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     optuna = pytest.importorskip("optuna")
@@ -241,6 +244,7 @@ def test_trial_constraints_find_each_trials_record(tmp_path):
     assert constraints(_Trial({"a": 0.5, "b": "x"})) == [WORST]  # none left: counted infeasible
 
 
+@pytest.mark.slow  # a Hydra multirun of several trials: minutes on 2 cores
 def test_trial_objectives_penalties_and_checks(tmp_path, grid_sweep):
     from dsvl_adapt.errors import ConfigError
     from dsvl_adapt.sweep import objective_names, trial_objectives

@@ -77,6 +77,7 @@ def _run(args: list[str], killer: Path, kill_in: str | None = None, when: str = 
                           env=env, timeout=600)
 
 
+@pytest.mark.slow  # ~4 min: a kill inside every stage, each resumed; the default suite resumes runs in test_engine and test_readme
 def test_kill_inside_every_stage_then_resume_gives_the_uninterrupted_result(tiny_run, tiny_overrides, tmp_path,
                                                                            killer_path):
     run_dir = tmp_path / "killed"
