@@ -266,7 +266,7 @@ def test_pipeline_mixed_precision_writes_the_plan_and_the_scorecard_shows_it(tin
         assert search["chosen"]["retention"] >= search["min_retention"]
     else:
         assert "objective not reachable at this size" in search["message"]
-    written = read_plan(run_dir / "stages" / "quantize" / "onnx-mixed")
+    written = read_plan(run_dir / "stages" / "quantize" / "onnxruntime-mixed")  # <backend>-<weights>
     assert written is not None and written["counts"] == plan["counts"] and written["bytes_by_precision"]
     assert "## Weight precision" in (run_dir / "scorecard.md").read_text()
     assert np.isfinite(card["stages"]["quantize"]["size_bytes"])
