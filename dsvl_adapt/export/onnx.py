@@ -41,10 +41,7 @@ exporter used (it then also needs the explicit ``attention_mask``, which these g
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -62,6 +59,7 @@ from dsvl_adapt.export.onnx_format import (
     read_report,
     write_inventory,
 )
+from dsvl_adapt.export.tracing import tracing_environment
 from dsvl_adapt.runtimes.embedding import FP32_FILE as EMBED_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,27 +172,10 @@ def _wrappers():
     return FullGraph, VisionGraph, LMGraph, LMWithPastGraph
 
 
-@contextlib.contextmanager
 def _export_environment():
-    """transformers' data-dependent checks off (dynamo cannot trace them), exporter chatter down."""
-    old = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
-    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration",
-                                            "torch._export", "torch.export")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(quiet, levels, strict=True):
-            lg.setLevel(level)
-        if old is None:
-            os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
-        else:
-            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = old
+    """transformers' data-dependent checks off (dynamo cannot trace them), the ONNX exporter's chatter down."""
+    return tracing_environment(("torch.onnx", "torch.onnx._internal.exporter._registration", "torch._export",
+                                "torch.export"))
 
 
 def _export_one(module, args: tuple, path: Path, input_names: list[str], output_names: list[str],

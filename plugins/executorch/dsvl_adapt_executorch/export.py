@@ -25,11 +25,6 @@ the int8 LM only the quantized Linear layers are delegated to XNNPACK (as ExecuT
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -58,26 +53,11 @@ def masked_bias(slot_valid: np.ndarray, start: int, length: int, max_len: int) -
     return np.where(allowed, 0.0, MASK_VALUE).astype(np.float32)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet():
     """transformers' data-dependent checks off (``torch.export`` cannot trace them), exporter chatter down."""
-    old = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
-    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
-    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "executorch", "torchao")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-        if old is None:
-            os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
-        else:
-            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = old
+    from dsvl_adapt.export.tracing import tracing_environment
+
+    return tracing_environment(("torch._export", "torch.export", "executorch", "torchao"))
 
 
 def _modules():
