@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .engine import LazyStage
 from .metrics import exact_match
-from .plugins import hookimpl
+from .plugins import hookimpl, load_target
 from .runtimes.backends.onnxruntime import OnnxRuntimeBackend
 from .runtimes.backends.openvino import OpenVinoBackend
 from .runtimes.backends.pytorch import TorchBackend
@@ -114,10 +114,7 @@ def dsvl_adapt_register_token_reducers(register):
 def lazy_check(target: str):
     """A data check's ``run`` imported when it runs (``module:function``), so loading plugins stays fast."""
     def run(data):
-        import importlib
-
-        module_name, _, attr = target.partition(":")
-        return getattr(importlib.import_module(module_name), attr)(data)
+        return load_target(target)(data)
 
     run.__qualname__ = run.__name__ = target.rpartition(":")[2]
     return run

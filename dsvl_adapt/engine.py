@@ -22,7 +22,7 @@ from .cache import CACHE_MARKER, StageCache, StageKeys
 from .config import RunConfig
 from .errors import ConfigError, DsvlAdaptError, StageError
 from .manifest import write_or_check_manifest
-from .plugins import PluginManager
+from .plugins import PluginManager, load_target
 from .preflight import preflight
 from .schemas import HardwareTarget, PromptTemplate, Vertical
 
@@ -394,10 +394,7 @@ class LazyStage:
         self.cacheable = cacheable
 
     def load(self) -> Stage:
-        import importlib
-
-        module_name, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module_name), attr)()
+        return load_target(self.target)()
 
     def run(self, context: RunContext) -> StageResult:
         return self.load().run(context)

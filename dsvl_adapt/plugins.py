@@ -338,6 +338,13 @@ def _pydantic_summary(exc: ValidationError) -> str:
     ) + f" (in {exc.title})"
 
 
+def load_target(target: str) -> Any:
+    """The object a ``"package.module:attribute"`` target names, imported now. Built-in parts (stages, token
+    reducers, data checks) are registered by target and imported when first used, so loading plugins stays fast."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def _env_list(name: str) -> list[str] | None:
     value = os.environ.get(name)
     if value is None:

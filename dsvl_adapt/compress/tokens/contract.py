@@ -97,10 +97,9 @@ class LazyTokenReducer:
 
     def load(self) -> TokenReducer:
         if self._loaded is None:
-            import importlib
+            from ...plugins import load_target
 
-            module_name, _, attr = self.target.partition(":")
-            self._loaded = getattr(importlib.import_module(module_name), attr)()
+            self._loaded = load_target(self.target)()
         return self._loaded
 
     def image_tokens(self, source_tokens: int, keep: float) -> int:
