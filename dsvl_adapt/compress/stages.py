@@ -180,10 +180,10 @@ class QuantizeStage:
                                           batch_size=context.config.prune.calibration_batch_size)
         plan = cfg.to_plan()
 
-        def request(config: Any, out_dir: Path) -> PrepareRequest:
+        def request(config: Any, out_dir: Path, *, last_use: bool = False) -> PrepareRequest:
             return PrepareRequest(checkpoint_dir=context.artifact("student"), out_dir=out_dir, plan=config.to_plan(),
                                   calibration=calibration, options=prepare_options(context), model=model,
-                                  scratch_dir=context.work_dir)
+                                  scratch_dir=context.work_dir, release_model=last_use)
 
         try:
             if cfg.precision == "mixed":  # per-layer int4/int8/fp32 searched against the retention objective
@@ -192,7 +192,8 @@ class QuantizeStage:
                 artifact, plan_figures = run_mixed(context, cfg, backend=backend, model=model, processor=processor,
                                                    calibration=calibration, request=request)
             else:
-                artifact = backend.prepare(request(cfg, context.work_dir / f"{backend.name}-{plan.weights}"))
+                artifact = backend.prepare(request(cfg, context.work_dir / f"{backend.name}-{plan.weights}",
+                                                   last_use=True))  # its weights may go before the runtime's load
                 plan_figures = {}
                 if cfg.bits == 4:  # the per-layer plan next to the artifact: which layer holds which precision
                     from ..lowbit.stage import plan_figures as int4_plan_figures

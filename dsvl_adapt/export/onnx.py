@@ -207,6 +207,28 @@ def _export_one(module, args: tuple, path: Path, input_names: list[str], output_
         for node in program.model.graph.all_nodes():  # local source paths; useless beyond this machine
             node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
         program.save(str(path), external_data=external)
+    del program
+    _forget_rewriter_matches()
+
+
+def _forget_rewriter_matches() -> None:
+    """Drop the graph that onnxscript's rewrite rules keep from their last match.
+
+    The rules are module-level objects, and each rule's matcher keeps the graph, node and match it last saw. That
+    graph's initializers wrap the exported module's own parameters, so after an export every weight stayed alive,
+    whatever the caller freed, until the next export replaced it: at the 1.3B dimensions 5 GB that the ONNX Runtime
+    check then held beside its own copy. The matchers are found by type (their home in onnxscript is private)."""
+    import gc
+
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # another onnxscript layout: nothing known to clear
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for attribute in ("_graph", "_match", "_current_node", "_tracer"):
+                if hasattr(obj, attribute):
+                    setattr(obj, attribute, None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -271,18 +293,42 @@ def _past_example(model, embeds, attention_mask) -> tuple[KvCacheInfo, tuple]:
     return info, (embeds[:, past_len:], attention_mask, positions[:, past_len:], past)
 
 
-def _decode_diff(runtime, reference, batch: dict[str, Any], pixel_names: list[str]) -> float:
-    """Prefill all but the last token through the runtime, decode the last against the cache: max logit difference
-    to PyTorch's logits at that position (rows are unpadded in the example batch)."""
-    import torch
+def _unpadded_row(batch: dict[str, Any]) -> dict[str, Any]:
+    """The example's first row without its padding: the decode check feeds its last token, which must be a real one
+    (a padded calibration batch ends some rows with pad tokens, whose logits mean nothing)."""
+    keep = batch["attention_mask"][0].bool()
+    row = {k: v[:1] for k, v in batch.items()}
+    row["input_ids"] = row["input_ids"][:, keep]
+    row["attention_mask"] = row["attention_mask"][:, keep]
+    return row
 
+
+def _decode_diff(runtime, expected: np.ndarray, batch: dict[str, Any], pixel_names: list[str]) -> float:
+    """Prefill all but the last token through the runtime, decode the last against the cache: max logit difference
+    to PyTorch's logits at that position (``expected``: PyTorch's logits for ``batch``, whose rows are unpadded)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     prompt = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], **{n: batch[n] for n in pixel_names}}
     _, state = runtime.prefill(prompt)
     got, _ = runtime.decode(state, ids[:, -1].numpy())
-    with torch.no_grad():
-        expected = reference(*(batch[n] for n in ["input_ids", "attention_mask", *pixel_names])).numpy()[:, -1]
-    return float(np.abs(got - expected).max())
+    return float(np.abs(got - expected[:, -1]).max())
+
+
+def _release(model) -> None:
+    """Free the weights of ``model`` in place (its parameters and buffers move to the ``meta`` device), so that the
+    memory goes back even while callers still hold a reference to the module."""
+    import gc
+
+    model.to_empty(device="meta")
+    gc.collect()
+
+
+def _peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (Linux reports KiB; macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _masked_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -292,7 +338,7 @@ def _masked_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: dict[str, Any], *, split: bool = False,
                 opset: int | None = None, tolerance: float = 1e-4, threads: int | None = None,
-                kv_cache: bool = True) -> ExportReport:
+                kv_cache: bool = True, release_model: bool = False) -> ExportReport:
     """Export ``model`` (a DeepSeek-VL or DeepSeek-VL-Hybrid ``...ForConditionalGeneration``) to ONNX.
 
     ``example_batch`` holds ``input_ids``, ``attention_mask``, ``pixel_values`` (and ``high_res_pixel_values`` for
@@ -305,6 +351,11 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
     ``kv_cache`` (split only, dynamo exporter only): the LM graph takes past keys/values and returns the present ones
     (see the module docstring); ``max_abs_diff["kv_decode"]`` then holds the difference between decoding the
     example's last token against the cache of the others and PyTorch's logits for it.
+
+    ``release_model``: PyTorch's outputs for the check are computed first, then the model's weights are released
+    (moved to the ``meta`` device) before ONNX Runtime loads the graphs, so that the check never holds two copies of
+    the weights (at the 1.3B dimensions the two side by side set the stage's peak memory). The caller must not use
+    the model afterwards. ``report.process_peak_rss`` records the process's peak after the export and after the check.
     """
     import onnx
     import torch
@@ -389,25 +440,39 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
             model_class=type(model).__name__, hybrid=hybrid, image_token_id=image_token_id,
             num_image_tokens=num_image_tokens, embed_file=EMBED_FILE if split else None, kv_cache=kv_info)
 
-        # ONNX Runtime vs PyTorch: the example batch, then another batch size and length.
-        runtime = OnnxRuntimeModel(report, threads=threads)
+        # ONNX Runtime vs PyTorch: the example batch, then another batch size and length. PyTorch's side first, so
+        # that the model can be released before ONNX Runtime holds its own copy of the weights.
+        peaks = {"after_export": _peak_rss_bytes()}
         reference = FullGraph(model, hybrid)
+        checks = {"example": batch, "other_length": _other_length_batch(batch, image_token_id)}
+        if kv_info is not None:
+            checks["decode"] = _unpadded_row(batch)
+        expected: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            for label, check in checks.items():
+                expected[label] = reference(*(check[n] for n in ["input_ids", "attention_mask", *pixel_names])).numpy()
+        del reference
+        if release_model:
+            _release(model)
+        runtime = OnnxRuntimeModel(report, threads=threads)
         diffs: dict[str, float] = {}
-        for label, check in (("example", batch), ("other_length", _other_length_batch(batch, image_token_id))):
-            with torch.no_grad():
-                expected = reference(*(check[n] for n in ["input_ids", "attention_mask", *pixel_names])).numpy()
-            got = runtime.forward(check)
-            diffs[label] = _masked_diff(got, expected, check["attention_mask"].numpy())
+        for label in ("example", "other_length"):
+            got = runtime.forward(checks[label])
+            diffs[label] = _masked_diff(got, expected[label], checks[label]["attention_mask"].numpy())
         if image_embeds is not None:
             got = runtime.image_embeddings({n: trace[n] for n in pixel_names})
             diffs["image_embeds"] = float(np.abs(got - image_embeds.numpy()).max())
         if kv_info is not None:
-            diffs["kv_decode"] = _decode_diff(runtime, reference, batch, pixel_names)
+            diffs["kv_decode"] = _decode_diff(runtime, expected["decode"], checks["decode"], pixel_names)
+        del runtime
+        peaks["after_check"] = _peak_rss_bytes()
     finally:
-        model.train(was_training)
+        if not release_model:
+            model.train(was_training)
 
     worst = max(diffs.values())
-    report = report.model_copy(update={"max_abs_diff": diffs, "within_tolerance": bool(worst <= tolerance)})
+    report = report.model_copy(update={"max_abs_diff": diffs, "within_tolerance": bool(worst <= tolerance),
+                                       "process_peak_rss": peaks})
     if not report.within_tolerance:
         warnings.warn(f"ONNX Runtime differs from PyTorch by {worst:.3g} (> tolerance {tolerance:g}): {diffs}",
                       stacklevel=2)

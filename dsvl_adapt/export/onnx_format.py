@@ -97,6 +97,9 @@ class ExportReport(BaseModel):
     config_file: str = "config.json"
     quantization: dict[str, Any] | None = Field(None, description="set on graphs quantized by ONNX Runtime")
     kv_cache: KvCacheInfo | None = Field(None, description="the split LM's past/present names (None: no cache)")
+    process_peak_rss: dict[str, int] = Field(default_factory=dict,
+                                             description="the exporting process's peak RSS in bytes after the export "
+                                                         "and after the ONNX Runtime check")
 
     def graph_path(self, name: str) -> Path:
         return Path(self.directory) / self.graphs[name].file

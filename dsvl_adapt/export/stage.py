@@ -42,7 +42,7 @@ class ExportStage:
         if serves_target and "deploy" not in context.artifacts and not backend.owns(student):
             request = PrepareRequest(checkpoint_dir=student, out_dir=context.work_dir / backend.name,
                                      plan=QuantizationPlan(), calibration=example, options=prepare_options(context),
-                                     model=model, scratch_dir=context.work_dir)
+                                     model=model, scratch_dir=context.work_dir, release_model=True)
             try:
                 artifact = backend.prepare(request)
             except ValueError as e:
@@ -50,9 +50,13 @@ class ExportStage:
             artifacts.update(stage_artifacts(context, artifact))
             figures.update({**artifact.report, "cast_from": cast_from})
         if "onnx" not in artifacts:  # the scorecard's opset/op checks read an ONNX export of the student
+            if any(p.is_meta for p in model.parameters()):  # handed to the backend, which freed its weights
+                model, processor, _ = load_for_runtime(context)
             options = prepare_options(context)
             split = choose_graphs(options["graphs"], options["supported_ops"]) == "split"
-            report = export_onnx(model, context.work_dir / "onnx", example[0], split=split, opset=options["opset"])
+            report = export_onnx(model, context.work_dir / "onnx", example[0], split=split, opset=options["opset"],
+                                 release_model=True)  # the stage's last use of it: the check then holds one copy
+            del model
             processor.save_pretrained(context.work_dir / "onnx")
             artifacts["onnx"] = "onnx"
             figures = {**report.model_dump(mode="json"), **figures}

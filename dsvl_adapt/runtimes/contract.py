@@ -84,7 +84,10 @@ class PrepareRequest:
     which a backend may use instead of reading ``checkpoint_dir`` again; the result must be the same either way.
     ``scratch_dir``: where intermediate artifacts may be kept for the caller (e.g. the ONNX export an OpenVINO IR is
     converted from, which the scorecard's op checks read); None = a temporary directory, removed afterwards.
-    Nothing may be written outside ``out_dir`` and ``scratch_dir``."""
+    ``release_model``: the caller hands ``model`` over and will not use it again, so a backend may free its weights
+    as soon as it has what it needs (e.g. once exported), instead of holding them beside the runtime's own copy;
+    a model the backend loaded itself it may always free. Nothing may be written outside ``out_dir`` and
+    ``scratch_dir``."""
 
     checkpoint_dir: Path
     out_dir: Path
@@ -94,6 +97,7 @@ class PrepareRequest:
     options: Mapping[str, Any] = field(default_factory=dict)  # export options, see below
     model: Any = None
     scratch_dir: Path | None = None
+    release_model: bool = False
 
 
 #: Export options the core's stages put in :attr:`PrepareRequest.options` (a backend ignores what it has no use for):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +200,27 @@ def test_missing_input_is_named(tiny, tmp_path):
     model, batch = tiny
     with pytest.raises(ValueError, match="pixel_values"):
         export_onnx(model, tmp_path, {k: v for k, v in batch.items() if k != "pixel_values"})
+
+
+def test_release_model_checks_against_torch_then_frees_the_weights(tmp_path):
+    """With ``release_model`` the check still compares ONNX Runtime with PyTorch (the references are computed
+    first), and the caller's module holds no weights afterwards: the check never keeps two copies. The example batch
+    is right-padded, as a calibration batch of rows of different lengths is: the KV-cache decode check must still
+    decode a real token (it once decoded a pad token and reported a 0.3 logit difference for a correct graph)."""
+    model = make_model("reference-tiny", seed=3)
+    batch = make_batch("reference-tiny", seed=3)
+    batch["input_ids"][1, -3:] = PAD
+    batch["attention_mask"][1, -3:] = 0
+    expected = torch_logits(model, batch)
+    weight = weakref.ref(model.model.language_model.layers[0].mlp.up_proj.weight)
+    report = export_onnx(model, tmp_path / "split", batch, split=True, release_model=True)
+    gc.collect()
+    assert weight() is None, "a parameter outlived the release: something from the export still holds it"
+    assert report.within_tolerance, report.max_abs_diff
+    assert set(report.max_abs_diff) >= {"example", "other_length", "image_embeds", "kv_decode"}
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert set(report.process_peak_rss) == {"after_export", "after_check"}
+    assert 0 < report.process_peak_rss["after_export"] <= report.process_peak_rss["after_check"]
+    got = OnnxRuntimeModel(read_report(tmp_path / "split")).forward(batch)
+    valid = batch["attention_mask"].numpy().astype(bool)
+    np.testing.assert_allclose(got[valid], expected[valid], atol=ATOL)

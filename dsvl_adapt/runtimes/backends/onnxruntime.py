@@ -70,6 +70,7 @@ class OnnxRuntimeBackend:
         config = QuantizeConfig.from_plan(self.name, request.plan)
         batches = prepared_batches(request, self.name)
         model, processor, cast_from = load_fp32(request)
+        release = request.model is None or request.release_model  # freed before ONNX Runtime loads the graphs
         options = request.options
         table_int8 = config is not None and config.embedding_dtype == "int8"
         split = choose_graphs(options.get("graphs", "auto"), options.get("supported_ops"),
@@ -77,13 +78,13 @@ class OnnxRuntimeBackend:
         out = Path(request.out_dir)
         if config is None:
             export = export_onnx(model, out, batches[0], split=split, opset=options.get("opset"),
-                                 threads=request.threads)
+                                 threads=request.threads, release_model=release)
             processor.save_pretrained(out)
             return Artifact(directory=out, runtime=self.name, weights="fp32",
                             report={**export.model_dump(mode="json"), "cast_from": cast_from}, related={"onnx": out})
         with scratch_directory(request, "onnx-fp32") as (fp32_dir, kept):
             export = export_onnx(model, fp32_dir, batches[0], split=split, opset=options.get("opset"),
-                                 threads=request.threads)
+                                 threads=request.threads, release_model=release)
             processor.save_pretrained(fp32_dir)
             report = quantize_export(fp32_dir, out, config, batches, threads=request.threads)
         processor.save_pretrained(out)

@@ -57,7 +57,7 @@ class OpenVinoBackend:
         out = Path(request.out_dir)
         with scratch_directory(request, "onnx-fp32") as (fp32_dir, kept):
             export = export_onnx(model, fp32_dir, batches[0], split=split, opset=options.get("opset"),
-                                 threads=request.threads)
+                                 threads=request.threads, release_model=request.model is None or request.release_model)
             processor.save_pretrained(fp32_dir)
             report = convert_export(fp32_dir, out, precision=precision, quantize=config, batches=batches,
                                     threads=request.threads)
