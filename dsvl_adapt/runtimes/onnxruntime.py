@@ -248,11 +248,17 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps one file at 2 GiB
 
 
 def _copy_graph(src: Path, dst: Path, external: bool) -> None:
-    if not external:
+    """Copy one graph with its weights. A graph the exporter wrote with external data (every graph of a model over
+    the protobuf cap is, however small the graph itself) is re-saved, inline when it fits in one file: copying the
+    ``.onnx`` file alone would leave its weights behind."""
+    if not external and graph_files_bytes(src) == src.stat().st_size:
         shutil.copyfile(src, dst)
         return
     import onnx
 
+    if not external:
+        onnx.save_model(onnx.load(str(src)), str(dst))
+        return
     onnx.save_model(onnx.load(str(src)), str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=f"{dst.name}.data")
 

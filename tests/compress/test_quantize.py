@@ -307,3 +307,22 @@ def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, ski
     """)
     subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert np.array_equal(np.load(tmp_path / "out.npy"), out)
+
+
+def test_ort_quantizes_a_split_export_written_with_external_data(tmp_path, monkeypatch):
+    """A model over the protobuf cap is exported with every graph's weights in external data, however small the
+    graph: the vision graph, which the default policy leaves fp32 and which is copied rather than quantized, must
+    arrive with its weights (at the 1.3B dimensions it arrived as a bare .onnx file and the inventory failed)."""
+    pytest.importorskip("onnxruntime")
+    import dsvl_adapt.export.onnx as onnx_export
+    from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
+
+    monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)  # as if the model were over 1.8 GB
+    model = make_model("reference-tiny")
+    batches = [make_batch("reference-tiny", seed=s) for s in range(2)]
+    fp32 = onnx_export.export_onnx(model, tmp_path / "fp32", batches[0], split=True, threads=1)
+    assert (tmp_path / "fp32" / "vision.onnx.data").is_file()
+    report = quantize_export(fp32.directory, tmp_path / "int8", QuantizeConfig(backend="onnxruntime"), batches)
+    assert report.quantized_nodes["vision"] == 0 and report.quantized_nodes["lm"] > 0
+    out = OnnxRuntimeModel.load(tmp_path / "int8", threads=1).forward(batches[1])
+    assert np.abs(out - logits(model, batches[1]).numpy()).max() < 0.1
