@@ -88,8 +88,9 @@ def step(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return result
 
 
-def setup(preset: str, prompt: int):
-    """A random-weight model of ``preset`` (its own vocabulary) and one request of image + ``prompt`` text tokens."""
+def setup(preset: str, prompt: int, *, with_model: bool = True):
+    """A random-weight model of ``preset`` (its own vocabulary; None unless ``with_model``), one request of image +
+    ``prompt`` text tokens, and two calibration batches."""
     from transformers import AutoModelForImageTextToText
 
     from dsvl_adapt.models.presets import build_config, get_preset
@@ -100,7 +101,7 @@ def setup(preset: str, prompt: int):
     torch.manual_seed(0)
     config = build_config(preset, vocab_size=vocab, image_token_id=image, pad_token_id=pad, bos_token_id=bos,
                           eos_token_id=eos)
-    model = AutoModelForImageTextToText.from_config(config).eval()
+    model = AutoModelForImageTextToText.from_config(config).eval() if with_model else None
 
     def batch(rows: int, seed: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
@@ -136,35 +137,50 @@ def build(preset: str, prompt: int, work: Path, threads: int, prune: float) -> t
     from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
     from dsvl_adapt.runtimes.openvino import OpenVinoModel
 
-    model, one, calib = step("teacher", lambda: setup(preset, prompt))
-    fingerprint = _fingerprint(model)
-    teacher_dir = work / "teacher-onnx"
-    step("export teacher (split, KV cache)", lambda: export_onnx(model, teacher_dir, calib[0], split=True,
-                                                                 threads=threads, release_model=True))
-    del model
-    how = step("baseline: OpenVINO stateful + NNCF int4 defaults",
-               lambda: nncf_int4_stateful_defaults(teacher_dir, work / "baseline-int4"))
+    teacher_dir, student_dir, baseline_dir = work / "teacher-onnx", work / "student-onnx", work / "baseline-int4"
+    built = work / "build.json"  # what the finished steps recorded: a rerun with the same --work reuses them
+    record = json.loads(built.read_text()) if built.is_file() else {}
+    if record.get("settings") != [preset, prompt, prune]:
+        record = {"settings": [preset, prompt, prune]}
 
-    student, _, _ = step("teacher again, to prune", lambda: setup(preset, prompt))
-    report = step("prune student", prune_structural, student, StructuralPruneConfig(
-        lm_mlp_ratio=prune, lm_head_ratio=prune, vision_mlp_ratio=prune, vision_head_ratio=prune), [calib[0]])
-    student.eval()
-    student_dir = work / "student-onnx"
-    step("export student (split, KV cache)", export_onnx, student, student_dir, calib[0], split=True,
-         threads=threads, release_model=True)
-    del student  # its export is all the rest needs
+    def finished(key: str, value: Any) -> None:
+        record[key] = value
+        built.write_text(json.dumps(record, indent=1) + "\n")
+
+    if "teacher_fingerprint" not in record:
+        model, one, calib = step("teacher", lambda: setup(preset, prompt))
+        fingerprint = _fingerprint(model)
+        step("export teacher (split, KV cache)", lambda: export_onnx(model, teacher_dir, calib[0], split=True,
+                                                                     threads=threads, release_model=True))
+        del model
+        finished("teacher_fingerprint", fingerprint)
+    if "baseline" not in record:
+        finished("baseline", step("baseline: OpenVINO stateful + NNCF int4 defaults",
+                                  lambda: nncf_int4_stateful_defaults(teacher_dir, baseline_dir)))
+    if "params" not in record:
+        student, one, calib = step("teacher again, to prune", lambda: setup(preset, prompt))
+        report = step("prune student", prune_structural, student, StructuralPruneConfig(
+            lm_mlp_ratio=prune, lm_head_ratio=prune, vision_mlp_ratio=prune, vision_head_ratio=prune), [calib[0]])
+        student.eval()
+        step("export student (split, KV cache)", export_onnx, student, student_dir, calib[0], split=True,
+             threads=threads, release_model=True)
+        del student  # its export is all the rest needs
+        finished("params", [int(report.params_before), int(report.params_after)])
+    _, one, calib = setup(preset, prompt, with_model=False)
     ort_cfg = QuantizeConfig(backend="onnxruntime", mode="dynamic", embedding="int8")
     ort = step("student int8 (ONNX Runtime dynamic)", lambda: quantize_onnx(student_dir, work / "student-ort-int8",
                                                                             ort_cfg, calib[:1], threads=threads))
     ov_cfg = QuantizeConfig(backend="openvino", mode="dynamic", embedding="int8")
     ov = step("student int8 (OpenVINO dynamic)", lambda: quantize_openvino(student_dir, work / "student-ov-int8",
                                                                            ov_cfg, calib[:1], threads=threads))
+    how = record["baseline"]
 
-    teacher, _, _ = step("teacher again, for PyTorch's timing", lambda: setup(preset, prompt))
-    if _fingerprint(teacher) != fingerprint:
+    teacher, _, _ = step("teacher again (same seed), for PyTorch's timing", lambda: setup(preset, prompt))
+    if _fingerprint(teacher) != record["teacher_fingerprint"]:
         raise RuntimeError("the teacher rebuilt from the same seed differs from the exported one")
-    configs = [Config(TORCH, TorchRuntimeModel(teacher, threads=threads), {"cache": "transformers DynamicCache"})]
-    baseline = PlainOpenVinoModel(work / "baseline-int4", threads=threads)
+    teacher_runtime = TorchRuntimeModel(teacher, threads=threads)
+    configs = [Config(TORCH, teacher_runtime, {"cache": "transformers DynamicCache"})]
+    baseline = PlainOpenVinoModel(baseline_dir, threads=threads)
     configs.append(Config(BASELINE, baseline, {**how, "effective_properties": baseline.properties}))
     spinning = {"session.intra_op.allow_spinning": "1" if SPIN else "0"}
     configs.append(Config(STUDENT_ORT, OnnxRuntimeModel.load(work / "student-ort-int8", threads=threads,
@@ -172,9 +188,9 @@ def build(preset: str, prompt: int, work: Path, threads: int, prune: float) -> t
                           {"top1_agreement_vs_fp32": ort.top1_agreement, "bytes": ort.bytes}))
     configs.append(Config(STUDENT_OV, OpenVinoModel.load(work / "student-ov-int8", threads=threads),
                           {"top1_agreement_vs_fp32": ov.top1_agreement, "bytes": ov.bytes}))
-    configs[0].info["params"] = int(report.params_before)
+    configs[0].info["params"], configs[1].info["params"] = record["params"][0], record["params"][0]
     for c in configs[2:]:
-        c.info["params"] = int(report.params_after)
+        c.info["params"] = record["params"][1]
     return configs, one
 
 
