@@ -31,7 +31,6 @@ student on its best runtime (chosen on the first round, which is then not report
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
