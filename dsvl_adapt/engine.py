@@ -12,7 +12,6 @@ import difflib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from .cache import CACHE_MARKER, StageCache, StageKeys
 from .config import RunConfig
 from .errors import ConfigError, DsvlAdaptError, StageError
+from .machine import process_peak_rss_bytes
 from .manifest import write_or_check_manifest
 from .plugins import PluginManager, load_target
 from .preflight import preflight
@@ -266,17 +266,6 @@ def run_pipeline(config: RunConfig, raw_config: dict[str, Any], run_dir: Path, m
     return context
 
 
-def _process_peak_rss_bytes() -> int | None:
-    """The run process's peak resident memory so far (Linux/macOS; None elsewhere). Recorded at each stage's end: a
-    stage that raised it set the run's peak, which is how a large checkpoint's memory is told apart by stage."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
-
-
 def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager: PluginManager, log: Any) -> None:
     name = stage.name
     run_dir = context.run_dir
@@ -298,7 +287,7 @@ def _run_stage(stage: Stage, context: RunContext, processes: Processes, manager:
         record = {"stage": name, "paths": RUN_RELATIVE,
                   "artifacts": record_artifacts(result.artifacts, context.work_dir, final, context.run_dir),
                   "figures": _without_partial(result.figures, context.work_dir, final), "seconds": seconds,
-                  "process_peak_rss_bytes": _process_peak_rss_bytes()}
+                  "process_peak_rss_bytes": process_peak_rss_bytes()}
         (context.work_dir / STAGE_RECORD).write_text(json.dumps(record, indent=2, default=str))
         os.replace(context.work_dir, final)
     log(f"[{name}] done in {seconds:.1f} s")

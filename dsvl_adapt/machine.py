@@ -49,3 +49,14 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     """True when the CPU computes in bfloat16 natively (see ``NATIVE_BF16_FLAGS``); ``flags`` default to this host's."""
     return bool((cpu_flags() if flags is None else flags) & NATIVE_BF16_FLAGS)
+
+
+def process_peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far, in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS); None where
+    the ``resource`` module does not exist (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if platform.system() == "Darwin" else peak * 1024)

@@ -60,6 +60,7 @@ from dsvl_adapt.export.onnx_format import (
     write_inventory,
 )
 from dsvl_adapt.export.tracing import tracing_environment
+from dsvl_adapt.machine import process_peak_rss_bytes
 from dsvl_adapt.runtimes.embedding import FP32_FILE as EMBED_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -322,15 +323,6 @@ def _release(model) -> None:
     gc.collect()
 
 
-def _peak_rss_bytes() -> int:
-    """The process's peak resident memory so far (Linux reports KiB; macOS bytes)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def _masked_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     valid = mask.astype(bool)
     return float(np.abs(a[valid] - b[valid]).max()) if valid.any() else 0.0
@@ -442,7 +434,7 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
 
         # ONNX Runtime vs PyTorch: the example batch, then another batch size and length. PyTorch's side first, so
         # that the model can be released before ONNX Runtime holds its own copy of the weights.
-        peaks = {"after_export": _peak_rss_bytes()}
+        peaks = {"after_export": process_peak_rss_bytes()}
         reference = FullGraph(model, hybrid)
         checks = {"example": batch, "other_length": _other_length_batch(batch, image_token_id)}
         if kv_info is not None:
@@ -465,7 +457,7 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
         if kv_info is not None:
             diffs["kv_decode"] = _decode_diff(runtime, expected["decode"], checks["decode"], pixel_names)
         del runtime
-        peaks["after_check"] = _peak_rss_bytes()
+        peaks["after_check"] = process_peak_rss_bytes()
     finally:
         if not release_model:
             model.train(was_training)

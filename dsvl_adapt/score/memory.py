@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .timing import peak_rss_bytes
+from ..machine import process_peak_rss_bytes
 
 TIMEOUT_S = 900
 DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
@@ -109,7 +109,7 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     from .runners import open_runner
 
     batch = load_file(args.batch)
-    baseline = peak_rss_bytes()
+    baseline = process_peak_rss_bytes()
     runner = open_runner(Path(args.directory), threads=args.threads, load_torch=lambda path: load_checkpoint(
         path, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code))
     tokens = runner.generate_tokens(batch, args.max_new_tokens, eos_id=args.eos_id, pad_id=args.pad_id)

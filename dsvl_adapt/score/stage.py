@@ -46,7 +46,7 @@ from .scorecard import (
     TargetFit,
     Throughput,
 )
-from .timing import peak_rss_bytes
+from ..machine import process_peak_rss_bytes
 from .tokens import token_summary
 from .verdict import TrainingFacts, apply_verdict, diagnose_teacher
 
@@ -165,7 +165,7 @@ class ScoreStage:
             vertical=context.vertical.name, metric=primary.name, higher_is_better=primary.higher_is_better,
             accuracy=accuracy, retention=retention, metrics=metrics, general=general, latency=latency,
             generation=generation,
-            runtimes=runtimes, size=sizes, params=params, peak_rss_bytes=peak_rss_bytes(), targets=targets,
+            runtimes=runtimes, size=sizes, params=params, peak_rss_bytes=process_peak_rss_bytes(), targets=targets,
             throughput=throughput, memory=memory, skipped_rows=context.skipped_rows(), test_rows=len(rows),
             data=DataCleaning.from_figures(context.figures.get("clean", {}).get("data")),
             stages=_stage_figures(context), notes=notes,

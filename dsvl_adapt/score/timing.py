@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import resource
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -52,7 +50,3 @@ def time_calls(fn: Callable[[], Any], *, warmup: int, repeats: int) -> list[floa
     return samples
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak * 1024) if os.uname().sysname == "Linux" else int(peak)
