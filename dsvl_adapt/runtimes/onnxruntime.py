@@ -15,10 +15,13 @@ unless ``QuantizeConfig.embedding='fp32'`` (:mod:`dsvl_adapt.runtimes.embedding`
 written at all: the int8 ``lm_head`` of ``lm.onnx`` already holds it (per-vocab scales), and the lookup reads it there
 (``embed_file = "lm.onnx#<initializer>"``). Full graphs keep the table inside, fp32.
 
-Every graph goes through ``quant_pre_process`` first (symbolic shape inference + basic optimisation): without it the
-tied ``lm_head`` - read through a Transpose of the embedding - stays fp32. The skip policy of ``QuantizeConfig`` is
-applied through the module path the exporter stored on each node (``pkg.torch.onnx.name_scopes``; TorchScript graphs:
-the node name), mapped to node names before pre-processing, which keeps those names.
+Every graph goes through ONNX Runtime's basic optimisation first (the optimising half of ``quant_pre_process``, run
+from the file: :mod:`dsvl_adapt.runtimes.ort_quantization_memory`, which also keeps ``quantize_dynamic`` to one copy of
+the weights): without it the tied ``lm_head`` - read through a Transpose of the embedding - stays fp32. The skip
+policy of ``QuantizeConfig`` is applied through the module path the exporter stored on each node
+(``pkg.torch.onnx.name_scopes``; TorchScript graphs: the node name), mapped to node names before pre-processing, which
+keeps those names. The fp32-vs-quantized check loads one session at a time (fp32 outputs first), so the two copies
+of the weights are never in memory together.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from dsvl_adapt.runtimes.embedding import (
     find_tied_table,
     table_dtype,
 )
+from dsvl_adapt.runtimes.ort_quantization_memory import optimize_for_quantization, shape_inference_in_place
 
 if TYPE_CHECKING:  # pragma: no cover
     from dsvl_adapt.quantization import QuantizeConfig
@@ -274,13 +278,12 @@ def _quantize_graph(src: Path, dst: Path, config: QuantizeConfig, feeds: list[di
         quantize_dynamic,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     paths = node_module_paths(src)
     excluded = sorted(name for name, module in paths.items() if module is not None and config.skips(module))
     external = graph_files_bytes(src) > _EXTERNAL_DATA_BYTES
     pre = work / f"{src.stem}.pre.onnx"
-    quant_pre_process(str(src), str(pre), save_as_external_data=external, all_tensors_to_one_file=True)
+    optimize_for_quantization(src, pre, external)
     graph = onnx.load(str(pre), load_external_data=False).graph
     constants = {t.name for t in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -296,9 +299,11 @@ def _quantize_graph(src: Path, dst: Path, config: QuantizeConfig, feeds: list[di
         return 0, skipped_by_policy
 
     if config.mode == "dynamic":
-        quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"], per_channel=config.per_channel,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded, use_external_data_format=external,
-                         reduce_range=config.reduce_range_resolved, extra_options={"MatMulConstBOnly": True})
+        with shape_inference_in_place():
+            quantize_dynamic(str(pre), str(dst), op_types_to_quantize=["MatMul", "Gemm"],
+                             per_channel=config.per_channel, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                             use_external_data_format=external, reduce_range=config.reduce_range_resolved,
+                             extra_options={"MatMulConstBOnly": True})
     elif config.mode == "static":
         if not feeds:
             raise ValueError("static quantization needs calibration batches")
@@ -383,10 +388,13 @@ def quantize_export(source: str | Path, destination: str | Path, config: Quantiz
     diff = agreement = None
     checks = batches[:compare_batches]
     if checks:
-        fp32, quant = OnnxRuntimeModel(src, threads=threads), OnnxRuntimeModel(report, threads=threads)
+        fp32 = OnnxRuntimeModel(src, threads=threads)
+        references = [fp32.forward(batch) for batch in checks]
+        del fp32  # one session's weights at a time: at the 1.3B dimensions each holds gigabytes
+        quant = OnnxRuntimeModel(report, threads=threads)
         diffs, agree, total = [], 0, 0
-        for batch in checks:
-            a, b = fp32.forward(batch), quant.forward(batch)
+        for batch, a in zip(checks, references, strict=True):
+            b = quant.forward(batch)
             valid = to_numpy(batch.get("attention_mask", np.ones(a.shape[:2])), np.int64).astype(bool)
             diffs.append(float(np.abs(a[valid] - b[valid]).max()))
             agree += int((a.argmax(-1) == b.argmax(-1))[valid].sum())

@@ -231,7 +231,7 @@ def test_ort_quantization_runs_is_smaller_and_close(ort_export, tmp_path, mode, 
     model, batches, fp32 = ort_export
     config = QuantizeConfig(backend="onnxruntime", mode=mode, bits=bits, calibration_batches=2)
     report = quantize_export(fp32.directory, tmp_path, config, batches)
-    # the 14 LM linears and the tied lm_head are quantized (quant_pre_process folds its Transpose); vision is skipped
+    # the 14 LM linears and the tied lm_head are quantized; vision is skipped by the default policy
     assert report.quantized_nodes == {"model": 15}
     assert report.skipped_nodes == {"model": 14}
     assert report.bytes < report.bytes_fp32
@@ -315,14 +315,17 @@ def test_ort_quantizes_a_split_export_written_with_external_data(tmp_path, monke
     arrive with its weights (at the 1.3B dimensions it arrived as a bare .onnx file and the inventory failed)."""
     pytest.importorskip("onnxruntime")
     import dsvl_adapt.export.onnx as onnx_export
+    import dsvl_adapt.runtimes.onnxruntime as ort_runtime
     from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
 
     monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)  # as if the model were over 1.8 GB
+    monkeypatch.setattr(ort_runtime, "_EXTERNAL_DATA_BYTES", 0)  # and quantized as such (weights in .data files)
     model = make_model("reference-tiny")
     batches = [make_batch("reference-tiny", seed=s) for s in range(2)]
     fp32 = onnx_export.export_onnx(model, tmp_path / "fp32", batches[0], split=True, threads=1)
     assert (tmp_path / "fp32" / "vision.onnx.data").is_file()
     report = quantize_export(fp32.directory, tmp_path / "int8", QuantizeConfig(backend="onnxruntime"), batches)
     assert report.quantized_nodes["vision"] == 0 and report.quantized_nodes["lm"] > 0
+    assert (tmp_path / "int8" / "lm.onnx.data").is_file()
     out = OnnxRuntimeModel.load(tmp_path / "int8", threads=1).forward(batches[1])
     assert np.abs(out - logits(model, batches[1]).numpy()).max() < 0.1
