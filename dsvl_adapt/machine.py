@@ -51,6 +51,25 @@ def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & NATIVE_BF16_FLAGS)
 
 
+def return_freed_memory() -> bool:
+    """Hand the memory this process has freed back to the system where the C library keeps it (glibc's
+    ``malloc_trim(0)``: freed blocks below its mmap threshold, up to 32 MB, stay in the heap otherwise, and a model's
+    weights freed layer by layer leave gigabytes resident). Returns whether anything was called; a no-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
 def process_peak_rss_bytes() -> int | None:
     """This process's peak resident memory so far, in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS); None where
     the ``resource`` module does not exist (Windows)."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dsvl_adapt.runtimes.embedding import table_bytes
 
 __all__ = [
+    "CHECK_ROWS",
     "REPORT_FILE",
     "WRAPPER_ATTR",
     "ExportReport",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 REPORT_FILE = "export.json"
+# Rows of a batch the fp32 checks run (export vs PyTorch, quantized vs fp32): logits are rows x length x vocab floats,
+# 0.25 GB per row of a 600-token example at the 1.3B dimensions (vocab 102400), held by both sides of a comparison.
+CHECK_ROWS = 2
 WRAPPER_ATTR = "hf"  # module paths inside the graphs start with "hf." (the wrapper's attribute)
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GiB
 
