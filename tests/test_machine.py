@@ -25,3 +25,28 @@ def test_reduce_range_explicit_values_win_over_the_host():
     assert QuantizeConfig(backend="onnxruntime", reduce_range=False).reduce_range_resolved is False
     auto = QuantizeConfig(backend="onnxruntime").reduce_range_resolved
     assert auto is (has_int8_dot_product() is False)
+
+
+def test_freed_memory_goes_back_to_the_system_where_glibc_keeps_it():
+    import platform
+
+    import numpy as np
+
+    from dsvl_adapt.machine import return_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        assert return_freed_memory() is False
+        return
+    # 200 blocks of 1 MB (below glibc's mmap threshold once raised: they land in the heap), freed, then trimmed
+    blocks = [np.ones(1 << 18, np.float32) for _ in range(200)]
+    del blocks
+    before = _resident_bytes()
+    assert return_freed_memory() is True
+    assert _resident_bytes() <= before
+
+
+def _resident_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
