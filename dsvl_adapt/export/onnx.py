@@ -343,7 +343,8 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
 
     ``example_batch`` holds ``input_ids``, ``attention_mask``, ``pixel_values`` (and ``high_res_pixel_values`` for
     hybrid); other keys (``labels``) are ignored. The graphs are checked with ``onnx.checker`` and run in ONNX Runtime
-    on the example batch (its first :data:`CHECK_ROWS` rows) and on a batch of another size and length; ``max_abs_diff`` holds the largest logit
+    on the example batch (its first ``CHECK_ROWS`` rows) and on a batch of another size and length;
+    ``max_abs_diff`` holds the largest logit
     difference to PyTorch over the attended positions, ``within_tolerance`` whether it stays under ``tolerance``
     (a warning is issued otherwise). ``opset=None`` takes the exporter's default; below 18 the TorchScript exporter
     is used. The model is exported in its own dtype (fp32 expected) on CPU and left unchanged.
