@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from dsvl_adapt.export.onnx_format import (
-    CHECK_ROWS,
     REPORT_FILE,
     WRAPPER_ATTR,
     ExportReport,
     GraphInfo,
     KvCacheInfo,
+    check_rows,
     graph_files_bytes,
     graph_inventory,
     read_report,
@@ -295,12 +295,6 @@ def _past_example(model, embeds, attention_mask) -> tuple[KvCacheInfo, tuple]:
     return info, (embeds[:, past_len:], attention_mask, positions[:, past_len:], past)
 
 
-def _first_rows(batch: dict[str, Any], rows: int = CHECK_ROWS) -> dict[str, Any]:
-    """The first ``rows`` rows of a batch (every value is batch-first). At the 1.3B dimensions one row of logits of
-    a 600-token example is 0.25 GB (vocab 102400), and the check holds PyTorch's, ONNX Runtime's and its buffer."""
-    return {k: v[:rows] for k, v in batch.items()}
-
-
 def _unpadded_row(batch: dict[str, Any]) -> dict[str, Any]:
     """The example's first row without its padding: the decode check feeds its last token, which must be a real one
     (a padded calibration batch ends some rows with pad tokens, whose logits mean nothing)."""
@@ -445,7 +439,7 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
         # that the model can be released before ONNX Runtime holds its own copy of the weights.
         peaks = {"after_export": process_peak_rss_bytes()}
         reference = FullGraph(model, hybrid)
-        checks = {"example": _first_rows(batch), "other_length": _other_length_batch(batch, image_token_id)}
+        checks = {"example": check_rows(batch), "other_length": _other_length_batch(batch, image_token_id)}
         if kv_info is not None:
             checks["decode"] = _unpadded_row(batch)
         expected: dict[str, np.ndarray] = {}

@@ -23,6 +23,7 @@ __all__ = [
     "ExportReport",
     "GraphInfo",
     "KvCacheInfo",
+    "check_rows",
     "graph_files_bytes",
     "graph_inventory",
     "read_report",
@@ -33,6 +34,11 @@ REPORT_FILE = "export.json"
 # Rows of a batch the fp32 checks run (export vs PyTorch, quantized vs fp32): logits are rows x length x vocab floats,
 # 0.25 GB per row of a 600-token example at the 1.3B dimensions (vocab 102400), held by both sides of a comparison.
 CHECK_ROWS = 2
+
+
+def check_rows(batch: dict[str, Any], rows: int = CHECK_ROWS) -> dict[str, Any]:
+    """The first ``rows`` rows of a batch (every value batch-first): what the fp32 checks run."""
+    return {k: v[:rows] for k, v in batch.items()}
 WRAPPER_ATTR = "hf"  # module paths inside the graphs start with "hf." (the wrapper's attribute)
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GiB
 

@@ -41,10 +41,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from dsvl_adapt.export.onnx_format import (
-    CHECK_ROWS,
     REPORT_FILE,
     WRAPPER_ATTR,
     ExportReport,
+    check_rows,
     graph_files_bytes,
     read_report,
     write_inventory,
@@ -391,7 +391,7 @@ def quantize_export(source: str | Path, destination: str | Path, config: Quantiz
     diff = agreement = None
     # the first rows of each batch: logits are rows x length x vocab floats, and the fp32 ones are held for the
     # comparison (0.25 GB per row of a 600-token batch at the 1.3B dimensions)
-    checks = [{k: v[:CHECK_ROWS] for k, v in batch.items()} for batch in batches[:compare_batches]]
+    checks = [check_rows(batch) for batch in batches[:compare_batches]]
     if checks:
         fp32 = OnnxRuntimeModel(src, threads=threads)
         references = [fp32.forward(batch) for batch in checks]

@@ -22,6 +22,7 @@ from ..errors import PluginError
 from ..manifest import git_revision, package_versions
 from ..schemas import MetricSpec, Row
 from .hardware import FAR_BELOW, check_target, count_linear_macs, estimate_throughput
+from ..machine import process_peak_rss_bytes
 from .runners import Runner, open_runner
 from .intervals import (
     LEVEL,
@@ -46,7 +47,6 @@ from .scorecard import (
     TargetFit,
     Throughput,
 )
-from ..machine import process_peak_rss_bytes
 from .tokens import token_summary
 from .verdict import TrainingFacts, apply_verdict, diagnose_teacher
 
