@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("DSVL_ADAPT_NO_PROGRESS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (the default: `-n auto` in pyproject.toml) each worker process gets one core's share: torch,
+    # and every CLI run a test starts, use one thread, so that workers do not oversubscribe the machine's cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = [
     "vertical=industrial",
@@ -28,9 +32,26 @@ def tiny_overrides() -> list[str]:
     return list(TINY)
 
 
+def _once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """``build(folder)`` once per test session, however many pytest-xdist workers ask: the folder lies in the
+    temporary root the workers share, and a file lock makes the others wait for the first and reuse its result."""
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / name
+    done = shared.with_name(name + ".done")
+    with FileLock(str(shared) + ".lock"):
+        if not done.exists():
+            shared.mkdir(exist_ok=True)
+            result = build(shared)
+            done.write_text(str(result))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One complete tiny run of the default pipeline, shared read-only by many tests.
+    """One complete tiny run of the default pipeline, shared read-only by many tests (and test workers).
 
     Run as a user would, in a fresh process: tests elsewhere change torch's thread count, and a
     different thread count changes float reductions, which the determinism tests would see.
@@ -38,11 +59,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import subprocess
     import sys
 
-    run_dir = tmp_path_factory.mktemp("tiny-run")
-    result = subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", "run", *TINY, f"run_dir={run_dir}"],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+    def run(run_dir: Path) -> Path:
+        result = subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", "run", *TINY, f"run_dir={run_dir}"],
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return run_dir
+
+    return _once_per_session(tmp_path_factory, "tiny-run", run)
 
 
 def write_test_listing(predictions_file: Path, test_rows: int, directory: Path) -> Path:
@@ -70,7 +93,7 @@ def write_test_listing(predictions_file: Path, test_rows: int, directory: Path) 
 def planted_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from planted_data import build_planted_folder  # tests/cleaning is on sys.path once its tests are collected
 
-    return build_planted_folder(tmp_path_factory.mktemp("planted") / "shop")
+    return _once_per_session(tmp_path_factory, "planted", lambda folder: build_planted_folder(folder / "shop"))
 
 
 @pytest.fixture
