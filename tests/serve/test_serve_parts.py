@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 from dsvl_adapt.runtimes.contract import GenerationSettings
 from dsvl_adapt.serve.batching import Job, QueueFull, Scheduler, grade_cost
 from dsvl_adapt.serve.cache import ResponseCache, cache_key
-from dsvl_adapt.serve.drift import DriftMonitor, DriftReference
+from dsvl_adapt.serve.drift import STATISTICS, DriftMonitor, DriftReference, image_statistics
 from dsvl_adapt.serve.monitor import is_repetitive
 
 
@@ -110,6 +110,18 @@ def test_drift_is_unknown_until_enough_requests_then_flags_darkened_images_only(
     dark = DriftMonitor(reference, window=50, min_requests=20)
     results = [dark.observe(ImageEnhance.Brightness(image).enhance(0.3)) for image in _images(2, 20)]
     assert results[-1].drifted is True and "brightness" in results[-1].reason
+
+
+def test_the_window_test_is_scipys_ks_test_of_each_statistic_against_the_reference():
+    from scipy.stats import ks_2samp
+
+    reference = DriftReference.from_images(_images(0, 40))
+    monitor = DriftMonitor(reference, window=50, min_requests=20)
+    images = [ImageEnhance.Brightness(image).enhance(0.8) for image in _images(3, 25)]
+    observed = [monitor.observe(image) for image in images][-1]
+    recent = np.stack([image_statistics(image) for image in images])
+    expected = min(ks_2samp(reference.statistics[:, k], recent[:, k]).pvalue for k in range(len(STATISTICS)))
+    assert observed.ks_min_p == pytest.approx(round(expected, 6), abs=1e-6)
 
 
 def test_repetitive_answers_are_flagged():
