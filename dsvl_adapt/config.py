@@ -49,7 +49,7 @@ class ModelSection(Section):
     allow_pickle: bool = Field(False, description="allow loading *.bin/*.pt pickled weights (unsafe)")
     tokenizer_vocab_size: int = Field(1024, ge=300, le=1_000_000, description="vocab of the offline-trained tokenizer")
     pretrain_general: bool = Field(
-        True, description="reference presets first learn the core general set (colours, shapes, counts, left/right), "
+        False, description="reference presets first learn the core general set (colours, shapes, counts, left/right), "
                           "once per machine, then taken from a cache (docs/general-ability.md); ignored for `path`"
     )
     pretrain: "GeneralPretrainSection" = Field(
@@ -169,7 +169,7 @@ class GeneralPretrainSection(TrainSchedule):
 
 
 def _replay_share(what: str) -> Any:
-    return Field(0.2, ge=0, lt=1, description=f"share of general-set rows (0 = none, below 1) mixed into {what}'s "
+    return Field(0.0, ge=0, lt=1, description=f"share of general-set rows (0 = none, below 1) mixed into {what}'s "
                                               "training rows to keep general ability (docs/general-ability.md)")
 
 

@@ -130,7 +130,7 @@ FORGETTING = ["vertical=industrial", "model=reference-tiny", "model.pretrain_gen
 def test_a_long_finetune_without_replay_forgets_and_replay_keeps_general_ability(tmp_path):
     cache = f"cache_dir={tmp_path / 'cache'}"
     forgot = dsvl_adapt.run([*FORGETTING, cache, "finetune.replay_general=0"], run_dir=tmp_path / "no-replay")
-    kept = dsvl_adapt.run([*FORGETTING, cache], run_dir=tmp_path / "replay")  # the default replay share
+    kept = dsvl_adapt.run([*FORGETTING, cache, "finetune.replay_general=0.2"], run_dir=tmp_path / "replay")
     assert forgot is not None and kept is not None
     floor = _load_figures(tmp_path / "no-replay")["pretrain_general"]["general_floor"]
     base = forgot.general["base"]

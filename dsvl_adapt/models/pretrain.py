@@ -2,7 +2,7 @@
 
 The reference presets start from random weights; without this they know nothing general, and the
 scorecard's general-capability row (the guard against forgetting) could never fire. With
-``model.pretrain_general`` (on by default) the ``load`` stage trains the fresh model on the general
+``model.pretrain_general=true`` (off by default: see docs/general-ability.md) the ``load`` stage trains the fresh model on the general
 set's train split (colours, shapes, counts, left/right) with the project's one training loop, then
 keeps the result in a per-user cache folder. Later runs with the same inputs take it from there.
 

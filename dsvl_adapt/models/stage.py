@@ -10,7 +10,7 @@ A local checkpoint already in that dtype and stored as safetensors is not copied
 the student cannot overwrite the user's). Otherwise (another dtype, or pickled weights) the stage
 writes a converted safetensors copy there, so later stages never unpickle or convert again.
 
-A reference preset is built with random weights and, with ``model.pretrain_general`` (the default),
+A reference preset is built with random weights and, with ``model.pretrain_general=true``,
 given general ability first: trained once on the core general set and then taken from a cache
 (:mod:`dsvl_adapt.models.pretrain`). The stage runs on every process of a multi-process launch (the
 pretraining is a training loop); only the main process writes.

@@ -233,6 +233,8 @@ class Scorecard(_Model):
     general: dict[str, float] = Field(default_factory=dict, description="general-capability accuracy per model")
     general_ci: dict[str, list[float]] = Field(default_factory=dict,
                                                description="[low, high] 95% bootstrap interval of general.<model>")
+    general_floor: float | None = Field(None, description="the general set's most common answer given to every row: "
+                                                          "a model at or below it has no general ability to lose")
     general_comparisons: dict[str, Comparison] = Field(
         default_factory=dict, description="general set: `teacher_vs_base` (forgetting by fine-tuning) and "
                                           "`student_vs_teacher` (forgetting by compression); `forgetting` is true "

@@ -231,6 +231,8 @@ def _general_intervals(card: Scorecard, context: RunContext,
     score = {role: metric_on_rows(exact_match, answers, references, references)
              for role, (_, answers, references) in measured.items()}
     card.general_ci = {role: list(bootstrap_interval(fn, draws)) for role, fn in score.items()}
+    references = next(iter(measured.values()))[2]
+    card.general_floor = round(Counter(references).most_common(1)[0][1] / len(references), 6) if references else None
     for key, (before, after) in PAIRS.items():
         if before in score and after in score:
             card.general_comparisons[key] = _comparison(before, after, paired_difference(score[before], score[after],

@@ -103,12 +103,19 @@ def objective_checks(card: Scorecard, objectives: Objectives, *, best: float = 1
                 continue
             drop = round(-comparison.difference, 6) + 0.0  # no -0.0
             significant = bool(comparison.forgetting)
+            before_score = card.general.get(comparison.before)
+            nothing_to_lose = (card.general_floor is not None and before_score is not None
+                               and before_score <= card.general_floor)
             checks.append(ObjectiveCheck(
                 name=name, ok=not (significant and drop > objectives.max_forgetting), value=drop,
                 limit=objectives.max_forgetting, higher_is_better=False,
                 note=(f"general accuracy {comparison.before} -> {comparison.after}: drop {drop:+.3f}, paired 95% "
                       f"interval of the change [{comparison.ci[0]:+.3f}, {comparison.ci[1]:+.3f}]: "
-                      f"{'forgetting' if significant else 'within noise'}")))
+                      f"{'forgetting' if significant else 'within noise'}"
+                      + (f"; the {comparison.before} scores {before_score:.3f}, at or below the general set's floor "
+                         f"{card.general_floor:.3f}: it had no general ability to lose, so this check cannot show "
+                         "forgetting here (a checkpoint that knows the general set, or model.pretrain_general=true "
+                         "for a reference preset, makes it informative)" if nothing_to_lose else ""))))
     return checks
 
 

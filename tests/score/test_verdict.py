@@ -82,6 +82,17 @@ def test_a_lower_is_better_metric_must_fall_below_its_floor():
     assert _check(card, "teacher_floor").higher_is_better is False
 
 
+def test_a_forgetting_check_over_a_base_at_the_general_floor_says_it_cannot_show_forgetting():
+    blank = _card(0.90, 0.88, general={"base": 0.0, "teacher": 0.0, "student": 0.0}, general_floor=0.19)
+    apply_verdict(blank, INDUSTRIAL)
+    note = _check(blank, "forgetting_finetune").note
+    assert "no general ability to lose" in note and "model.pretrain_general=true" in note
+    knows = _card(0.90, 0.88, general={"base": 0.55, "teacher": 0.54, "student": 0.52}, general_floor=0.19)
+    apply_verdict(knows, INDUSTRIAL)
+    assert "no general ability" not in _check(knows, "forgetting_finetune").note
+    assert "no general ability" not in _check(knows, "forgetting_compression").note
+
+
 def test_a_check_that_could_not_be_made_is_unknown_and_the_verdict_is_not_met():
     card = _card(0.90, 0.88, general_comparisons={})  # score.general_size=0: no forgetting figures
     apply_verdict(card, INDUSTRIAL)
