@@ -2,9 +2,10 @@
 
 The reference presets start from random weights; without this they know nothing general, and the
 scorecard's general-capability row (the guard against forgetting) could never fire. With
-``model.pretrain_general=true`` (off by default: see docs/general-ability.md) the ``load`` stage trains the fresh model on the general
-set's train split (colours, shapes, counts, left/right) with the project's one training loop, then
-keeps the result in a per-user cache folder. Later runs with the same inputs take it from there.
+``model.pretrain_general=true`` (off by default: it cost the vertical teacher accuracy, see
+docs/general-ability.md) the ``load`` stage trains the fresh model on the general set's train split
+(colours, shapes, counts, left/right) with the project's one training loop, then keeps the result in
+a per-user cache folder. Later runs with the same inputs take it from there.
 
 The cache key hashes everything the weights depend on: the preset's dimensions, the run's tokenizer
 (it is trained on the vertical's text, so each vertical has its own base), the general set's
