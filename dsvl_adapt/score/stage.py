@@ -226,13 +226,14 @@ def _general_intervals(card: Scorecard, context: RunContext,
     measured = {role: g for role, g in general.items() if g is not None}
     if not measured:
         return
-    size = len(next(iter(measured.values()))[2])
-    draws = resample_indices(size, resamples=RESAMPLES, seed=context.config.seed)
+    references = next(iter(measured.values()))[2]  # the same general rows for every model
+    draws = resample_indices(len(references), resamples=RESAMPLES, seed=context.config.seed)
     score = {role: metric_on_rows(exact_match, answers, references, references)
-             for role, (_, answers, references) in measured.items()}
+             for role, (_, answers, _) in measured.items()}
     card.general_ci = {role: list(bootstrap_interval(fn, draws)) for role, fn in score.items()}
-    references = next(iter(measured.values()))[2]
-    card.general_floor = round(Counter(references).most_common(1)[0][1] / len(references), 6) if references else None
+    if references:  # the floor as the test split's: the most common answer given to every row, by the row's metric
+        common = Counter(references).most_common(1)[0][0]
+        card.general_floor = round(exact_match([common] * len(references), references), 6)
     for key, (before, after) in PAIRS.items():
         if before in score and after in score:
             card.general_comparisons[key] = _comparison(before, after, paired_difference(score[before], score[after],
