@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,9 +30,6 @@ OVERRIDES_HELP = ("Hydra overrides, key=value (e.g. vertical=industrial model=re
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning threads made a
-    # 2-thread forward 8x slower than 1 thread (benchmarks/README.md). Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

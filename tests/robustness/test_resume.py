@@ -184,7 +184,7 @@ dsvl_adapt.run(sys.argv[2:], run_dir=sys.argv[1])
 
 def test_same_config_and_seed_give_identical_results_with_the_network_blocked(tiny_run, tiny_overrides, tmp_path):
     """Determinism (a second run equals the first) and offline operation (sockets refused) in one run."""
-    env = dict(os.environ, DSVL_ADAPT_NO_PROGRESS="1", OMP_WAIT_POLICY="PASSIVE")  # as the CLI sets it
+    env = dict(os.environ, DSVL_ADAPT_NO_PROGRESS="1")
     env.pop("HF_HUB_OFFLINE", None)
     result = subprocess.run([sys.executable, "-c", OFFLINE_RUN, str(tmp_path / "again"), *tiny_overrides],
                             capture_output=True, text=True, env=env, timeout=600)
