@@ -154,6 +154,11 @@ class TrainSchedule(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     eval_every: int = Field(50, ge=1, description="evaluate on the validation split every N steps")
     patience: int | None = Field(None, ge=1, description="early stopping after N evaluations without improvement")
+    stop_at_exact_match: float | None = Field(
+        None, gt=0, le=1,
+        description="stop the phase at the first evaluation whose validation exact match (the share of validation "
+                    "rows greedy decoding answers word for word) reaches this value: accuracy has saturated, and the "
+                    "steps left would buy loss, not answers (0.98 leaves one row in 64); null trains every step")
     checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "fp32", description="auto = bf16 autocast where measured >= 1.15x faster than fp32 on this machine's CPU "

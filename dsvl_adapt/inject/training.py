@@ -22,7 +22,7 @@ import torch
 
 from ..config import TrainSchedule
 from ..engine import on_main_process
-from ..data.batches import BatchEncoder, Encoded
+from ..data.batches import IGNORE_INDEX, BatchEncoder, Encoded
 from ..progress import progress_bar
 from .checkpoints import (MARKER, LoopState, is_current_format, latest_checkpoint, read_checkpoint, snapshot,
                           write_checkpoint)
@@ -38,6 +38,30 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     return model(**batch, use_cache=False).loss
 
 
+def greedy_exact_matches(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: whether greedy decoding would write exactly the labelled answer (and then stop).
+
+    Under teacher forcing, the logits at the position before each answer token are the ones greedy
+    decoding sees when it has written the answer so far; so a row whose every labelled token (the
+    end-of-sentence token included) is the argmax of its logits is one that greedy ``generate`` answers
+    word for word. Same forward pass as the validation loss, no generation: the loop can watch accuracy
+    as cheaply as loss. Rows without labels count as misses.
+    """
+    predicted = logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    labelled = target != IGNORE_INDEX
+    right = (predicted == target) | ~labelled
+    return right.all(dim=1) & labelled.any(dim=1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One look at the validation split: the phase's loss, and the share of rows answered exactly."""
+
+    loss: float
+    exact_match: float
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -48,11 +72,12 @@ class TrainResult:
     precision_choice: dict[str, Any] = field(default_factory=dict)  # why: PrecisionChoice.as_dict()
     best_step: int | None = None  # early stopping: the step whose weights were kept
     world_size: int = 1  # training processes (DDP) that ran the phase
+    stop_reason: str = "steps"  # steps (all of them ran) | patience (validation loss stalled) | exact_match (saturated)
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
-                "best_step": self.best_step, "world_size": self.world_size, "precision": self.precision,
-                "precision_choice": self.precision_choice, "history": self.history}
+                "stop_reason": self.stop_reason, "best_step": self.best_step, "world_size": self.world_size,
+                "precision": self.precision, "precision_choice": self.precision_choice, "history": self.history}
 
 
 def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int) -> list[int]:
@@ -198,9 +223,17 @@ class Trainer:
             self._set_precision(self._resolve_precision(train_items))
         world, rank = acc.num_processes, acc.process_index
         self.model.train()
-        stopped_early = False
+        stopped_early, stop_reason = False, "steps"
+        if loop.step == 0 and validation_items and s.stop_at_exact_match is not None and s.steps > 0:
+            # A model that already answers the validation split (a pruned student that lost nothing, a LoRA phase
+            # after a full one) has nothing to gain here: step 0 is an evaluation too.
+            evaluation = self.evaluate(validation_items)
+            loop.history.append({"step": 0, "validation_loss": round(evaluation.loss, 5),
+                                 "validation_exact_match": round(evaluation.exact_match, 4)})
+            if self._saturated(evaluation):
+                stopped_early, stop_reason = True, "exact_match"
         with progress_bar(self.label, total=s.steps, completed=loop.step, disable=not acc.is_main_process) as advance:
-            while loop.step < s.steps:
+            while loop.step < s.steps and not stopped_early:
                 indices = batch_indices(loop.step, dataset_size=len(train_items), batch_size=micro, seed=self.seed)
                 shard = indices[rank::world] or indices[:1]
                 losses = []
@@ -219,11 +252,16 @@ class Trainer:
                 mean_loss = acc.gather(torch.stack(losses).mean().reshape(1)).mean().item()
                 record: dict[str, float] = {"step": loop.step, "loss": round(mean_loss, 5)}
                 if validation_items and (loop.step % s.eval_every == 0 or loop.step == s.steps):
-                    validation_loss = self.evaluate(validation_items)
-                    if not math.isfinite(validation_loss):
-                        self._fail(loop.step, f"the validation loss is {validation_loss}")
-                    record["validation_loss"] = round(validation_loss, 5)
-                    stopped_early = self._early_stopping(record["validation_loss"], loop)
+                    evaluation = self.evaluate(validation_items)
+                    if not math.isfinite(evaluation.loss):
+                        self._fail(loop.step, f"the validation loss is {evaluation.loss}")
+                    record["validation_loss"] = round(evaluation.loss, 5)
+                    record["validation_exact_match"] = round(evaluation.exact_match, 4)
+                    if self._early_stopping(record["validation_loss"], loop):
+                        stopped_early, stop_reason = True, "patience"
+                    elif self._saturated(evaluation) and loop.step < s.steps:
+                        stopped_early, stop_reason = True, "exact_match"
+                        loop.best_weights, loop.best_step = None, None  # these weights reached it: keep them
                 loop.history.append(record)
                 advance(1, loss=mean_loss)
                 if loop.step % s.checkpoint_every == 0 and loop.step < s.steps and not stopped_early:
@@ -233,8 +271,15 @@ class Trainer:
         if loop.best_weights is not None:
             self._unwrapped().load_state_dict(loop.best_weights)
         self._check_weights(loop.step, "leaving")
+        if stopped_early and acc.is_main_process:
+            reached = f"validation exact match {loop.history[-1]['validation_exact_match']:.3f} reached"
+            why = (f"{reached} {s.stop_at_exact_match:g}{' before any step: nothing to gain' if not loop.step else ''}"
+                   if stop_reason == "exact_match" else
+                   f"no better validation loss in {s.patience} evaluations; weights of step {loop.best_step} kept")
+            print(f"  {self.label}: stopped at step {loop.step} of {s.steps}: {why}", file=sys.stderr, flush=True)
         return TrainResult(loop.step, resumed_from, stopped_early, loop.history, self.precision.chosen,
-                           self.precision.as_dict(), loop.best_step, world_size=acc.num_processes)
+                           self.precision.as_dict(), loop.best_step, world_size=acc.num_processes,
+                           stop_reason=stop_reason)
 
     def _set_precision(self, choice: PrecisionChoice) -> None:
         self.precision = choice
@@ -336,18 +381,28 @@ class Trainer:
         loop.bad_evals += 1
         return loop.bad_evals >= self.schedule.patience
 
+    def _saturated(self, evaluation: Evaluation) -> bool:
+        target = self.schedule.stop_at_exact_match
+        return target is not None and evaluation.exact_match >= target
+
     @torch.no_grad()
-    def evaluate(self, items: Sequence[Encoded]) -> float:
+    def evaluate(self, items: Sequence[Encoded]) -> Evaluation:
+        """The phase's loss on ``items`` and the share of them greedy decoding answers exactly
+        (:func:`greedy_exact_matches`, from the model's own logits: for distillation, the student's)."""
         self.model.eval()
-        total, count = 0.0, 0
+        total, exact, count = 0.0, 0, 0
         size = self.schedule.batch_size
         for start in range(0, len(items), size):
             batch = self._to_device(self.encoder.training_batch(items[start: start + size]))
             with self._autocast():
-                total += self.loss_fn(self.model, batch).item() * len(batch["input_ids"])
-            count += len(batch["input_ids"])
+                outputs = self.model(**batch, use_cache=False)
+                loss = outputs.loss if self.loss_fn is causal_lm_loss else self.loss_fn(self.model, batch)
+            rows = len(batch["input_ids"])
+            total += loss.item() * rows
+            exact += int(greedy_exact_matches(outputs.logits.float(), batch["labels"]).sum())
+            count += rows
         self.model.train()
-        return total / max(count, 1)
+        return Evaluation(total / max(count, 1), exact / max(count, 1))
 
 
 DTYPES_BY_NAME = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
