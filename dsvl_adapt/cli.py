@@ -13,7 +13,7 @@ from .errors import DsvlAdaptError
 
 EPILOG = """\
 examples:
-  dsvl-adapt run vertical=industrial                         # reference model, 7-17 min on 2 cores, by CPU
+  dsvl-adapt run vertical=industrial                         # reference model, about 7 min on 2 AMD EPYC cores
   dsvl-adapt run vertical=medical model=local model.path=/models/deepseek-vl-1.3b-chat
   dsvl-adapt run model=reference-tiny finetune=fast run_dir=runs/smoke   # same run_dir resumes
   dsvl-adapt run -m finetune.lora.r=8,16                     # Hydra multirun sweep

@@ -142,3 +142,13 @@ def test_without_a_target_every_step_runs(teacher_and_items, tiny_run, tmp_path)
     result = _train(model, encoder, items[:4], items[:2], tmp_path, steps=4, stop_at_exact_match=None)
     assert (result.steps, result.stopped_early, result.stop_reason) == (4, False, "steps")
     assert [r["step"] for r in result.history if "validation_loss" in r] == [2, 4]  # no step-0 evaluation
+
+
+def test_the_scorecard_shows_each_training_phase_as_its_stage_recorded_it(tiny_run: Path):
+    figures = json.loads((tiny_run / "stages" / "finetune" / "stage.json").read_text())["figures"]
+    distill = json.loads((tiny_run / "stages" / "distill" / "stage.json").read_text())["figures"]
+    markdown = (tiny_run / "scorecard.md").read_text()
+    for label, phase in (("fine-tune (full)", figures["full"]), ("fine-tune (LoRA)", figures["lora"]),
+                         ("distill", distill)):
+        assert f"| {label} | {phase['steps']} of {phase['planned_steps']} |" in markdown
+    assert '<section id="training">' in (tiny_run / "scorecard.html").read_text()

@@ -172,7 +172,7 @@ class DistillStage:
         on_main_process(lambda: save_checkpoint(student, processor, directory, role="student", stage=self.name))
         return StageResult(artifacts={"student": "student"}, figures={
             **result.as_dict(), "validation_accuracy_before": before,
-            "validation_accuracy": validation_accuracy(context, student, processor),
+            "validation_accuracy": validation_accuracy(context, student, processor) if result.steps else before,
             "layer_map": loss.layer_map if cfg.hidden_weight > 0 else None,
             "kept_zero_masks": len(masks), **model_figures(student, directory),
         })

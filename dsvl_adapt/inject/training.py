@@ -73,10 +73,11 @@ class TrainResult:
     best_step: int | None = None  # early stopping: the step whose weights were kept
     world_size: int = 1  # training processes (DDP) that ran the phase
     stop_reason: str = "steps"  # steps (all of them ran) | patience (validation loss stalled) | exact_match (saturated)
+    planned_steps: int | None = None  # the schedule's steps
 
     def as_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
-                "stop_reason": self.stop_reason, "best_step": self.best_step, "world_size": self.world_size,
+        return {"steps": self.steps, "planned_steps": self.planned_steps, "resumed_from": self.resumed_from,
+                "stopped_early": self.stopped_early, "stop_reason": self.stop_reason, "best_step": self.best_step, "world_size": self.world_size,
                 "precision": self.precision, "precision_choice": self.precision_choice, "history": self.history}
 
 
@@ -279,7 +280,7 @@ class Trainer:
             print(f"  {self.label}: stopped at step {loop.step} of {s.steps}: {why}", file=sys.stderr, flush=True)
         return TrainResult(loop.step, resumed_from, stopped_early, loop.history, self.precision.chosen,
                            self.precision.as_dict(), loop.best_step, world_size=acc.num_processes,
-                           stop_reason=stop_reason)
+                           stop_reason=stop_reason, planned_steps=s.steps)
 
     def _set_precision(self, choice: PrecisionChoice) -> None:
         self.precision = choice

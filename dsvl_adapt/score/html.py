@@ -287,6 +287,30 @@ def _tokens(card: Scorecard, plots: dict[str, bytes]) -> str:
     return "".join(out)
 
 
+def _training(card: Scorecard, plots: dict[str, bytes]) -> str:
+    """Training phases: steps taken of those planned, the last validation figures, why each stopped, and curves."""
+    from .training import training_phases
+
+    phases = training_phases(card.stages)
+    if not phases:
+        return ""
+    rows = []
+    for phase in phases:
+        last = phase.last_evaluation or {}
+        steps = f"{phase.steps} of {phase.planned}" if phase.planned is not None else str(phase.steps)
+        rows.append([f"<td>{_e(phase.label)}</td>", f'<td class="num">{_e(steps)}</td>',
+                     _td(last.get("validation_loss"), 4), _td(last.get("validation_exact_match")),
+                     f"<td>{_e(phase.precision)}</td>", f"<td>{_e(phase.why)}</td>"])
+    out = ['<section id="training"><h2>Training</h2>',
+           _table(["phase", "steps", "validation loss", "validation exact match", "precision", "why it stopped"],
+                  rows)]
+    if "training" in plots:
+        out.append(_img(plots["training"], "training and validation loss and validation exact match by step",
+                        "Loss (log scale) and validation exact match by step, per phase."))
+    out.append("</section>")
+    return "".join(out)
+
+
 def _targets(card: Scorecard, plots: dict[str, bytes]) -> str:
     if not card.targets:
         return ""
@@ -379,7 +403,8 @@ def render_html(card: Scorecard) -> str:
         f"<title>Scorecard — {_e(card.vertical)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>Scorecard — {_e(card.vertical)}</h1><p class=\"sub\">{_e(subtitle)}</p>",
         _summary(card), _accuracy(card, plots), _speed_size(card, plots), _tokens(card, plots),
-        _targets(card, plots), _lineage(card), _objectives(card), _lists(card), _provenance(card),
+        _targets(card, plots), _training(card, plots), _lineage(card), _objectives(card), _lists(card),
+        _provenance(card),
         "</main></body></html>",
     ]
     return "\n".join(p for p in parts if p)

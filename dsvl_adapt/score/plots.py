@@ -275,11 +275,55 @@ def tokens_plot(card: Scorecard) -> bytes | None:
     return accuracy_ttft_plot(points, metric=card.metric) if points else None
 
 
+def training_plot(card: Scorecard) -> bytes | None:
+    """Each training phase side by side: training loss and validation loss (log scale, left axis) and validation
+    exact match (right axis) against the step; a phase that took no step shows its one evaluation."""
+    from .training import training_phases
+
+    phases = training_phases(card.stages)
+    if not phases:
+        return None
+    figure = _figure(3.2 * len(phases), 2.8)
+    axes = figure.subplots(1, len(phases), squeeze=False)[0]
+    for ax, phase in zip(axes, phases):
+        steps = [(r["step"], r["loss"]) for r in phase.history if "loss" in r]
+        evaluations = phase.evaluations
+        if steps:
+            ax.plot(*zip(*steps), color="#90a4ae", linewidth=0.8, label="training loss")
+        if evaluations:
+            ax.plot([r["step"] for r in evaluations], [r["validation_loss"] for r in evaluations], "o-",
+                    color="#1e88e5", markersize=3, label="validation loss")
+        if steps or evaluations:
+            ax.set_yscale("log")
+        exact = [(r["step"], r["validation_exact_match"]) for r in evaluations if "validation_exact_match" in r]
+        right = ax.twinx()
+        if exact:
+            right.plot(*zip(*exact), "s-", color="#43a047", markersize=3, label="validation exact match")
+        right.set_ylim(0, 1.05)
+        end = max(phase.planned or 0, phase.steps, 1)  # the budget on the x axis: an early stop shows as such
+        ax.set_xlim(-0.03 * end, 1.03 * end)
+        if phase.planned is not None and phase.steps < phase.planned:
+            ax.axvline(phase.steps, color="#e53935", linestyle="--", linewidth=0.8)
+        planned = f" of {phase.planned}" if phase.planned is not None else ""
+        ax.set_title(f"{phase.label}: {phase.steps}{planned} steps", fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+        right.tick_params(labelsize=6)
+    axes[0].set_ylabel("loss (log)", fontsize=7)
+    right.set_ylabel("exact match", fontsize=7)
+    handles = [h for ax in (axes[0], right) for h in ax.get_legend_handles_labels()[0]]
+    labels = [label for ax in (axes[0], right) for label in ax.get_legend_handles_labels()[1]]
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=6, frameon=False)
+    return _png(figure)
+
+
 def scorecard_plots(card: Scorecard) -> dict[str, bytes]:
-    """Every plot the card has data for, by name: accuracy, latency_size, size_breakdown, target_fit, tokens."""
+    """Every plot the card has data for, by name: accuracy, latency_size, size_breakdown, target_fit, tokens,
+    training."""
     plots = {"accuracy": accuracy_plot(card), "latency_size": latency_size_plot(card),
              "size_breakdown": size_breakdown_plot(card), "target_fit": target_fit_plot(card),
-             "tokens": tokens_plot(card)}
+             "tokens": tokens_plot(card), "training": training_plot(card)}
     return {name: png for name, png in plots.items() if png is not None}
 
 

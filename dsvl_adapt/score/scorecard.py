@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .lineage import Lineage, lineage_markdown
 from .tokens import ImageTokens, tokens_markdown
+from .training import training_markdown
 
 SCHEMA_VERSION = 2
 
@@ -459,6 +460,7 @@ def render_markdown(card: Scorecard) -> str:
                       (c.note if c.estimated or c.ok is None else (f" — {c.note}" if c.note else ""))
                 lines.append(f"| {c.name} | {ok} | {_fmt(c.value)} {c.unit} | {_fmt(c.limit)} {c.unit} | {how} |")
             lines.append("")
+    lines += training_markdown(card.stages)
     lines += lineage_markdown(card.lineage)
     from ..lowbit.plan import markdown_lines
 

@@ -260,3 +260,28 @@ def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
         region = screenshot.crop(box)
         assert ImageStat.Stat(region).stddev[0] > 15, (box, ImageStat.Stat(region).stddev)
         assert len(region.getcolors(256) or []) > 20, box
+
+
+def test_training_section_shows_steps_of_the_budget_why_each_phase_stopped_and_the_curves() -> None:
+    card = sample_card()
+    history = [{"step": 0, "validation_loss": 6.1, "validation_exact_match": 0.0},
+               *({"step": i, "loss": 6.0 / i} for i in range(1, 251)),
+               {"step": 250, "loss": 0.02, "validation_loss": 0.0219, "validation_exact_match": 0.9844}]
+    card.stages = {
+        "finetune": {"full": {"steps": 250, "planned_steps": 300, "stop_reason": "exact_match", "precision": "fp32",
+                              "history": history},
+                     "lora": {"steps": 0, "planned_steps": 60, "stop_reason": "exact_match", "precision": "fp32",
+                              "history": [{"step": 0, "validation_loss": 0.0219, "validation_exact_match": 0.9844}]}},
+        "distill": {"steps": 120, "planned_steps": 120, "stop_reason": "steps", "precision": "bf16",
+                    "history": [{"step": 120, "loss": 0.1, "validation_loss": 0.12, "validation_exact_match": 0.9688}]},
+    }
+    markdown = render_markdown(card)
+    assert "| fine-tune (full) | 250 of 300 | 0.0219 | 0.984 | fp32 | validation exact match reached " \
+           "stop_at_exact_match |" in markdown
+    assert "| fine-tune (LoRA) | 0 of 60 | 0.0219 | 0.984 | fp32 | the model already reached stop_at_exact_match " \
+           "before any step: nothing to gain |" in markdown
+    assert "| distill | 120 of 120 | 0.1200 | 0.969 | bf16 | every step ran |" in markdown
+    html = render_html(card)
+    assert '<section id="training"><h2>Training</h2>' in html and "250 of 300" in html
+    assert set(scorecard_plots(card)) == {"accuracy", "latency_size", "size_breakdown", "target_fit", "training"}
+    assert len(_images(html)) == 5
