@@ -143,8 +143,7 @@ def _calibration_samples(ir_dir: Path, batches: Sequence[dict[str, Any]]) -> dic
             samples["model"].append({"input_ids": ids, "attention_mask": mask, **pixels})
         else:
             samples["vision"].append(pixels)
-            samples["lm"].append({"inputs_embeds": fp32.inputs_embeds(ids, fp32.image_embeddings(batch)),
-                                  "attention_mask": mask})
+            samples["lm"].append(fp32.lm_feeds(fp32.inputs_embeds(ids, fp32.image_embeddings(batch)), mask))
     return samples
 
 
@@ -194,11 +193,17 @@ class PlainOpenVinoModel(GraphRuntimeModel):
         self.hybrid = meta["hybrid"]
         self._embed = self._embedding_table(SimpleNamespace(mode=meta["mode"], embed_file=meta["embed_file"]),
                                             self.directory)
+        self._past = None  # an LM converted as it is from a KV-cache export: explicit past inputs, fed empty
         if meta.get("kv_cache"):  # a stateful LM: run it as the SDK's OpenVINO model does
             from dsvl_adapt.export.onnx_format import KvCacheInfo
 
             self.kv_cache = KvCacheInfo.model_validate(meta["kv_cache"])
             self._request = 0
+        else:
+            from dsvl_adapt.export.onnx_format import REPORT_FILE, read_report
+
+            if (self.directory / REPORT_FILE).is_file():
+                self._past = read_report(self.directory).kv_cache
         first = next(iter(self.compiled.values()))
         self.properties = {}
         for key in ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
@@ -214,7 +219,16 @@ class PlainOpenVinoModel(GraphRuntimeModel):
     def graphs(self) -> dict[str, Any]:
         return self.requests
 
+    def lm_feeds(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Every input the LM graph takes for a whole sequence: with a past (an export with a KV cache, converted
+        as it is), positions from the mask and an empty past, i.e. a prefill; recomputed each step."""
+        if self._past is None:
+            return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        return self._past.prefill_feeds(inputs_embeds, attention_mask)
+
     def _infer(self, name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if name == "lm" and self._past is not None and self._past.past_inputs[0] not in feeds:
+            feeds = self.lm_feeds(feeds["inputs_embeds"], feeds["attention_mask"])
         result = self.requests[name].infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return np.array(result.to_tuple()[0], copy=True)
 
