@@ -297,8 +297,7 @@ def _training(card: Scorecard, plots: dict[str, bytes]) -> str:
     rows = []
     for phase in phases:
         last = phase.last_evaluation or {}
-        steps = f"{phase.steps} of {phase.planned}" if phase.planned is not None else str(phase.steps)
-        rows.append([f"<td>{_e(phase.label)}</td>", f'<td class="num">{_e(steps)}</td>',
+        rows.append([f"<td>{_e(phase.label)}</td>", f'<td class="num">{_e(phase.steps_text)}</td>',
                      _td(last.get("validation_loss"), 4), _td(last.get("validation_exact_match")),
                      f"<td>{_e(phase.precision)}</td>", f"<td>{_e(phase.why)}</td>"])
     out = ['<section id="training"><h2>Training</h2>',

@@ -35,6 +35,11 @@ class TrainingPhase:
         return self.evaluations[-1] if self.evaluations else None
 
     @property
+    def steps_text(self) -> str:
+        """``250 of 300``: the steps taken of those the schedule planned (older records: the steps alone)."""
+        return f"{self.steps} of {self.planned}" if self.planned is not None else str(self.steps)
+
+    @property
     def why(self) -> str:
         if self.stop_reason == "exact_match" and self.steps == 0:
             return "the model already reached stop_at_exact_match before any step: nothing to gain"
@@ -67,10 +72,9 @@ def training_markdown(stages: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|"]
     for phase in phases:
         last = phase.last_evaluation or {}
-        steps = f"{phase.steps} of {phase.planned}" if phase.planned is not None else str(phase.steps)
         loss = f"{last['validation_loss']:.4f}" if "validation_loss" in last else "—"
         exact = f"{last['validation_exact_match']:.3f}" if "validation_exact_match" in last else "—"
-        lines.append(f"| {phase.label} | {steps} | {loss} | {exact} | {phase.precision} | {phase.why} |")
+        lines.append(f"| {phase.label} | {phase.steps_text} | {loss} | {exact} | {phase.precision} | {phase.why} |")
     lines += ["", "Validation figures at the phase's last evaluation. Exact match: the share of validation rows "
                   "greedy decoding answers word for word, read from teacher-forced logits (docs/training.md).", ""]
     return lines
