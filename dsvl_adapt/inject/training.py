@@ -77,8 +77,8 @@ class TrainResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "planned_steps": self.planned_steps, "resumed_from": self.resumed_from,
-                "stopped_early": self.stopped_early, "stop_reason": self.stop_reason, "best_step": self.best_step, "world_size": self.world_size,
-                "precision": self.precision, "precision_choice": self.precision_choice, "history": self.history}
+                "stopped_early": self.stopped_early, "stop_reason": self.stop_reason, "best_step": self.best_step,
+                "world_size": self.world_size, "precision": self.precision, "precision_choice": self.precision_choice, "history": self.history}
 
 
 def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int) -> list[int]:
@@ -393,15 +393,19 @@ class Trainer:
         self.model.eval()
         total, exact, count = 0.0, 0, 0
         size = self.schedule.batch_size
-        for start in range(0, len(items), size):
-            batch = self._to_device(self.encoder.training_batch(items[start: start + size]))
-            with self._autocast():
-                outputs = self.model(**batch, use_cache=False)
-                loss = outputs.loss if self.loss_fn is causal_lm_loss else self.loss_fn(self.model, batch)
-            rows = len(batch["input_ids"])
-            total += loss.item() * rows
-            exact += int(greedy_exact_matches(outputs.logits.float(), batch["labels"]).sum())
-            count += rows
+        logits: list[torch.Tensor] = []  # the trained model's logits, caught from the loss function's own forward
+        hook = self._unwrapped().register_forward_hook(lambda _module, _args, output: logits.append(output.logits))
+        try:
+            for start in range(0, len(items), size):
+                batch = self._to_device(self.encoder.training_batch(items[start: start + size]))
+                with self._autocast():
+                    loss = self.loss_fn(self.model, batch)
+                rows = len(batch["input_ids"])
+                total += loss.item() * rows
+                exact += int(greedy_exact_matches(logits.pop().float(), batch["labels"]).sum())
+                count += rows
+        finally:
+            hook.remove()
         self.model.train()
         return Evaluation(total / max(count, 1), exact / max(count, 1))
 

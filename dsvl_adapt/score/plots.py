@@ -304,8 +304,7 @@ def training_plot(card: Scorecard) -> bytes | None:
         ax.set_xlim(-0.03 * end, 1.03 * end)
         if phase.planned is not None and phase.steps < phase.planned:
             ax.axvline(phase.steps, color="#e53935", linestyle="--", linewidth=0.8)
-        planned = f" of {phase.planned}" if phase.planned is not None else ""
-        ax.set_title(f"{phase.label}: {phase.steps}{planned} steps", fontsize=8)
+        ax.set_title(f"{phase.label}: {phase.steps_text} steps", fontsize=8)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=6)
         right.tick_params(labelsize=6)
