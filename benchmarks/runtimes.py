@@ -5,7 +5,7 @@ structurally pruned student.
     PYTHONPATH=. python benchmarks/runtimes.py runs/industrial/<run>  # + the run's trained teacher: accuracy too
     options: --preset reference-base --threads 1 --select-rounds 3 --rounds 5 --repeats 3 --text 32 --prune 0.5
              --test-rows 48 --batch-size 8 --seed 0 --work DIR (keep the artifacts) --no-pruned --int4 --student DIR
-             --quick
+             --spin --quick
 
 Variants of each model (the pruned student gets the same set, prefixed ``pruned/``):
 
@@ -41,7 +41,9 @@ against ONNX Runtime fp32 (PyTorch fp32 matmuls take MKL's generic path on AMD C
 it). Accuracy (with a run directory): greedy answers (no KV cache, ``greedy_generate``) through each variant on the
 test split, scored with the vertical's metrics; differences from the teacher come with paired bootstrap intervals
 and are claims only with >= 500 test rows (``--test-rows``). ``--quick``: reference-tiny, 2 selection + 3 rounds of
-1 call, 2 calibration batches - proves the script runs. Prints one JSON object.
+1 call, 2 calibration batches - proves the script runs. Worker threads wait passively (``OMP_WAIT_POLICY=PASSIVE``,
+ONNX Runtime ``allow_spinning=0``) unless ``--spin``, as in ``compression.py``: variants run in turn in one process,
+and one runtime's spinning threads would steal the cores of the next. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -58,6 +61,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Busy-waiting worker threads (OpenMP's default for PyTorch, ONNX Runtime's spinning) keep a core after their call
+# and slow the variant timed next on a 2-core machine; every runtime waits passively unless --spin. OpenMP reads
+# this before torch loads.
+SPIN = "--spin" in sys.argv[1:]
+if not SPIN:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ORT_SESSION_CONFIG = {"session.intra_op.allow_spinning": "1" if SPIN else "0"}
 
 import numpy as np
 import torch
@@ -185,13 +196,15 @@ def build_variants(model, prefix: str, example, calib, work: Path, threads: int,
 
     onnx_dir = work / "onnx-fp32"
     report = step("onnx export", lambda: export_onnx(model, onnx_dir, example, threads=threads))
-    out.append(Variant(f"{prefix}onnxruntime-fp32", "onnxruntime", OnnxRuntimeModel.load(onnx_dir, threads=threads),
-                       report.bytes, {"max_abs_diff_vs_torch": max(report.max_abs_diff.values())}))
+    fp32_runtime = OnnxRuntimeModel.load(onnx_dir, threads=threads, session_config=ORT_SESSION_CONFIG)
+    out.append(Variant(f"{prefix}onnxruntime-fp32", "onnxruntime", fp32_runtime, report.bytes,
+                       {"max_abs_diff_vs_torch": max(report.max_abs_diff.values())}))
     ort_cfg = QuantizeConfig(backend="onnxruntime", mode="dynamic")
     ort = step("onnxruntime int8", lambda: quantize_onnx(onnx_dir, work / "onnx-int8", ort_cfg, calib[:2],
                                                          threads=threads))
     out.append(Variant(f"{prefix}onnxruntime-int8", "onnxruntime",
-                       OnnxRuntimeModel.load(work / "onnx-int8", threads=threads), ort.bytes,
+                       OnnxRuntimeModel.load(work / "onnx-int8", threads=threads,
+                                             session_config=ORT_SESSION_CONFIG), ort.bytes,
                        {"top1_agreement_vs_fp32": ort.top1_agreement}))
 
     ov = step("openvino fp32", lambda: convert_export(onnx_dir, work / "openvino-fp32", batches=calib[:1],
@@ -340,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", type=Path, help="keep the artifacts here (default: a temporary directory)")
     parser.add_argument("--student", type=Path, help="a trained pruned student checkpoint (default with a run "
                                                      "directory: its stages/distill/student)")
+    parser.add_argument("--spin", action="store_true", help="let worker threads busy-wait (each library's "
+                                                          "default; see the module docstring)")
     parser.add_argument("--quick", action="store_true",
                         help="smallest run that exercises everything: reference-tiny, 16 text tokens, 2 selection "
                              "+ 3 reported rounds of 1 call, 2 calibration batches, 8 test rows with a run directory")
@@ -418,7 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "params": params(model),
         "pruned": pruned_info,
         "quick": args.quick,
-        "setup": {"threads": args.threads, "select_rounds": args.select_rounds, "rounds": args.rounds,
+        "setup": {"threads": args.threads, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                  "onnxruntime_session_config": ORT_SESSION_CONFIG, "select_rounds": args.select_rounds, "rounds": args.rounds,
                   "repeats": args.repeats, "order_seed": args.seed, "batch_size": 1, "tokens": tokens,
                   "timing": "prefill (one forward); rounds in rotating order, each variant --repeats calls a round "
                             "(their median is the round's time); the best pruned int8 variant is chosen on the "
