@@ -87,6 +87,7 @@ def build_student(student, calib, work: Path, threads: int, context, processor, 
     base = QuantizeConfig(backend="onnxruntime", precision="int4")
     layers = layer_sensitivity(student, calib, include=lambda n: not base.skips(n), group_size=base.block_size)
     count = iter(range(1000))
+    backend = context.registry.runtimes.get("onnxruntime")
 
     def build(per_layer):
         directory = work / "mixed-candidates" / f"plan-{next(count):02d}"
@@ -96,7 +97,7 @@ def build_student(student, calib, work: Path, threads: int, context, processor, 
 
     result = search_mixed_plan(layers, build=build, size=lambda d: _ort(d, threads).size_bytes, reference=reference,
                                min_retention=min_retention, log=log,
-                               evaluate=lambda d: runtime_metric(context, d, processor, threads=threads))
+                               evaluate=lambda d: runtime_metric(context, backend, d, processor, threads=threads))
     out["mixed"] = result.chosen.directory
     plan = write_plan(result.chosen.directory, extra={"search": result.as_dict()})
     return {"dirs": out, "search": result.as_dict(), "plan": {"counts": plan["counts"],
@@ -119,7 +120,8 @@ def accuracy_mode(args, run_dir: Path, work: Path) -> dict[str, Any]:
     teacher_fp32 = work / "teacher-fp32"
     export_onnx(teacher, teacher_fp32, calib[0], split=True, threads=args.threads)
     processor.save_pretrained(teacher_fp32)
-    reference = runtime_metric(context, teacher_fp32, processor, threads=args.threads)
+    reference = runtime_metric(context, context.registry.runtimes.get("onnxruntime"), teacher_fp32, processor,
+                               threads=args.threads)
     log(f"teacher validation metric through ONNX Runtime: {reference:.3f}; retention target {target}")
     built = build_student(student, calib, work, args.threads, context, processor, target, reference)
     variants = {"teacher/onnxruntime-fp32": (teacher_fp32, "onnxruntime")}
