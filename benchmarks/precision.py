@@ -13,14 +13,18 @@ With a finished run (its teacher ``stages/finetune/teacher`` and its distilled s
 * ``student/onnxruntime-int8`` - the SDK's default (dynamic int8, per channel, int8 token table);
 * ``student/onnxruntime-int4`` - MatMulNBits int4 RTN, groups of 32, lm_head int8;
 * ``student/onnxruntime-mixed`` - int4/int8/fp32 per layer searched (``dsvl_adapt.lowbit.mixed``) until
-  the retention on the validation split, through ONNX Runtime, holds;
+  the retention on the validation split, through ONNX Runtime, holds; over the language model's layers, as
+  ``quantize.precision=mixed`` does (the vision tower and aligner stay fp32 under the default skip policy);
+* ``student/onnxruntime-mixed-all`` - the same search over every linear layer, vision tower and aligner included
+  (``quantize.precision=mixed quantize.skip=[]``); ``student/onnxruntime-mixed-all-g128``: the same with int4
+  groups of 128 weights (``quantize.block_size=128``; the SDK's default is 32, NNCF's 128);
 * ``teacher/nncf-int4-defaults`` and ``teacher/nncf-int4-awq-se`` - the teacher's export converted with OpenVINO's
   defaults, then ``nncf.compress_weights`` as NNCF's guide shows it (``_baselines.nncf_int4``), run with
   OpenVINO's defaults.
 
 Accuracy: greedy answers on ``--test-rows`` test rows through each artifact, the vertical's primary metric with a 95%
 paired bootstrap interval against the teacher fp32 (``_stats.py``; claims need >= 500 rows). Size: bytes on disk of
-each artifact. Acceptance: the mixed student >= 8x smaller than the fp32 teacher at >= 0.95 retention, >= 1.5x
+each artifact. Acceptance, for each mixed student: >= 8x smaller than the fp32 teacher at >= 0.95 retention, >= 1.5x
 smaller than NNCF int4 AWQ + scale estimation, and at least as accurate as NNCF int4 defaults.
 
 With ``--preset`` (random weights, no accuracy): the fp32 teacher's export, and the student - structurally pruned
@@ -48,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baselines import PlainOpenVinoModel, nncf_int4, openvino_available, openvino_convert  # noqa: E402
+from dsvl_adapt.quantization import DEFAULT_SKIP  # noqa: E402
 from _stats import metric_on_rows, paired_comparison, paired_ratio, retention_check, round_orders  # noqa: E402
 from runtimes import accuracy, log, random_setup, run_setup  # noqa: E402
 
@@ -66,9 +71,18 @@ def _bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file() and not p.name.endswith(".json"))
 
 
+#: the mixed searches: name -> (the layers left fp32, ``QuantizeConfig.skip``; int4 group size, ``block_size``)
+MIXED_SCOPES: dict[str, tuple[tuple[str, ...], int]] = {
+    "mixed": (DEFAULT_SKIP, 32),    # the language model only, as ``quantize.precision=mixed`` does by default
+    "mixed-all": ((), 32),          # every linear layer, vision tower and aligner too: ``quantize.skip=[]``
+    "mixed-all-g128": ((), 128),    # the same in groups of 128 (``quantize.block_size=128``), NNCF's default size
+}
+
+
 def build_student(student, calib, work: Path, threads: int, context, processor, min_retention: float,
                   reference: float) -> dict[str, Any]:
-    """The student's export and its int8, int4 and mixed artifacts; the mixed search on the validation split."""
+    """The student's export and its int8, int4 and mixed artifacts (one search per scope of ``MIXED_SCOPES``,
+    each on the validation split through ONNX Runtime)."""
     from dsvl_adapt.quantization import QuantizeConfig
     from dsvl_adapt.runtimes.onnxruntime import quantize_export as quantize_onnx
     from dsvl_adapt.export.onnx import export_onnx
@@ -84,24 +98,29 @@ def build_student(student, calib, work: Path, threads: int, context, processor, 
                          "int4": QuantizeConfig(backend="onnxruntime", precision="int4")}.items():
         quantize_onnx(fp32, work / f"student-{name}", config, calib, threads=threads)
         out[name] = work / f"student-{name}"
-    base = QuantizeConfig(backend="onnxruntime", precision="int4")
-    layers = layer_sensitivity(student, calib, include=lambda n: not base.skips(n), group_size=base.block_size)
-    count = iter(range(1000))
     backend = context.registry.runtimes.get("onnxruntime")
+    searches, plans = {}, {}
+    for scope, (skip, block_size) in MIXED_SCOPES.items():
+        base = QuantizeConfig(backend="onnxruntime", precision="int4", skip=list(skip), block_size=block_size)
+        layers = layer_sensitivity(student, calib, include=lambda n, base=base: not base.skips(n),
+                                   group_size=base.block_size)
+        count = iter(range(1000))
 
-    def build(per_layer):
-        directory = work / "mixed-candidates" / f"plan-{next(count):02d}"
-        quantize_onnx(fp32, directory, base.model_copy(update={"per_layer": per_layer}), compare_batches=0)
-        processor.save_pretrained(directory)
-        return directory
+        def build(per_layer, base=base, scope=scope, count=count):
+            directory = work / f"{scope}-candidates" / f"plan-{next(count):02d}"
+            quantize_onnx(fp32, directory, base.model_copy(update={"per_layer": per_layer}), compare_batches=0)
+            processor.save_pretrained(directory)
+            return directory
 
-    result = search_mixed_plan(layers, build=build, size=lambda d: _ort(d, threads).size_bytes, reference=reference,
-                               min_retention=min_retention, log=log,
-                               evaluate=lambda d: runtime_metric(context, backend, d, processor, threads=threads))
-    out["mixed"] = result.chosen.directory
-    plan = write_plan(result.chosen.directory, extra={"search": result.as_dict()})
-    return {"dirs": out, "search": result.as_dict(), "plan": {"counts": plan["counts"],
-                                                              "bytes_by_precision": plan["bytes_by_precision"]}}
+        log(f"mixed search over {len(layers)} layers ({scope}: skip {list(skip)}, int4 groups of {block_size})")
+        result = search_mixed_plan(layers, build=build, size=lambda d: _ort(d, threads).size_bytes,
+                                   reference=reference, min_retention=min_retention, log=log,
+                                   evaluate=lambda d: runtime_metric(context, backend, d, processor, threads=threads))
+        out[scope] = result.chosen.directory
+        plan = write_plan(result.chosen.directory, extra={"search": result.as_dict()})
+        searches[scope] = {**result.as_dict(), "skip": list(skip), "block_size": block_size, "layers": len(layers)}
+        plans[scope] = {"counts": plan["counts"], "bytes_by_precision": plan["bytes_by_precision"]}
+    return {"dirs": out, "search": searches, "plan": plans}
 
 
 def accuracy_mode(args, run_dir: Path, work: Path) -> dict[str, Any]:
@@ -160,21 +179,26 @@ def accuracy_mode(args, run_dir: Path, work: Path) -> dict[str, Any]:
 
 
 def acceptance(entries, comparisons, on, n_rows: int, target: float, seed: int) -> dict[str, Any]:
-    mixed = "student/onnxruntime-mixed"
-    out: dict[str, Any] = {
-        "smaller_than_teacher_fp32": {"value": entries[mixed]["smaller_than_teacher_fp32"], "target": 8.0,
-                                      "met": entries[mixed]["smaller_than_teacher_fp32"] >= 8.0},
-        "retention": {"target": target, "check": retention_check(comparisons[mixed], target)},
-    }
-    awq = "teacher/nncf-int4-awq-se"
-    if awq in entries:
-        ratio = entries[awq]["bytes"] / entries[mixed]["bytes"]
-        out["smaller_than_nncf_int4_awq_se"] = {"value": round(ratio, 3), "target": 1.5, "met": ratio >= 1.5}
-    defaults = "teacher/nncf-int4-defaults"
-    if defaults in entries:
-        c = paired_comparison([on[defaults]], [on[mixed]], n_rows, seed=seed)
-        out["vs_nncf_int4_defaults"] = {**c.to_json((defaults, mixed)), "at_least_as_accurate":
-                                        c.claim() in ("better", "tie") if c.claim() != "no claim" else "no claim"}
+    """The issue's conditions for each mixed student (one per search scope)."""
+    out: dict[str, Any] = {}
+    for scope in MIXED_SCOPES:
+        mixed = f"student/onnxruntime-{scope}"
+        checks: dict[str, Any] = {
+            "smaller_than_teacher_fp32": {"value": entries[mixed]["smaller_than_teacher_fp32"], "target": 8.0,
+                                          "met": entries[mixed]["smaller_than_teacher_fp32"] >= 8.0},
+            "retention": {"target": target, "check": retention_check(comparisons[mixed], target)},
+        }
+        awq = "teacher/nncf-int4-awq-se"
+        if awq in entries:
+            ratio = entries[awq]["bytes"] / entries[mixed]["bytes"]
+            checks["smaller_than_nncf_int4_awq_se"] = {"value": round(ratio, 3), "target": 1.5, "met": ratio >= 1.5}
+        defaults = "teacher/nncf-int4-defaults"
+        if defaults in entries:
+            c = paired_comparison([on[defaults]], [on[mixed]], n_rows, seed=seed)
+            checks["vs_nncf_int4_defaults"] = {**c.to_json((defaults, mixed)), "at_least_as_accurate":
+                                               c.claim() in ("better", "tie") if c.claim() != "no claim"
+                                               else "no claim"}
+        out[mixed] = checks
     return out
 
 

@@ -110,6 +110,19 @@ def ort_artifacts(fp32_split, tiny, tmp_path_factory):
             for name, config in configs.items()}
 
 
+def test_the_smallest_preset_puts_every_layer_in_the_mixed_search_in_groups_of_128():
+    from dsvl_adapt.api import validate
+
+    config = validate(["quantize=smallest"]).quantize
+    assert (config.precision, config.bits, config.mode, config.block_size) == ("mixed", 4, "weight_only", 128)
+    assert config.skip == [] and not config.skips("model.vision_model.encoder.layers.0.mlp.fc1")
+    assert config.layer_precision("model.vision_model.encoder.layers.0.mlp.fc1") == "int4"
+    assert config.layer_precision("model.aligner.layers.0") == "int4"
+    # the preset is a starting point: a later override still wins
+    assert validate(["quantize=smallest", "quantize.block_size=64"]).quantize.block_size == 64
+    assert validate(["quantize.precision=mixed"]).quantize.skips("model.vision_model.encoder.layers.0.mlp.fc1")
+
+
 @pytest.mark.parametrize("name", ["int4-rtn", "int4-sym-int8-activations", "int4-hqq"])
 def test_ort_int4_is_smaller_than_int8_loads_generates_and_agrees(name, ort_artifacts, fp32_split, tiny):
     _, batches = tiny
@@ -250,18 +263,21 @@ def test_mixed_search_with_a_zero_reference_says_retention_is_unknown(fp32_split
 
 
 @pytest.mark.slow
-def test_pipeline_mixed_precision_writes_the_plan_and_the_scorecard_shows_it(tiny_overrides, tmp_path):
+@pytest.mark.parametrize("choice, layers", [("quantize.precision=mixed", 15),  # the language model's layers
+                                            ("quantize=smallest", 29)])        # ... and the vision tower's
+def test_pipeline_mixed_precision_writes_the_plan_and_the_scorecard_shows_it(choice, layers, tiny_overrides,
+                                                                             tmp_path):
     import subprocess
 
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "dsvl_adapt.cli", "run", *tiny_overrides,
-                             "quantize.precision=mixed", "quantize.calibration_batches=2", f"run_dir={run_dir}"],
+                             choice, "quantize.calibration_batches=2", f"run_dir={run_dir}"],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     card = json.loads((run_dir / "scorecard.json").read_text())
     plan = card["stages"]["quantize"]["precision_plan"]
     search = plan["search"]
-    assert plan["precision"] == "mixed" and sum(plan["counts"].values()) == 15
+    assert plan["precision"] == "mixed" and sum(plan["counts"].values()) == layers
     if search["reachable"]:
         assert search["chosen"]["retention"] >= search["min_retention"]
     else:
