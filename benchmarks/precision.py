@@ -51,8 +51,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _baselines import PlainOpenVinoModel, nncf_int4, openvino_available, openvino_convert  # noqa: E402
 from dsvl_adapt.quantization import DEFAULT_SKIP  # noqa: E402
+
+from _baselines import PlainOpenVinoModel, nncf_int4, openvino_available, openvino_convert  # noqa: E402
 from _stats import metric_on_rows, paired_comparison, paired_ratio, retention_check, round_orders  # noqa: E402
 from runtimes import accuracy, log, random_setup, run_setup  # noqa: E402
 

@@ -434,8 +434,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pruned": pruned_info,
         "quick": args.quick,
         "setup": {"threads": args.threads, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-                  "onnxruntime_session_config": ORT_SESSION_CONFIG, "select_rounds": args.select_rounds, "rounds": args.rounds,
-                  "repeats": args.repeats, "order_seed": args.seed, "batch_size": 1, "tokens": tokens,
+                  "onnxruntime_session_config": ORT_SESSION_CONFIG, "select_rounds": args.select_rounds,
+                  "rounds": args.rounds, "repeats": args.repeats, "order_seed": args.seed, "batch_size": 1, "tokens": tokens,
                   "timing": "prefill (one forward); rounds in rotating order, each variant --repeats calls a round "
                             "(their median is the round's time); the best pruned int8 variant is chosen on the "
                             "selection rounds, every figure below comes from the reported rounds",

@@ -78,7 +78,8 @@ class TrainResult:
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "planned_steps": self.planned_steps, "resumed_from": self.resumed_from,
                 "stopped_early": self.stopped_early, "stop_reason": self.stop_reason, "best_step": self.best_step,
-                "world_size": self.world_size, "precision": self.precision, "precision_choice": self.precision_choice, "history": self.history}
+                "world_size": self.world_size, "precision": self.precision, "precision_choice": self.precision_choice,
+                "history": self.history}
 
 
 def batch_indices(step: int, *, dataset_size: int, batch_size: int, seed: int) -> list[int]:
