@@ -5,6 +5,7 @@ weight compression of the unpruned teacher, with its defaults and with AWQ + sca
     PYTHONPATH=. python benchmarks/precision.py --preset deepseek-vl-1.3b                 # random weights: size, speed
     PYTHONPATH=.:plugins/industrial python benchmarks/precision.py --quick                 # tiny run + tiny scale
     options: --test-rows 500 --calibration 8 --threads 1 --rounds 5 --repeats 3 --decode-tokens 8 --seed 0
+             --students int8,int4,mixed,mixed-all,mixed-all-g128 (the student artifacts to build; default all)
              --min-retention (default: the vertical's objectives.min_retention, else 0.95) --work DIR --out FILE
 
 With a finished run (its teacher ``stages/finetune/teacher`` and its distilled student ``stages/distill/student``):
@@ -28,11 +29,13 @@ each artifact. Acceptance, for each mixed student: >= 8x smaller than the fp32 t
 smaller than NNCF int4 AWQ + scale estimation, and at least as accurate as NNCF int4 defaults.
 
 With ``--preset`` (random weights, no accuracy): the fp32 teacher's export, and the student - structurally pruned
-as the pipeline's default (``--prune`` 0.5 of the LM MLP channels, half that of the vision MLP) - in int8 and in the
-int4 plan (lm_head int8; at random weights there is no metric to search a mixed plan against, so the int4 plan is
-what the search starts from); sizes, and speed in rotating rounds (``_stats.py``): time to first token (one
-prefill, batch 1) and decode tokens/s (greedy generate of ``--decode-tokens`` minus the prefill, through the
-split export's KV-cache LM; the JSON says whether each artifact has one) of int4 against int8.
+as the pipeline's default (``--prune`` 0.5 of the LM MLP channels, half that of the vision MLP) - in int8 and in two
+int4 plans (at random weights there is no metric to search a mixed plan against, so each is the plan its search
+starts from): ``int4``, the language model's layers in groups of 32 (``quantize.precision=mixed``), and
+``int4-all-g128``, every linear layer - vision tower, aligner and patch embedding too - in groups of 128
+(``quantize=smallest``); lm_head int8 in both. Sizes, and speed in rotating rounds (``_stats.py``): time to first
+token (one prefill, batch 1) and decode tokens/s (greedy generate of ``--decode-tokens`` minus the prefill, through
+the split export's KV-cache LM; the JSON says whether each artifact has one) of each int4 plan against int8.
 """
 
 from __future__ import annotations
@@ -80,10 +83,18 @@ MIXED_SCOPES: dict[str, tuple[tuple[str, ...], int]] = {
 }
 
 
+#: the scale mode's all-layer int4 plan: what ``quantize=smallest`` starts its search from (every linear layer, the
+#: vision tower's too, int4 in groups of 128; lm_head at the int8 backup)
+SMALLEST = "int4-all-g128"
+
+#: every student artifact ``--students`` can choose from
+STUDENTS = ("int8", "int4", *MIXED_SCOPES)
+
+
 def build_student(student, calib, work: Path, threads: int, context, processor, min_retention: float,
-                  reference: float) -> dict[str, Any]:
+                  reference: float, chosen: tuple[str, ...] = STUDENTS) -> dict[str, Any]:
     """The student's export and its int8, int4 and mixed artifacts (one search per scope of ``MIXED_SCOPES``,
-    each on the validation split through ONNX Runtime)."""
+    each on the validation split through ONNX Runtime); ``chosen``: only these."""
     from dsvl_adapt.quantization import QuantizeConfig
     from dsvl_adapt.runtimes.onnxruntime import quantize_export as quantize_onnx
     from dsvl_adapt.export.onnx import export_onnx
@@ -97,11 +108,15 @@ def build_student(student, calib, work: Path, threads: int, context, processor, 
     out = {}
     for name, config in {"int8": QuantizeConfig(backend="onnxruntime", mode="dynamic"),
                          "int4": QuantizeConfig(backend="onnxruntime", precision="int4")}.items():
+        if name not in chosen:
+            continue
         quantize_onnx(fp32, work / f"student-{name}", config, calib, threads=threads)
         out[name] = work / f"student-{name}"
     backend = context.registry.runtimes.get("onnxruntime")
     searches, plans = {}, {}
     for scope, (skip, block_size) in MIXED_SCOPES.items():
+        if scope not in chosen:
+            continue
         base = QuantizeConfig(backend="onnxruntime", precision="int4", skip=list(skip), block_size=block_size)
         layers = layer_sensitivity(student, calib, include=lambda n, base=base: not base.skips(n),
                                    group_size=base.block_size)
@@ -143,7 +158,8 @@ def accuracy_mode(args, run_dir: Path, work: Path) -> dict[str, Any]:
     reference = runtime_metric(context, context.registry.runtimes.get("onnxruntime"), teacher_fp32, processor,
                                threads=args.threads)
     log(f"teacher validation metric through ONNX Runtime: {reference:.3f}; retention target {target}")
-    built = build_student(student, calib, work, args.threads, context, processor, target, reference)
+    built = build_student(student, calib, work, args.threads, context, processor, target, reference,
+                          chosen=args.students)
     variants = {"teacher/onnxruntime-fp32": (teacher_fp32, "onnxruntime")}
     variants.update({f"student/onnxruntime-{k}": (d, "onnxruntime") for k, d in built["dirs"].items()})
     baselines: dict[str, Any] = {}
@@ -184,6 +200,8 @@ def acceptance(entries, comparisons, on, n_rows: int, target: float, seed: int) 
     out: dict[str, Any] = {}
     for scope in MIXED_SCOPES:
         mixed = f"student/onnxruntime-{scope}"
+        if mixed not in entries:  # not among --students
+            continue
         checks: dict[str, Any] = {
             "smaller_than_teacher_fp32": {"value": entries[mixed]["smaller_than_teacher_fp32"], "target": 8.0,
                                           "met": entries[mixed]["smaller_than_teacher_fp32"] >= 8.0},
@@ -223,13 +241,15 @@ def scale_mode(args, work: Path) -> dict[str, Any]:
     del model
     dirs = {"teacher-fp32": teacher}
     for name, config in {"int8": QuantizeConfig(backend="onnxruntime", mode="dynamic"),
-                         "int4": QuantizeConfig(backend="onnxruntime", precision="int4")}.items():
+                         "int4": QuantizeConfig(backend="onnxruntime", precision="int4"),
+                         SMALLEST: QuantizeConfig(backend="onnxruntime", precision="int4", skip=[],
+                                                  block_size=128)}.items():
         quantize_onnx(fp32, work / name, config, calib[:1], threads=args.threads, compare_batches=0)
         dirs[name] = work / name
     shutil.rmtree(fp32)
-    plan = write_plan(dirs["int4"])
+    plans = {name: write_plan(dirs[name]) for name in ("int4", SMALLEST)}
     sizes = {name: _bytes(d) for name, d in dirs.items()}
-    models = {name: _ort(dirs[name], args.threads) for name in ("int8", "int4")}
+    models = {name: _ort(dirs[name], args.threads) for name in ("int8", "int4", SMALLEST)}
     prefill: dict[str, list[float]] = {n: [] for n in models}
     decode: dict[str, list[float]] = {n: [] for n in models}
     for name, m in models.items():  # warm-up
@@ -249,19 +269,30 @@ def scale_mode(args, work: Path) -> dict[str, Any]:
             first, whole = statistics.median(p), statistics.median(g)
             prefill[name].append(first * 1000)
             decode[name].append(max(whole - first, 1e-9) / max(args.decode_tokens - 1, 1) * 1000)
-    return {"preset": args.preset, "sizes": sizes, "plan": {"counts": plan["counts"],
-                                                            "bytes_by_precision": plan["bytes_by_precision"]},
+    smallest = sizes["teacher-fp32"] / sizes[SMALLEST]
+    return {"preset": args.preset, "sizes": sizes,
+            "plan": {n: {"counts": p["counts"], "bytes_by_precision": p["bytes_by_precision"]}
+                     for n, p in plans.items()},
             "prune": args.prune,
-            "teacher_fp32_over_int4_student": round(sizes["teacher-fp32"] / sizes["int4"], 3),
-            "teacher_fp32_over_int8_student": round(sizes["teacher-fp32"] / sizes["int8"], 3),
-            "target_teacher_over_student": {"target": 7.0, "met": sizes["teacher-fp32"] / sizes["int4"] >= 7.0},
+            "teacher_fp32_over_student": {n: round(sizes["teacher-fp32"] / sizes[n], 3)
+                                          for n in ("int8", "int4", SMALLEST)},
+            "target_teacher_over_student": {"artifact": SMALLEST, "value": round(smallest, 3), "target": 7.0,
+                                            "met": smallest >= 7.0},
             "ttft_ms": {n: statistics.median(v) for n, v in prefill.items()},
             "decode_tokens_per_s": {n: 1000 / statistics.median(v) for n, v in decode.items()},
-            "int4_vs_int8_ttft": paired_ratio(prefill["int8"], prefill["int4"]).to_json(),
-            "int4_vs_int8_decode": paired_ratio(decode["int8"], decode["int4"]).to_json(),
+            **{f"{n}_vs_int8_ttft": paired_ratio(prefill["int8"], prefill[n]).to_json() for n in ("int4", SMALLEST)},
+            **{f"{n}_vs_int8_decode": paired_ratio(decode["int8"], decode[n]).to_json() for n in ("int4", SMALLEST)},
             "kv_cache": {n: bool(m.report.kv_cache) for n, m in models.items()},
             "decode": "greedy generate through the runtime (past/present KV cache when the export has one) minus "
                       "the prefill, per new token"}
+
+
+def _students(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in STUDENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--students takes names among {', '.join(STUDENTS)}; got {text!r}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -278,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-retention", type=float)
     parser.add_argument("--prune", type=float, default=0.5,
                         help="--preset: the student's LM MLP pruning ratio (vision MLP: half of it)")
+    parser.add_argument("--students", type=_students, default=STUDENTS, metavar="A,B",
+                        help=f"the student artifacts to build and score (default all: {','.join(STUDENTS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path)
     parser.add_argument("--out", type=Path)

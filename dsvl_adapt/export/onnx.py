@@ -13,6 +13,12 @@ Layouts written into ``directory``::
                                            (quantized exports: ``embed_tokens.int8.npz``, see runtimes.embedding)
     both                 <graph>.inventory.json, config.json (the HF config), export.json (the ExportReport)
 
+Patch convolutions (kernel = stride: SigLIP's and SAM's patch embeddings, SAM's 1x1 neck) are exported as
+Reshape/Transpose/MatMul (:mod:`dsvl_adapt.models.patch_convs`): the same arithmetic (PyTorch's side of the check
+runs it too, so the check measures the graph, not conv-versus-matmul rounding), and a ``MatMul`` is what the
+weight-only quantizers cover - as a ``Conv`` the patch kernel stayed fp32 in every int4 student.
+``ExportReport.patch_convs_as_matmul`` lists them.
+
 Batch and sequence axes are dynamic. The full graph inserts image features with NonZero/ScatterND (that is how
 ``masked_scatter`` lowers); the split graphs have neither: the caller embeds ``input_ids`` with ``embed_tokens.npy``
 and writes the image embeddings row by row at the ``image_token_id`` positions (``OnnxRuntimeModel`` does this).
@@ -62,6 +68,7 @@ from dsvl_adapt.export.onnx_format import (
 )
 from dsvl_adapt.export.tracing import tracing_environment
 from dsvl_adapt.machine import process_peak_rss_bytes, return_freed_memory
+from dsvl_adapt.models.patch_convs import patch_convs_as_linear
 from dsvl_adapt.runtimes.embedding import FP32_FILE as EMBED_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -376,7 +383,8 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
     model.eval()
     try:
         graphs: dict[str, GraphInfo] = {}
-        with torch.no_grad():
+        # patch convolutions go out as MatMul, which the weight-only quantizers cover (dsvl_adapt.models.patch_convs)
+        with torch.no_grad(), patch_convs_as_linear(model) as patch_linears:
             image_embeds = None
             if not split:
                 names = ["input_ids", "attention_mask", *pixel_names]
@@ -433,7 +441,8 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
             directory=str(directory), mode="split" if split else "full", exporter=exporter, opset=max(versions),
             graphs=graphs, inventories=inventories, tolerance=tolerance, within_tolerance=True,
             model_class=type(model).__name__, hybrid=hybrid, image_token_id=image_token_id,
-            num_image_tokens=num_image_tokens, embed_file=EMBED_FILE if split else None, kv_cache=kv_info)
+            num_image_tokens=num_image_tokens, embed_file=EMBED_FILE if split else None, kv_cache=kv_info,
+            patch_convs_as_matmul=patch_linears)
 
         # ONNX Runtime vs PyTorch: the example batch, then another batch size and length. PyTorch's side first, so
         # that the model can be released before ONNX Runtime holds its own copy of the weights.
@@ -443,7 +452,7 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
         if kv_info is not None:
             checks["decode"] = _unpadded_row(batch)
         expected: dict[str, np.ndarray] = {}
-        with torch.no_grad():
+        with torch.no_grad(), patch_convs_as_linear(model):  # the arithmetic the graphs were traced from
             for label, check in checks.items():
                 expected[label] = reference(*(check[n] for n in ["input_ids", "attention_mask", *pixel_names])).numpy()
         del reference

@@ -107,6 +107,8 @@ class ExportReport(BaseModel):
     config_file: str = "config.json"
     quantization: dict[str, Any] | None = Field(None, description="set on graphs quantized by ONNX Runtime")
     kv_cache: KvCacheInfo | None = Field(None, description="the split LM's past/present names (None: no cache)")
+    patch_convs_as_matmul: list[str] = Field(default_factory=list,
+                                             description="patch convolutions exported as MatMul (module paths)")
     process_peak_rss: dict[str, int] = Field(default_factory=dict,
                                              description="the exporting process's peak RSS in bytes after the export "
                                                          "and after the ONNX Runtime check")

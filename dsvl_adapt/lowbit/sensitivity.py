@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from dsvl_adapt.models.patch_convs import patch_convs_as_linear
+
 __all__ = ["LayerSensitivity", "fake_quantize", "layer_sensitivity"]
 
 
@@ -72,7 +74,14 @@ def layer_sensitivity(model: torch.nn.Module, batches: Sequence[dict[str, Any]],
                       max_rows: int = 512) -> list[LayerSensitivity]:
     """Sensitivity of every ``nn.Linear`` whose path ``include`` accepts, over ``batches`` (model batches; a
     ``labels`` entry is ignored). At most ``max_rows`` token positions per layer and batch enter the sums
-    (evenly spaced), which bounds the cost on large models. Sorted as the model's modules are."""
+    (evenly spaced), which bounds the cost on large models. Sorted as the model's modules are. Patch convolutions
+    count as the linear layers the export makes of them (``<conv path>.linear``, :mod:`dsvl_adapt.models.patch_convs`).
+    """
+    with patch_convs_as_linear(model):
+        return _layer_sensitivity(model, batches, include, group_size, symmetric, max_rows)
+
+
+def _layer_sensitivity(model, batches, include, group_size, symmetric, max_rows) -> list[LayerSensitivity]:
     names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and include(name)]
     if not names:
         raise ValueError("no linear layer to measure: the skip policy excludes every nn.Linear")

@@ -127,6 +127,8 @@ def test_split_export_has_no_nonzero_or_scatter_and_matches(split, tiny):
         inv = json.loads(Path(split.inventories[name]).read_text())
         assert "NonZero" not in inv["op_types"] and "ScatterND" not in inv["op_types"], name
         onnx.checker.check_model(str(split.graph_path(name)))
+    vision_ops = json.loads(Path(split.inventories["vision"]).read_text())["op_types"]
+    assert "Conv" not in vision_ops and split.patch_convs_as_matmul == ["model.vision_model.embeddings.patch_embedding"]
     lm_inputs = json.loads(Path(split.inventories["lm"]).read_text())["inputs"]
     past = [f"past_key_values.{i}.{kind}" for i in range(2) for kind in ("key", "value")]
     assert [v["name"] for v in lm_inputs] == ["inputs_embeds", "attention_mask", "position_ids", *past]
@@ -182,6 +184,11 @@ def test_hybrid_full_export(tmp_path):
     model, batch = make_model("reference-tiny-hybrid", sharpen=False), make_batch("reference-tiny-hybrid", text=4)
     report = export_onnx(model, tmp_path, batch, threads=1)
     assert report.hybrid and report.num_image_tokens == 576
+    # SigLIP's and SAM's patch embeddings (and SAM's 1x1 neck) went out as MatMul; the strided 3x3 convs stayed Conv
+    patch = report.patch_convs_as_matmul
+    assert any(p.endswith("vision_model.embeddings.patch_embedding") for p in patch), patch
+    assert any("high_res_vision_model" in p and p.endswith("patch_embed.projection") for p in patch), patch
+    assert all(isinstance(model.get_submodule(p), torch.nn.Conv2d) for p in patch)  # the model is given back as it was
     assert report.graphs["model"].inputs == ["input_ids", "attention_mask", "pixel_values", "high_res_pixel_values"]
     assert max(report.max_abs_diff.values()) <= ATOL
     runtime = OnnxRuntimeModel.load(tmp_path, threads=1)

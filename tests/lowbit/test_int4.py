@@ -264,7 +264,7 @@ def test_mixed_search_with_a_zero_reference_says_retention_is_unknown(fp32_split
 
 @pytest.mark.slow
 @pytest.mark.parametrize("choice, layers", [("quantize.precision=mixed", 15),  # the language model's layers
-                                            ("quantize=smallest", 29)])        # ... and the vision tower's
+                                            ("quantize=smallest", 30)])  # ... the vision tower's, its patch kernel
 def test_pipeline_mixed_precision_writes_the_plan_and_the_scorecard_shows_it(choice, layers, tiny_overrides,
                                                                              tmp_path):
     import subprocess
