@@ -11,7 +11,9 @@ Then report, per fault kind, detection recall and precision:
 - flipped answers and swapped images share the level 2 signals (``label_issue``, ``image_question_mismatch``,
   ``conflicting_answers``): a swapped image makes the row's answer wrong for its picture, as a flip does. Recall is
   per kind; precision of a kind counts the flagged rows of that kind against the flagged rows that carry no
-  injected fault (rows of the other kind are left out of both).
+  injected fault (rows of the other kind are left out of both). ``review_queue``: the same two kinds along the
+  review page's order (most suspicious first) - the deepest point where precision still holds 0.7, with the
+  recall there and the lowest suspicion score reached (what ``clean.label_issue_min_score`` would be set to).
 
 With ``--teacher``, the teacher is trained three times (``pipeline.stages=[load,(clean,)finetune,score]``) on the
 clean data, the noisy data and the noisy data cleaned (``clean.label_issues=drop``), and the JSON gives each
@@ -169,6 +171,38 @@ def detection(report: dict, faults: dict[str, list[str]], broken_lines: dict[str
     return out
 
 
+def along_the_queue(report: dict, faults: dict[str, list[str]], precision_floor: float = 0.7) -> dict[str, Any]:
+    """Flipped answers and swapped images as a reviewer meets them: the train rows with a level 2 signal in the
+    review queue's order (highest score first), and for each kind the deepest point of the queue where precision
+    (as :func:`detection` counts it) is still >= ``precision_floor``: how far down to work, the lowest score
+    reached there, and the recall and precision at that depth. ``None`` where the floor never holds."""
+    signals = DETECTED_AS["flipped"]
+    score: dict[str, float] = {}
+    for finding in report["findings"]:
+        if finding["split"] == "train" and finding["reason"] in signals:
+            score[finding["row_id"]] = max(score.get(finding["row_id"], 0.0), float(finding.get("score", 1.0)))
+    queue = sorted(score, key=lambda row: -score[row])
+    any_fault = set().union(*(set(ids) for ids in faults.values()))
+    out: dict[str, Any] = {}
+    for kind in ("flipped", "swapped"):
+        ids, others = set(faults[kind]), any_fault - set(faults[kind])
+        hits = seen = 0
+        best = None
+        for depth, row in enumerate(queue, start=1):
+            if row in others:
+                continue
+            seen += 1
+            hits += row in ids
+            if hits / seen >= precision_floor and ids:
+                best = {"depth": depth, "min_score": round(score[row], 4), "recall": round(hits / len(ids), 3),
+                        "precision": round(hits / seen, 3)}
+        need_recall, need_precision = TARGETS[kind]
+        out[kind] = {"precision_floor": precision_floor, "deepest": best, "queue_rows": len(queue),
+                     "met": None if best is None else bool(best["recall"] >= need_recall
+                                                            and best["precision"] >= need_precision)}
+    return out
+
+
 def teacher_accuracy(folder: Path, work: Path, vertical: str, clean: bool, overrides: list[str]) -> dict[str, Any]:
     from dsvl_adapt.api import run
 
@@ -206,9 +240,11 @@ def one_vertical(vertical: str, args: argparse.Namespace, work: Path) -> dict[st
                                      "data.test_size=1000000", f"clean.folds={args.folds}"], work / "clean-out",
                                     log=_log)
     seconds = time.perf_counter() - started
+    clean_report = json.loads(outputs["clean_report"].read_text())
     result: dict[str, Any] = {
         "train_rows": len(noisy), "faults": {k: len(v) for k, v in faults.items()}, "clean_seconds": round(seconds, 1),
-        "detection": detection(json.loads(outputs["clean_report"].read_text()), faults, broken_lines),
+        "detection": detection(clean_report, faults, broken_lines),
+        "review_queue": along_the_queue(clean_report, faults),
         "usable_share": report.figures()["usable_share"],
     }
     if args.teacher:
@@ -273,7 +309,7 @@ def main() -> int:
                            "verticals": {}}
     for vertical in args.verticals:
         out["verticals"][vertical] = one_vertical(vertical, args, work / vertical)
-        _log(json.dumps({vertical: out["verticals"][vertical]["detection"]}))
+        _log(json.dumps({vertical: {k: out["verticals"][vertical][k] for k in ("detection", "review_queue")}}))
     if args.cost_rows:
         out["cost"] = cost(args.cost_rows, args, work)
     print(json.dumps(out, indent=1))

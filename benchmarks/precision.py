@@ -5,7 +5,7 @@ weight compression of the unpruned teacher, with its defaults and with AWQ + sca
     PYTHONPATH=. python benchmarks/precision.py --preset deepseek-vl-1.3b                 # random weights: size, speed
     PYTHONPATH=.:plugins/industrial python benchmarks/precision.py --quick                 # tiny run + tiny scale
     options: --test-rows 500 --calibration 8 --threads 1 --rounds 5 --repeats 3 --decode-tokens 8 --seed 0
-             --students int8,int4,mixed,mixed-all,mixed-all-g128 (the student artifacts to build; default all)
+             --students int8,int4,mixed,mixed-all,mixed-all-g128,mixed-all-g256 (the students to build; default all)
              --min-retention (default: the vertical's objectives.min_retention, else 0.95) --work DIR --out FILE
 
 With a finished run (its teacher ``stages/finetune/teacher`` and its distilled student ``stages/distill/student``):
@@ -18,7 +18,7 @@ With a finished run (its teacher ``stages/finetune/teacher`` and its distilled s
   ``quantize.precision=mixed`` does (the vision tower and aligner stay fp32 under the default skip policy);
 * ``student/onnxruntime-mixed-all`` - the same search over every linear layer, vision tower and aligner included
   (``quantize.precision=mixed quantize.skip=[]``); ``student/onnxruntime-mixed-all-g128``: the same with int4
-  groups of 128 weights (``quantize.block_size=128``; the SDK's default is 32, NNCF's 128);
+  groups of 128 weights (``quantize.block_size=128``; the SDK's default is 32, NNCF's 128), ``-g256`` of 256;
 * ``teacher/nncf-int4-defaults`` and ``teacher/nncf-int4-awq-se`` - the teacher's export converted with OpenVINO's
   defaults, then ``nncf.compress_weights`` as NNCF's guide shows it (``_baselines.nncf_int4``), run with
   OpenVINO's defaults.
@@ -32,8 +32,8 @@ With ``--preset`` (random weights, no accuracy): the fp32 teacher's export, and 
 as the pipeline's default (``--prune`` 0.5 of the LM MLP channels, half that of the vision MLP) - in int8 and in two
 int4 plans (at random weights there is no metric to search a mixed plan against, so each is the plan its search
 starts from): ``int4``, the language model's layers in groups of 32 (``quantize.precision=mixed``), and
-``int4-all-g128``, every linear layer - vision tower, aligner and patch embedding too - in groups of 128
-(``quantize=smallest``); lm_head int8 in both. Sizes, and speed in rotating rounds (``_stats.py``): time to first
+``int4-all-g<N>``, every linear layer - vision tower, aligner and patch embedding too - in ``quantize=smallest``'s
+groups of N; lm_head int8 in both. Sizes, and speed in rotating rounds (``_stats.py``): time to first
 token (one prefill, batch 1) and decode tokens/s (greedy generate of ``--decode-tokens`` minus the prefill, through
 the split export's KV-cache LM; the JSON says whether each artifact has one) of each int4 plan against int8.
 """
@@ -80,12 +80,23 @@ MIXED_SCOPES: dict[str, tuple[tuple[str, ...], int]] = {
     "mixed": (DEFAULT_SKIP, 32),    # the language model only, as ``quantize.precision=mixed`` does by default
     "mixed-all": ((), 32),          # every linear layer, vision tower and aligner too: ``quantize.skip=[]``
     "mixed-all-g128": ((), 128),    # the same in groups of 128 (``quantize.block_size=128``), NNCF's default size
+    "mixed-all-g256": ((), 256),    # ... of 256, MatMulNBits' largest (one fp32 scale per 256 weights, not 128)
 }
 
 
+
+def _smallest_preset() -> dict[str, Any]:
+    """``conf/quantize/smallest.yaml``'s own fields (skip, block size), read from the file the pipeline uses."""
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "quantize"
+                                                   / "smallest.yaml"))
+    return {"skip": list(preset["skip"]), "block_size": int(preset["block_size"])}
+
+
 #: the scale mode's all-layer int4 plan: what ``quantize=smallest`` starts its search from (every linear layer, the
-#: vision tower's too, int4 in groups of 128; lm_head at the int8 backup)
-SMALLEST = "int4-all-g128"
+#: vision tower's too, int4 in the preset's groups; lm_head at the int8 backup)
+SMALLEST = f"int4-all-g{_smallest_preset()['block_size']}"
 
 #: every student artifact ``--students`` can choose from
 STUDENTS = ("int8", "int4", *MIXED_SCOPES)
@@ -242,8 +253,8 @@ def scale_mode(args, work: Path) -> dict[str, Any]:
     dirs = {"teacher-fp32": teacher}
     for name, config in {"int8": QuantizeConfig(backend="onnxruntime", mode="dynamic"),
                          "int4": QuantizeConfig(backend="onnxruntime", precision="int4"),
-                         SMALLEST: QuantizeConfig(backend="onnxruntime", precision="int4", skip=[],
-                                                  block_size=128)}.items():
+                         SMALLEST: QuantizeConfig(backend="onnxruntime", precision="int4",
+                                                  **_smallest_preset())}.items():
         quantize_onnx(fp32, work / name, config, calib[:1], threads=args.threads, compare_batches=0)
         dirs[name] = work / name
     shutil.rmtree(fp32)

@@ -302,6 +302,10 @@ class CleanSection(Section):
     label_issues: Literal["flag", "drop", "fix"] = Field(
         "flag", description="what the stage does with likely label errors: flag (the review page), drop them, or "
                             "fix them with the suggested answer")
+    label_issue_min_score: float = Field(
+        0.0, ge=0, le=1, description="report a likely label error only when its suspicion score (1 - the given "
+                                     "answer's out-of-sample probability) reaches this: higher flags fewer rows, "
+                                     "more of them truly wrong (the review page's order; docs/cleaning.md)")
     folds: int = Field(5, ge=2, le=20, description="folds of the cross-fitted cheap model (level 2)")
     level2: bool = Field(True, description="run the model-based checks (label errors, image-question mismatch)")
     near_duplicate_distance: int = Field(4, ge=0, le=64, description="perceptual-hash bits two images may differ "

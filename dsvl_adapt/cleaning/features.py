@@ -1,7 +1,9 @@
 """Cheap, fixed features for the level 2 model: no training, no download, milliseconds per row.
 
 An image becomes a 16x16 colour thumbnail, a 4x4-cell histogram of gradient orientations (shape and texture),
-and a hue histogram weighted by saturation (colour); a question a hashed bag of words. Why not the base model's
+a hue histogram weighted by saturation, and a joint RGB histogram (8 levels a channel: the colour of white, grey
+and black things too, which hue misses - out-of-sample accuracy on the e-commerce colour question 0.88 -> 0.95,
+on industrial defects 0.95 -> 0.97, docs/cleaning.md); a question a hashed bag of words. Why not the base model's
 vision tower: a reference preset's tower is trained only on the general set, and a real DeepSeek-VL 1.3B tower
 (SigLIP-L at 384 px) costs about a third of a second per image on 2 cores, i.e. an hour for 10,000 rows,
 against the issue's 10 minutes (docs/cleaning.md).
@@ -20,6 +22,8 @@ GRADIENT_SIDE = 64
 CELLS = 4
 ORIENTATIONS = 8
 HUES = 12
+RGB_LEVELS = 8  # joint RGB histogram: 8 x 8 x 8 bins
+RGB_SIDE = 32
 QUESTION_BUCKETS = 64
 
 
@@ -48,7 +52,10 @@ def _one_image(image: Image.Image) -> np.ndarray:
     hues = np.bincount(hue_bins.ravel(), hsv[..., 1].ravel() * hsv[..., 2].ravel(), HUES)
     hues /= hues.sum() + 1e-6
     brightness = np.array([hsv[..., 2].mean(), hsv[..., 1].mean(), grey.std()], dtype=np.float32)
-    return np.concatenate([thumb.ravel(), histogram.ravel() * 4, hues * 2, brightness])
+    levels = np.asarray(rgb.resize((RGB_SIDE, RGB_SIDE), Image.BILINEAR), dtype=np.int64) // (256 // RGB_LEVELS)
+    joint = np.bincount(((levels[..., 0] * RGB_LEVELS + levels[..., 1]) * RGB_LEVELS + levels[..., 2]).ravel(),
+                        minlength=RGB_LEVELS**3).astype(np.float32) / (RGB_SIDE * RGB_SIDE)
+    return np.concatenate([thumb.ravel(), histogram.ravel() * 4, hues * 2, brightness, joint * 4])
 
 
 def question_features(questions: Sequence[str]) -> np.ndarray:

@@ -26,12 +26,16 @@ def _issues(task: TaskProbabilities) -> np.ndarray:
 
 def label_issues(data: CleaningData) -> Iterable[Finding]:
     """Train rows whose given answer the out-of-sample model finds unlikely, with its suggested answer; what
-    happens to them is ``clean.label_issues`` (flag for review, drop, or fix to the suggestion)."""
+    happens to them is ``clean.label_issues`` (flag for review, drop, or fix to the suggestion). Only those whose
+    score reaches ``clean.label_issue_min_score``."""
     probabilities = data.answer_probabilities()
     rows = data.splits["train"].rows
+    floor = data.settings.label_issue_min_score
     for task in probabilities.tasks:
         for position in _issues(task):
             given = float(task.probabilities[position, task.labels[position]])
+            if 1.0 - given < floor:
+                continue
             best = int(np.argmax(task.probabilities[position]))
             row = rows[int(task.indices[position])]
             suggestion = task.answers[best]

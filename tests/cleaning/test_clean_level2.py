@@ -45,6 +45,12 @@ def test_label_issues_find_flipped_answers_and_suggest_the_original():
     view = report.view({"train": train})
     assert set(view.fixed["train"]) == set(found) and not view.dropped
     assert all(f.level == 2 and 0 <= f.score <= 1 for f in found.values())
+    # a score floor keeps the top of the same ranking: fewer rows, none under the floor
+    floor = sorted(f.score for f in found.values())[len(found) // 2]
+    strict = CleaningData("industrial", {"train": train}, CleanSection(label_issue_min_score=floor),
+                          log=lambda m: None)
+    kept = {f.row_id: f for f in run_checks(strict, [check], {}).findings if f.reason == "label_issue"}
+    assert kept and set(kept) < set(found) and all(f.score >= floor for f in kept.values())
 
 
 def test_tasks_join_questions_that_share_answers():
