@@ -272,8 +272,9 @@ def cost(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     train = generate_rows("train", rows, seed=args.seed, image_size=args.image_size)
+    validation = generate_rows("validation", 50, seed=args.seed, image_size=args.image_size)
     test = generate_rows("test", 100, seed=args.seed, image_size=args.image_size)
-    write_folder(work / "cost", {"train": train, "validation": test[:50], "test": test})
+    write_folder(work / "cost", {"train": train, "validation": validation, "test": test})
     generate = time.perf_counter() - started
     started = time.perf_counter()
     shutil.rmtree(work / "cost-out", ignore_errors=True)

@@ -110,11 +110,11 @@ def ort_artifacts(fp32_split, tiny, tmp_path_factory):
             for name, config in configs.items()}
 
 
-def test_the_smallest_preset_puts_every_layer_in_the_mixed_search_in_groups_of_128():
+def test_the_smallest_preset_puts_every_layer_in_the_mixed_search_in_groups_of_256():
     from dsvl_adapt.api import validate
 
     config = validate(["quantize=smallest"]).quantize
-    assert (config.precision, config.bits, config.mode, config.block_size) == ("mixed", 4, "weight_only", 128)
+    assert (config.precision, config.bits, config.mode, config.block_size) == ("mixed", 4, "weight_only", 256)
     assert config.skip == [] and not config.skips("model.vision_model.encoder.layers.0.mlp.fc1")
     assert config.layer_precision("model.vision_model.encoder.layers.0.mlp.fc1") == "int4"
     assert config.layer_precision("model.aligner.layers.0") == "int4"
