@@ -84,7 +84,6 @@ MIXED_SCOPES: dict[str, tuple[tuple[str, ...], int]] = {
 }
 
 
-
 def _smallest_preset() -> dict[str, Any]:
     """``conf/quantize/smallest.yaml``'s own fields (skip, block size), read from the file the pipeline uses."""
     from omegaconf import OmegaConf

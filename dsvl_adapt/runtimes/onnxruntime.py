@@ -285,7 +285,10 @@ def _quantize_graph(src: Path, dst: Path, config: QuantizeConfig, feeds: list[di
     excluded = sorted(name for name, module in paths.items() if module is not None and config.skips(module))
     external = graph_files_bytes(src) > _EXTERNAL_DATA_BYTES
     pre = work / f"{src.stem}.pre.onnx"
-    optimize_for_quantization(src, pre, external)
+    # a graph whose weights the export wrote apart (every graph of a model over the cap, however small) gets its own
+    # .data file in the work folder: written inline, ONNX Runtime would keep the references to the export's file
+    written_apart = graph_files_bytes(src) != src.stat().st_size
+    optimize_for_quantization(src, pre, external or written_apart)
     graph = onnx.load(str(pre), load_external_data=False).graph
     constants = {t.name for t in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}

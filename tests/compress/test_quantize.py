@@ -310,6 +310,28 @@ def test_ort_split_export_quantizes_the_embedding_table(tmp_path, embedding, ski
     assert np.array_equal(np.load(tmp_path / "out.npy"), out)
 
 
+@pytest.mark.parametrize("precision", [None, "int4"])
+def test_ort_quantizes_a_small_graph_whose_weights_the_export_wrote_apart(tmp_path, monkeypatch, precision):
+    """A large model's export writes every graph's weights to a .data file; the 1.3B vision graph (1 GB) is then
+    quantized (``skip=[]``) as a graph under the protobuf cap, so its pre-processed copy in the work folder must
+    carry its own weights, not a reference to a .data file left beside the export (found at the 1.3B dimensions:
+    "should be stored in <work>/vision.onnx.data, but it is not regular file")."""
+    pytest.importorskip("onnxruntime")
+    import dsvl_adapt.export.onnx as onnx_export
+    from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
+
+    monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)  # the export: as if the model were over 1.8 GB
+    model = make_model("reference-tiny")
+    batches = [make_batch("reference-tiny", seed=s) for s in range(2)]
+    fp32 = onnx_export.export_onnx(model, tmp_path / "fp32", batches[0], split=True, threads=1)
+    assert (tmp_path / "fp32" / "vision.onnx.data").is_file()
+    config = QuantizeConfig(backend="onnxruntime", skip=[], precision=precision)
+    report = quantize_export(fp32.directory, tmp_path / "q", config, batches)
+    assert report.quantized_nodes["vision"] > 0 and report.quantized_nodes["lm"] > 0
+    out = OnnxRuntimeModel.load(tmp_path / "q", threads=1).forward(batches[1])
+    assert np.isfinite(out).all() and out.shape == logits(model, batches[1]).shape
+
+
 def test_ort_quantizes_a_split_export_written_with_external_data(tmp_path, monkeypatch):
     """A model over the protobuf cap is exported with every graph's weights in external data, however small the
     graph: the vision graph, which the default policy leaves fp32 and which is copied rather than quantized, must
