@@ -16,6 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,9 @@ class Server:
         self.scheduler = Scheduler(self.run_batch, max_batch=options.max_batch,
                                    max_wait_s=options.max_wait_ms / 1000, max_queue=options.max_queue)
         self.model_id = f"{model.name}:{model.label}:{model.directory}"
+        # the monitor's own thread: a request's record (drift statistics, hard cases, the log) is handed over once
+        # its response is sent, so it never holds the connection - the next request on it - or the event loop
+        self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsvl-monitor")
 
     # -- the inference thread ----------------------------------------------------------
     def run_batch(self, jobs: list[Job]) -> None:
@@ -142,6 +146,7 @@ def create_app(server: Server) -> Any:
         finally:
             server.scheduler.stop()
             server.scheduler.fail_pending(ServeError(503, "the server is shutting down", kind="server_error"))
+            server.recorder.shutdown(wait=True)  # every answered request is in the log before it closes
             monitor.close()
 
     app = FastAPI(title="dsvl-adapt", description="OpenAI-compatible chat completions over a dsvl-adapt model",
@@ -301,13 +306,18 @@ def create_app(server: Server) -> Any:
     async def _record(request_id: str, conversation: Conversation, answer: Generation, prompt_tokens: int,
                       grade: Any, figures: dict[str, Any], arrived: float, stream: bool,
                       total: float | None = None) -> None:
+        """Hand the request's record to the monitor's thread and return at once."""
         total = time.perf_counter() - arrived if total is None else total
-        await run_in_threadpool(
-            lambda: monitor.record(request_id=request_id, conversation=conversation, answer=answer.text,
-                                   token_ids=answer.token_ids, finish_reason=answer.finish_reason,
-                                   mean_logprob=answer.mean_logprob, prompt_tokens=prompt_tokens,
-                                   prefill_s=answer.prefill_s, decode_s=answer.decode_s, total_s=total,
-                                   priority=grade.name, cost=grade.cost, stream=stream, **figures))
+        future = server.recorder.submit(
+            monitor.record, request_id=request_id, conversation=conversation, answer=answer.text,
+            token_ids=answer.token_ids, finish_reason=answer.finish_reason, mean_logprob=answer.mean_logprob,
+            prompt_tokens=prompt_tokens, prefill_s=answer.prefill_s, decode_s=answer.decode_s, total_s=total,
+            priority=grade.name, cost=grade.cost, stream=stream, **figures)
+        future.add_done_callback(_report_failure)
+
+    def _report_failure(future: Future) -> None:
+        if future.exception() is not None:
+            log.error("the monitor could not record a request: %r", future.exception())
 
     def _completion(request_id: str, answer: Generation, prompt_tokens: int, cache_hit: bool) -> dict[str, Any]:
         return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model.name,
