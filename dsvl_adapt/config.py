@@ -265,7 +265,13 @@ class ExportSection(Section):
 
 
 class ScoreSection(Section):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="test rows per generate call of a PyTorch model (base, teacher, a "
+                                                  "PyTorch student)")
+    runtime_batch_size: int = Field(
+        1, ge=1, description="test rows per generate call through an exported runtime (the deployed student): 1 "
+                             "answers each row alone, as `dsvl-adapt serve` answers a lone request. A dynamic-int8 "
+                             "artifact quantizes activations with one scale per call, so its answer to a row can "
+                             "depend on the rows batched with it (docs/serving.md)")
     general_size: int = Field(
         32, ge=0, description="rows of the general-capability check (colours, shapes, counts, left/right); 0 = off"
     )

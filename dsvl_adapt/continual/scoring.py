@@ -20,7 +20,7 @@ from ..score.intervals import bootstrap_interval, metric_on_rows, paired_differe
 from ..score.lineage import SetScore
 from ..score.runners import Runner, open_runner
 from ..score.scorecard import ObjectiveCheck
-from ..score.stage import _general_answers, _loader, compute_metrics
+from ..score.stage import _general_answers, _loader, answer_batch_size, compute_metrics
 
 
 @dataclass
@@ -42,7 +42,8 @@ def answer_rows(context: RunContext, runner: Runner, rows: Sequence[Row], label:
     """``runner``'s answers on ``rows`` with the vertical's prompt, scored by its metrics (primary first)."""
     specs = [context.registry.metrics.get(name) for name in context.vertical.metrics]
     encoder = BatchEncoder(runner.processor, context.prompt)
-    answers = runner.answers(encoder, encoder.encode_all(rows), batch_size=context.config.score.batch_size,
+    answers = runner.answers(encoder, encoder.encode_all(rows),
+                             batch_size=answer_batch_size(context.config.score, runner),
                              max_new_tokens=context.vertical.max_answer_tokens, label=label)
     metrics = compute_metrics(specs, answers, list(rows))
     return Answered(rows, answers, [row.answer for row in rows], float(metrics[specs[0].name] or 0.0), metrics)

@@ -47,7 +47,7 @@ def runtime_metric(context: Any, backend: Any, directory: Path, processor: Any, 
     encoder = BatchEncoder(processor, context.prompt)
     rows = context.split("validation", processor.image_processor.size["height"]).rows
     items = encoder.encode_all(rows)
-    size = context.config.score.batch_size
+    size = context.config.score.runtime_batch_size  # as the score stage answers through a runtime
     answers: list[str] = []
     for start in range(0, len(items), size):
         batch = encoder.generation_batch(items[start: start + size])

@@ -218,13 +218,14 @@ def _speed_size(card: Scorecard, plots: dict[str, bytes]) -> str:
                    f"{some.batch_size}, {some.warmup} warm-up + {some.repeats} timed runs (latency = one forward "
                    f"over image + prompt).</p>")
     if card.runtimes:
-        rows = [[f"<td>{_e(label)}</td>", _td(r.metrics.get(card.metric)), _td(r.latency and r.latency.p50_ms, 1),
+        rows = [[f"<td>{_e(label)}</td>", _td(r.metrics.get(card.metric)), _td(r.answer_batch_size),
+                 _td(r.latency and r.latency.p50_ms, 1),
                  _td(r.latency and r.latency.p90_ms, 1), f'<td class="num">{_e(_size(r.size_bytes, unit))}</td>']
                 for label, r in card.runtimes.items()]
         out += ["<h3>The student on each runtime</h3>",
                 '<p class="how">Accuracy measured through each artifact itself, not through the PyTorch model '
                 "it came from.</p>",
-                _table(["artifact", _e(card.metric), "p50 ms", "p90 ms", "size"], rows)]
+                _table(["artifact", _e(card.metric), "answered in batches of", "p50 ms", "p90 ms", "size"], rows)]
     if card.generation:
         rows = [[f"<td>{_e(m)}</td>", _td(g.ttft_ms, 1), _td(g.tpot_ms, 1), _td(g.tokens_per_s, 1),
                  _td(g.answer_tokens), _td(g.tokens_per_s_64, 1),

@@ -195,6 +195,8 @@ class RuntimeScore(_Model):
     latency: Latency | None = None
     size_bytes: int
     predictions: str | None = Field(None, description="its answers to the test rows, in the score stage's folder")
+    answer_batch_size: int | None = Field(None, description="test rows per generate call when those answers were "
+                                                            "made (score.batch_size or score.runtime_batch_size)")
 
 
 class DataCleaning(_Model):
@@ -443,11 +445,13 @@ def render_markdown(card: Scorecard) -> str:
         lines.append("")
     if card.runtimes:
         lines += ["## The student on each runtime", "",
-                  f"| artifact | {card.metric} | p50 ms | p90 ms | size | predictions |", "|---|---|---|---|---|---|"]
+                  f"| artifact | {card.metric} | answered in batches of | p50 ms | p90 ms | size | predictions |",
+                  "|---|---|---|---|---|---|---|"]
         for label, r in card.runtimes.items():
             lat = r.latency
-            lines.append(f"| {label} | {_fmt(r.metrics.get(card.metric))} | {_fmt(lat and lat.p50_ms, 1)} | "
-                         f"{_fmt(lat and lat.p90_ms, 1)} | {_mib(r.size_bytes)} | {r.predictions or '—'} |")
+            lines.append(f"| {label} | {_fmt(r.metrics.get(card.metric))} | {r.answer_batch_size or '—'} | "
+                         f"{_fmt(lat and lat.p50_ms, 1)} | {_fmt(lat and lat.p90_ms, 1)} | {_mib(r.size_bytes)} | "
+                         f"{r.predictions or '—'} |")
         lines.append("")
     if card.targets:
         lines += ["## Hardware targets", ""]

@@ -93,12 +93,13 @@ class ScoreStage:
             encoder = BatchEncoder(runner.processor, context.prompt)
             rows = context.split("test", runner.processor.image_processor.size["height"]).rows
             items = encoder.encode_all(rows)
-            answers = runner.answers(encoder, items, batch_size=cfg.batch_size,
+            answers = runner.answers(encoder, items, batch_size=answer_batch_size(cfg, runner),
                                      max_new_tokens=vertical.max_answer_tokens, label=f"score {label}")
             predictions = f"predictions-{label}.jsonl"
             _write_predictions(context.work_dir / predictions, rows, answers)
             result: dict[str, Any] = {"runner": runner, "metrics": compute_metrics(specs, answers, rows),
                                       "answers": answers, "predictions": predictions,
+                                      "answer_batch_size": answer_batch_size(cfg, runner),
                                       "general": _general_answers(context, runner, label)}
             if label != "base":
                 one = encoder.generation_batch(items[:1])
@@ -153,7 +154,8 @@ class ScoreStage:
             runner = result["runner"]
             runtimes[runner.label] = RuntimeScore(runtime=runner.runtime, dtype=runner.dtype, path=str(path),
                                                   metrics=result["metrics"], latency=result.get("latency"),
-                                                  size_bytes=runner.size_bytes, predictions=result["predictions"])
+                                                  size_bytes=runner.size_bytes, predictions=result["predictions"],
+                                                  answer_batch_size=result["answer_batch_size"])
         accuracy = {role: values[primary.name] for role, values in metrics.items()}
         general = {role: results[path]["general"][0] for role, path in roles.items()
                    if results[path]["general"] is not None}
@@ -285,10 +287,18 @@ def _general_answers(context: RunContext, runner: Runner, label: str) -> tuple[f
     rows = load_split(registry.datasets.get("general-vqa"),
                       DatasetRequest(split="test", size=size, seed=context.config.seed, image_size=image_size)).rows
     encoder = BatchEncoder(runner.processor, registry.prompts.get("general-vqa"))
-    answers = runner.answers(encoder, encoder.encode_all(rows), batch_size=context.config.score.batch_size,
+    answers = runner.answers(encoder, encoder.encode_all(rows), batch_size=answer_batch_size(context.config.score,
+                                                                                              runner),
                              max_new_tokens=4, label=f"general {label}")
     references = [row.answer for row in rows]
     return round(exact_match(answers, references), 6), answers, references
+
+
+def answer_batch_size(cfg: Any, runner: Runner) -> int:
+    """Rows per generate call: ``score.batch_size`` for a PyTorch model, ``score.runtime_batch_size`` through an
+    exported runtime (1 by default: each row alone, as the server answers a lone request; a dynamic-int8 artifact's
+    answer can depend on the rows batched with it)."""
+    return cfg.batch_size if runner.torch_model is not None else cfg.runtime_batch_size
 
 
 def _loader(context: RunContext) -> Any:

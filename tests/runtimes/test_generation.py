@@ -16,7 +16,7 @@ import torch
 
 from dsvl_adapt.export.onnx import export_onnx
 from dsvl_adapt.models.presets import get_preset
-from dsvl_adapt.runtimes import GenerationSettings, TorchRuntimeModel, greedy_generate
+from dsvl_adapt.runtimes import GenerationSettings, TorchRuntimeModel
 from dsvl_adapt.runtimes.generation import next_tokens
 from dsvl_adapt.runtimes.onnxruntime import OnnxRuntimeModel
 from tests.export.test_onnx import BOS, IMAGE, PAD, VOCAB, make_model
@@ -203,6 +203,11 @@ def test_eos_stops_and_pads_and_older_call_style_still_works(name, runtimes):
 
 
 def test_int8_dynamic_kv_graph_generates_through_the_cache(export_dir, tmp_path):
+    """Dynamic int8 quantizes each MatMul's activations with one scale per call, so a one-token decode step and a
+    whole-sequence forward round differently: the cache cannot give a re-run's logits bit for bit, and on random
+    weights near-tied tokens may differ (they did on an AVX-512 VNNI CPU and not on an AVX2 one). What must hold is
+    that decoding against the int8 cache stays as close to the fp32 model as re-running the sequence in int8 does; a
+    cache that lost positions or rows would be off by the logits' whole spread."""
     from dsvl_adapt.compress.quantize import QuantizeConfig
     from dsvl_adapt.runtimes.onnxruntime import quantize_export
 
@@ -214,14 +219,25 @@ def test_int8_dynamic_kv_graph_generates_through_the_cache(export_dir, tmp_path)
     runtime.calls = []
     tokens = runtime.generate(batch, GenerationSettings(max_new_tokens=6))
     assert [c["inputs_embeds"][1] for c in runtime.calls][1:] == [1] * 5
-    logits, _ = runtime.prefill(batch)  # the cache graph's prefill is its own forward's last position
+    logits, state = runtime.prefill(batch)  # the cache graph's prefill is its own forward's last position
     np.testing.assert_allclose(logits, runtime.forward(batch)[:, -1], atol=1e-5)
-    # and decoding against the int8 cache gives the tokens that re-running the whole sequence through it gives
-    pixels = batch["pixel_values"]
-    rerun = greedy_generate(lambda ids, mask: runtime.forward({"input_ids": ids, "attention_mask": mask,
-                                                               "pixel_values": pixels})[:, -1],
-                            batch["input_ids"], batch["attention_mask"], 6)
-    np.testing.assert_array_equal(tokens, rerun)
+    cached = [logits]
+    for step in range(5):  # teacher-forced on the generated tokens
+        logits, state = runtime.decode(state, tokens[:, step])
+        cached.append(logits)
+    fp32 = OnnxRuntimeModel.load(export_dir, threads=1)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    cache_error, rerun_error, spread = [], [], []
+    for step in range(6):
+        sequence = {"input_ids": ids, "attention_mask": mask, "pixel_values": batch["pixel_values"]}
+        reference = fp32.forward(sequence)[:, -1]
+        cache_error.append(np.abs(cached[step] - reference).max(-1))
+        rerun_error.append(np.abs(runtime.forward(sequence)[:, -1] - reference).max(-1))
+        spread.append(reference.max(-1) - reference.min(-1))
+        ids = torch.cat([ids, torch.as_tensor(tokens[:, step: step + 1])], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    assert np.mean(cache_error) <= 1.5 * np.mean(rerun_error)
+    assert np.max(cache_error) < 0.25 * np.min(spread)
 
 
 def test_top_p_keeps_the_nucleus_only():

@@ -149,3 +149,25 @@ def test_without_an_export_the_targets_fit_is_unknown_and_latency_is_not_a_roofl
     if roofline["value"] * 10 <= measured:
         assert "below the p90" in roofline["note"]
     assert "fit unknown" in (run_dir / "scorecard.md").read_text()
+
+
+def test_the_deployed_students_answers_are_each_rows_lone_answer(tiny_run):
+    """score.runtime_batch_size=1: the scorecard's answers through the deployed runtime are what it answers each
+    row alone (a dynamic-int8 artifact's answer can depend on the rows batched with it); PyTorch models answer in
+    batches of score.batch_size. Checked by answering every test row alone again through the same artifact."""
+    from dsvl_adapt.data.batches import BatchEncoder
+    from dsvl_adapt.score.runners import open_runner
+    from dsvl_adapt.serve.model import find_deployment
+
+    card = json.loads((tiny_run / "scorecard.json").read_text())
+    assert card["runtimes"]["onnxruntime-int8"]["answer_batch_size"] == 1
+    assert card["runtimes"]["torch-fp32"]["answer_batch_size"] == 16
+    assert "| answered in batches of |" in (tiny_run / "scorecard.md").read_text()
+    deployment = find_deployment(tiny_run)
+    runner = open_runner(deployment.model_dir, load_torch=None, threads=1)
+    encoder = BatchEncoder(runner.processor, deployment.prompt())
+    rows = deployment.rows("test", runner.processor.image_processor.size["height"])
+    alone = [runner.answers(encoder, [item], batch_size=1, max_new_tokens=deployment.max_answer_tokens(),
+                            label="alone")[0] for item in encoder.encode_all(rows)]
+    lines = (tiny_run / "stages" / "score" / card["runtimes"]["onnxruntime-int8"]["predictions"]).read_text()
+    assert [json.loads(line)["prediction"] for line in lines.splitlines()] == alone
