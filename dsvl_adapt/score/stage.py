@@ -93,13 +93,14 @@ class ScoreStage:
             encoder = BatchEncoder(runner.processor, context.prompt)
             rows = context.split("test", runner.processor.image_processor.size["height"]).rows
             items = encoder.encode_all(rows)
-            answers = runner.answers(encoder, items, batch_size=answer_batch_size(cfg, runner),
+            batch_size = answer_batch_size(cfg, runner)
+            answers = runner.answers(encoder, items, batch_size=batch_size,
                                      max_new_tokens=vertical.max_answer_tokens, label=f"score {label}")
             predictions = f"predictions-{label}.jsonl"
             _write_predictions(context.work_dir / predictions, rows, answers)
             result: dict[str, Any] = {"runner": runner, "metrics": compute_metrics(specs, answers, rows),
                                       "answers": answers, "predictions": predictions,
-                                      "answer_batch_size": answer_batch_size(cfg, runner),
+                                      "answer_batch_size": batch_size,
                                       "general": _general_answers(context, runner, label)}
             if label != "base":
                 one = encoder.generation_batch(items[:1])
@@ -287,9 +288,9 @@ def _general_answers(context: RunContext, runner: Runner, label: str) -> tuple[f
     rows = load_split(registry.datasets.get("general-vqa"),
                       DatasetRequest(split="test", size=size, seed=context.config.seed, image_size=image_size)).rows
     encoder = BatchEncoder(runner.processor, registry.prompts.get("general-vqa"))
-    answers = runner.answers(encoder, encoder.encode_all(rows), batch_size=answer_batch_size(context.config.score,
-                                                                                              runner),
-                             max_new_tokens=4, label=f"general {label}")
+    batch_size = answer_batch_size(context.config.score, runner)
+    answers = runner.answers(encoder, encoder.encode_all(rows), batch_size=batch_size, max_new_tokens=4,
+                             label=f"general {label}")
     references = [row.answer for row in rows]
     return round(exact_match(answers, references), 6), answers, references
 
