@@ -7,6 +7,12 @@ one batch of test requests, and exits; the parent reads the child's peak residen
 ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). The child also reports its resident
 size after the imports, before the model loads, so the interpreter's and libraries' share is known.
 
+What the request itself needs (activations, the runtime's arena, the KV cache: what a shorter prefill saves) is
+measured apart from loading, whose own peak (a runtime optimising its graph) can hide it: on Linux the child
+resets its peak after the model has loaded (``/proc/self/clear_refs``, value 5: the kernel's high-water mark of
+resident pages), and reports its resident size then and its peak while answering (``VmRSS``, ``VmHWM``). Elsewhere
+those two stay unknown.
+
 Run as ``python -m dsvl_adapt.score.memory DIR BATCH.safetensors --max-new-tokens N ...`` (the child).
 """
 
@@ -39,6 +45,15 @@ class ServingMemory:
     prompt_tokens: int
     new_tokens: int
     error: str = ""
+    loaded_rss_bytes: int | None = None  # resident after the model loaded, when the request began (Linux)
+    request_peak_rss_bytes: int | None = None  # peak resident while answering, reset after loading (Linux)
+
+    @property
+    def request_rss_bytes(self) -> int | None:
+        """What answering the request added at its peak over the loaded model (None: not measurable here)."""
+        if self.loaded_rss_bytes is None or self.request_peak_rss_bytes is None:
+            return None
+        return max(0, self.request_peak_rss_bytes - self.loaded_rss_bytes)
 
 
 def _maxrss_bytes(maxrss: int) -> int:
@@ -98,7 +113,29 @@ def measure_serving_memory(directory: Path, batch: dict[str, torch.Tensor], *, w
     report = json.loads(out_file.read_text())
     return ServingMemory(peak_rss_bytes=_maxrss_bytes(usage.ru_maxrss),
                          baseline_rss_bytes=report["baseline_rss_bytes"], batch_size=batch_size,
-                         prompt_tokens=prompt_tokens, new_tokens=max_new_tokens)
+                         prompt_tokens=prompt_tokens, new_tokens=max_new_tokens,
+                         loaded_rss_bytes=report.get("loaded_rss_bytes"),
+                         request_peak_rss_bytes=report.get("request_peak_rss_bytes"))
+
+
+def _status_bytes(field: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process from ``/proc/self/status`` (kB there), None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's resident high-water mark (Linux >= 4.0); False where it cannot be."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _status_bytes("VmHWM") is not None
 
 
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,8 +149,10 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     baseline = process_peak_rss_bytes()
     runner = open_runner(Path(args.directory), threads=args.threads, load_torch=lambda path: load_checkpoint(
         path, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code))
+    loaded = _status_bytes("VmRSS") if _reset_peak_rss() else None
     tokens = runner.generate_tokens(batch, args.max_new_tokens, eos_id=args.eos_id, pad_id=args.pad_id)
-    return {"baseline_rss_bytes": baseline, "runner": runner.label, "new_tokens": int(tokens.shape[1])}
+    return {"baseline_rss_bytes": baseline, "runner": runner.label, "new_tokens": int(tokens.shape[1]),
+            "loaded_rss_bytes": loaded, "request_peak_rss_bytes": _status_bytes("VmHWM") if loaded else None}
 
 
 def main(argv: list[str] | None = None) -> int:
