@@ -3,9 +3,13 @@
 The scoring process holds every model it scored, so its own peak says nothing about one model.
 :func:`measure_serving_memory` starts a fresh Python process that imports the runtime, loads the
 artifact through the same runner the scorecard uses (PyTorch, ONNX Runtime or OpenVINO), answers
-one batch of test requests, and exits; the parent reads the child's peak resident set size from
-``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). The child also reports its resident
-size after the imports, before the model loads, so the interpreter's and libraries' share is known.
+one batch of test requests, and exits. On Linux the child reads its own peak resident set size (``VmHWM`` in
+``/proc/self/status``: the high-water mark of its own address space, which starts empty at ``exec``). The
+kernel's ``ru_maxrss`` is no measure of a spawned child: Linux carries the parent's resident size at the spawn
+into it (a parent holding 2 GB spawned a bare Python whose ``ru_maxrss`` read 1.9 GB and ``VmHWM`` 9 MB), so a
+scoring process that held the teacher made every child look as large. ``ru_maxrss`` from ``os.wait4`` is the
+fallback only where ``/proc`` is missing (macOS): an upper bound there, which a fit check may still pass on. The child also reports its resident size
+after the imports, before the model loads, so the interpreter's and libraries' share is known.
 
 What the request itself needs (activations, the runtime's arena, the KV cache: what a shorter prefill saves) is
 measured apart from loading, whose own peak (a runtime optimising its graph) can hide it: on Linux the child
@@ -111,7 +115,8 @@ def measure_serving_memory(directory: Path, batch: dict[str, torch.Tensor], *, w
                              error=f"the serving process failed (exit {child.returncode}): "
                                    f"{tail[-1] if tail else 'no output'}")
     report = json.loads(out_file.read_text())
-    return ServingMemory(peak_rss_bytes=_maxrss_bytes(usage.ru_maxrss),
+    own_peak = report.get("peak_rss_bytes")  # VmHWM: the child's own
+    return ServingMemory(peak_rss_bytes=own_peak if own_peak else _maxrss_bytes(usage.ru_maxrss),
                          baseline_rss_bytes=report["baseline_rss_bytes"], batch_size=batch_size,
                          prompt_tokens=prompt_tokens, new_tokens=max_new_tokens,
                          loaded_rss_bytes=report.get("loaded_rss_bytes"),
@@ -146,13 +151,17 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     from .runners import open_runner
 
     batch = load_file(args.batch)
-    baseline = process_peak_rss_bytes()
+    baseline = _status_bytes("VmHWM") or process_peak_rss_bytes()
     runner = open_runner(Path(args.directory), threads=args.threads, load_torch=lambda path: load_checkpoint(
         path, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code))
+    load_peak = _status_bytes("VmHWM")
     loaded = _status_bytes("VmRSS") if _reset_peak_rss() else None
     tokens = runner.generate_tokens(batch, args.max_new_tokens, eos_id=args.eos_id, pad_id=args.pad_id)
+    request_peak = _status_bytes("VmHWM") if loaded else None
+    peaks = [p for p in (load_peak, request_peak) if p]
     return {"baseline_rss_bytes": baseline, "runner": runner.label, "new_tokens": int(tokens.shape[1]),
-            "loaded_rss_bytes": loaded, "request_peak_rss_bytes": _status_bytes("VmHWM") if loaded else None}
+            "peak_rss_bytes": max(peaks) if peaks else None,
+            "loaded_rss_bytes": loaded, "request_peak_rss_bytes": request_peak}
 
 
 def main(argv: list[str] | None = None) -> int:
