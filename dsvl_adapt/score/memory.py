@@ -8,8 +8,9 @@ one batch of test requests, and exits. On Linux the child reads its own peak res
 kernel's ``ru_maxrss`` is no measure of a spawned child: Linux carries the parent's resident size at the spawn
 into it (a parent holding 2 GB spawned a bare Python whose ``ru_maxrss`` read 1.9 GB and ``VmHWM`` 9 MB), so a
 scoring process that held the teacher made every child look as large. ``ru_maxrss`` from ``os.wait4`` is the
-fallback only where ``/proc`` is missing (macOS): an upper bound there, which a fit check may still pass on. The child also reports its resident size
-after the imports, before the model loads, so the interpreter's and libraries' share is known.
+fallback only where ``/proc`` is missing (macOS): an upper bound there, which a fit check may still pass on. The
+child also reports its resident size after the imports, before the model loads, so the interpreter's and
+libraries' share is known.
 
 What the request itself needs (activations, the runtime's arena, the KV cache: what a shorter prefill saves) is
 measured apart from loading, whose own peak (a runtime optimising its graph) can hide it: on Linux the child
@@ -155,13 +156,14 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     runner = open_runner(Path(args.directory), threads=args.threads, load_torch=lambda path: load_checkpoint(
         path, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code))
     load_peak = _status_bytes("VmHWM")
-    loaded = _status_bytes("VmRSS") if _reset_peak_rss() else None
+    reset = _reset_peak_rss()
+    loaded = _status_bytes("VmRSS") if reset else None
     tokens = runner.generate_tokens(batch, args.max_new_tokens, eos_id=args.eos_id, pad_id=args.pad_id)
-    request_peak = _status_bytes("VmHWM") if loaded else None
-    peaks = [p for p in (load_peak, request_peak) if p]
+    end_peak = _status_bytes("VmHWM")  # since the reset; over the whole process where it could not be reset
+    peaks = [p for p in (load_peak, end_peak) if p]
     return {"baseline_rss_bytes": baseline, "runner": runner.label, "new_tokens": int(tokens.shape[1]),
             "peak_rss_bytes": max(peaks) if peaks else None,
-            "loaded_rss_bytes": loaded, "request_peak_rss_bytes": request_peak}
+            "loaded_rss_bytes": loaded, "request_peak_rss_bytes": end_peak if reset else None}
 
 
 def main(argv: list[str] | None = None) -> int:
