@@ -70,12 +70,46 @@ def return_freed_memory() -> bool:
     return True
 
 
+def _proc_status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes; None where there is none."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def current_rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux), else None."""
+    return _proc_status_bytes("VmRSS")
+
+
 def process_peak_rss_bytes() -> int | None:
-    """This process's peak resident memory so far, in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS); None where
-    the ``resource`` module does not exist (Windows)."""
+    """This process's own peak resident memory so far, in bytes; None where it cannot be read (Windows).
+
+    Linux: ``VmHWM``, the high-water mark of this process's address space, which starts empty at ``exec``. Not
+    ``ru_maxrss``: Linux carries a parent's resident size at the spawn into a child's (a parent holding 2 GB spawned
+    a bare Python whose ``ru_maxrss`` read 1.9 GB and ``VmHWM`` 9 MB). Elsewhere ``ru_maxrss`` (bytes on macOS)."""
+    own = _proc_status_bytes("VmHWM")
+    if own is not None:
+        return own
     try:
         import resource
     except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if platform.system() == "Darwin" else peak * 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak resident memory from its present size (Linux >= 4.0: ``/proc/self/clear_refs``,
+    5); False where it cannot be, and the peak then still covers the whole process."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return _proc_status_bytes("VmHWM") is not None

@@ -3,20 +3,16 @@
 The scoring process holds every model it scored, so its own peak says nothing about one model.
 :func:`measure_serving_memory` starts a fresh Python process that imports the runtime, loads the
 artifact through the same runner the scorecard uses (PyTorch, ONNX Runtime or OpenVINO), answers
-one batch of test requests, and exits. On Linux the child reads its own peak resident set size (``VmHWM`` in
-``/proc/self/status``: the high-water mark of its own address space, which starts empty at ``exec``). The
-kernel's ``ru_maxrss`` is no measure of a spawned child: Linux carries the parent's resident size at the spawn
-into it (a parent holding 2 GB spawned a bare Python whose ``ru_maxrss`` read 1.9 GB and ``VmHWM`` 9 MB), so a
-scoring process that held the teacher made every child look as large. ``ru_maxrss`` from ``os.wait4`` is the
-fallback only where ``/proc`` is missing (macOS): an upper bound there, which a fit check may still pass on. The
-child also reports its resident size after the imports, before the model loads, so the interpreter's and
-libraries' share is known.
+one batch of test requests, and exits. The child reports its own peak resident memory
+(:func:`dsvl_adapt.machine.process_peak_rss_bytes`: ``VmHWM`` on Linux, not ``ru_maxrss``, into which Linux
+carries the parent's resident size at the spawn, so a scoring process that held the teacher made every child look
+as large), and its resident size after the imports, before the model loads, so the interpreter's and libraries'
+share is known.
 
 What the request itself needs (activations, the runtime's arena, the KV cache: what a shorter prefill saves) is
 measured apart from loading, whose own peak (a runtime optimising its graph) can hide it: on Linux the child
-resets its peak after the model has loaded (``/proc/self/clear_refs``, value 5: the kernel's high-water mark of
-resident pages), and reports its resident size then and its peak while answering (``VmRSS``, ``VmHWM``). Elsewhere
-those two stay unknown.
+resets its peak after the model has loaded (:func:`dsvl_adapt.machine.reset_peak_rss`), and reports its resident
+size then and its peak while answering. Elsewhere those two stay unknown.
 
 Run as ``python -m dsvl_adapt.score.memory DIR BATCH.safetensors --max-new-tokens N ...`` (the child).
 """
@@ -28,14 +24,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..machine import process_peak_rss_bytes
+from ..machine import current_rss_bytes, process_peak_rss_bytes, reset_peak_rss
 
 TIMEOUT_S = 900
 DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
@@ -61,10 +56,6 @@ class ServingMemory:
         return max(0, self.request_peak_rss_bytes - self.loaded_rss_bytes)
 
 
-def _maxrss_bytes(maxrss: int) -> int:
-    return int(maxrss * 1024) if sys.platform.startswith("linux") else int(maxrss)  # Linux: KiB; macOS: bytes
-
-
 def measure_serving_memory(directory: Path, batch: dict[str, torch.Tensor], *, work_dir: Path, max_new_tokens: int,
                            eos_id: int | None, pad_id: int | None, threads: int | None = None,
                            allow_pickle: bool = False, trust_remote_code: bool = False,
@@ -75,9 +66,6 @@ def measure_serving_memory(directory: Path, batch: dict[str, torch.Tensor], *, w
 
     batch_size = int(batch["input_ids"].shape[0])
     prompt_tokens = int(batch["input_ids"].shape[1])
-    if not hasattr(os, "wait4"):
-        return ServingMemory(None, None, batch_size, prompt_tokens, max_new_tokens,
-                             error="os.wait4 is not available on this platform")
     work_dir.mkdir(parents=True, exist_ok=True)
     stem = f"memory-{Path(directory).name}-b{batch_size}"
     batch_file, out_file = work_dir / f"{stem}.safetensors", work_dir / f"{stem}.json"
@@ -96,19 +84,13 @@ def measure_serving_memory(directory: Path, batch: dict[str, torch.Tensor], *, w
                DSVL_ADAPT_NO_PROGRESS="1")
     with open(work_dir / f"{stem}.log", "w") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
-        while True:  # wait4 reaps the child and gives its own rusage (ru_maxrss of that process alone)
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                child.kill()
-                os.wait4(child.pid, 0)
-                child.returncode = -9
-                return ServingMemory(None, None, batch_size, prompt_tokens, max_new_tokens,
-                                     error=f"the serving process ran past {timeout_s:.0f} s")
-            time.sleep(0.05)
-    child.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            return ServingMemory(None, None, batch_size, prompt_tokens, max_new_tokens,
+                                 error=f"the serving process ran past {timeout_s:.0f} s")
     batch_file.unlink(missing_ok=True)
     if child.returncode != 0 or not out_file.is_file():
         tail = (work_dir / f"{stem}.log").read_text()[-600:].strip().splitlines()
@@ -116,32 +98,14 @@ def measure_serving_memory(directory: Path, batch: dict[str, torch.Tensor], *, w
                              error=f"the serving process failed (exit {child.returncode}): "
                                    f"{tail[-1] if tail else 'no output'}")
     report = json.loads(out_file.read_text())
-    own_peak = report.get("peak_rss_bytes")  # VmHWM: the child's own
-    return ServingMemory(peak_rss_bytes=own_peak if own_peak else _maxrss_bytes(usage.ru_maxrss),
+    if report["peak_rss_bytes"] is None:
+        return ServingMemory(None, None, batch_size, prompt_tokens, max_new_tokens,
+                             error="this platform reports no peak resident memory of a process")
+    return ServingMemory(peak_rss_bytes=report["peak_rss_bytes"],
                          baseline_rss_bytes=report["baseline_rss_bytes"], batch_size=batch_size,
                          prompt_tokens=prompt_tokens, new_tokens=max_new_tokens,
                          loaded_rss_bytes=report.get("loaded_rss_bytes"),
                          request_peak_rss_bytes=report.get("request_peak_rss_bytes"))
-
-
-def _status_bytes(field: str) -> int | None:
-    """``VmRSS`` or ``VmHWM`` of this process from ``/proc/self/status`` (kB there), None where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's resident high-water mark (Linux >= 4.0); False where it cannot be."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _status_bytes("VmHWM") is not None
 
 
 def _serve(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,14 +116,14 @@ def _serve(args: argparse.Namespace) -> dict[str, Any]:
     from .runners import open_runner
 
     batch = load_file(args.batch)
-    baseline = _status_bytes("VmHWM") or process_peak_rss_bytes()
+    baseline = process_peak_rss_bytes()
     runner = open_runner(Path(args.directory), threads=args.threads, load_torch=lambda path: load_checkpoint(
         path, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code))
-    load_peak = _status_bytes("VmHWM")
-    reset = _reset_peak_rss()
-    loaded = _status_bytes("VmRSS") if reset else None
+    load_peak = process_peak_rss_bytes()
+    reset = reset_peak_rss()
+    loaded = current_rss_bytes() if reset else None
     tokens = runner.generate_tokens(batch, args.max_new_tokens, eos_id=args.eos_id, pad_id=args.pad_id)
-    end_peak = _status_bytes("VmHWM")  # since the reset; over the whole process where it could not be reset
+    end_peak = process_peak_rss_bytes()  # since the reset; over the whole process where it could not be reset
     peaks = [p for p in (load_peak, end_peak) if p]
     return {"baseline_rss_bytes": baseline, "runner": runner.label, "new_tokens": int(tokens.shape[1]),
             "peak_rss_bytes": max(peaks) if peaks else None,

@@ -306,7 +306,8 @@ def create_app(server: Server) -> Any:
     async def _record(request_id: str, conversation: Conversation, answer: Generation, prompt_tokens: int,
                       grade: Any, figures: dict[str, Any], arrived: float, stream: bool,
                       total: float | None = None) -> None:
-        """Hand the request's record to the monitor's thread and return at once."""
+        """Hand the request's record to the monitor's thread and return at once (a coroutine, though it awaits
+        nothing, so that Starlette's BackgroundTask runs it on the event loop rather than through a threadpool hop)."""
         total = time.perf_counter() - arrived if total is None else total
         future = server.recorder.submit(
             monitor.record, request_id=request_id, conversation=conversation, answer=answer.text,

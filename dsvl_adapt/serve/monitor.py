@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -22,20 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..machine import current_rss_bytes
 from .drift import DriftMonitor, DriftReference
 
 REQUEST_LOG = "requests.jsonl"
 HARD_CASES = "hard-cases"
 REFERENCE_FILE = "drift-reference.json"
-
-
-def current_rss_bytes() -> int | None:
-    """Resident memory of this process now (Linux), else None."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def is_repetitive(token_ids: Sequence[int], *, min_tokens: int = 6, repeats: int = 3) -> bool:
