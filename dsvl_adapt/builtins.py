@@ -25,7 +25,7 @@ CORE_STAGES = (
     LazyStage("prune.weights", "weight pruning: unstructured magnitude (layer/global), Wanda, or 2:4",
               "dsvl_adapt.compress.stages:WeightPruneStage",
               config_keys=("prune.weights", "prune.calibration_batch_size")),
-    LazyStage("prune.tokens", "visual-token budget: K image tokens per image (select, resolution, ...), carried by "
+    LazyStage("prune.tokens", "visual-token budget: K image tokens per image (select, resolution, vision-merge, ...), carried by "
               "the student into distillation and export", "dsvl_adapt.compress.tokens.stage:TokenPruneStage",
               config_keys=("prune.tokens", "prune.calibration_batch_size")),
     LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
@@ -109,6 +109,10 @@ def dsvl_adapt_register_token_reducers(register):
         "resolution", "a smaller image (K = g x g patches), position embeddings interpolated; plain transformers "
                       "reproduces it; exports with K tokens",
         "dsvl_adapt.compress.tokens.resolution:ResolutionReducer", square=True))
+    register(LazyTokenReducer(
+        "vision-merge", "ToMe-style bipartite merging after each vision-tower layer, so the tower runs on fewer "
+                        "tokens too; static shapes, exports with K tokens",
+        "dsvl_adapt.compress.tokens.vision_merge:VisionMergeReducer"))
 
 
 def lazy_check(target: str):

@@ -144,7 +144,7 @@ class TokenPruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: str = Field("select", min_length=1,
-                        description="a registered token-reduction method: select | resolution | a plugin's")
+                        description="a registered token-reduction method: select | resolution | vision-merge | a plugin's")
     keep: float | None = Field(None, gt=0.0, le=1.0,
                                description="fraction of the image tokens kept (0 < keep <= 1); null = off")
     tokens: int | None = Field(None, ge=1, description="K, image tokens per image kept; null = off (or use keep)")

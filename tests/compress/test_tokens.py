@@ -72,7 +72,8 @@ def test_bad_budgets_fail_before_any_stage(overrides, message):
 
 # -- methods ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, keep, tokens", [("select", 0.5, 8), ("select", 0.25, 4), ("resolution", 0.25, 4)])
+@pytest.mark.parametrize("method, keep, tokens", [("select", 0.5, 8), ("select", 0.25, 4), ("resolution", 0.25, 4),
+                                                  ("vision-merge", 0.5, 8), ("vision-merge", 0.25, 4)])
 def test_the_reduced_model_feeds_k_image_tokens(method, keep, tokens):
     model, processor, budget, _ = _reduce(method, keep)
     assert budget.image_tokens == tokens and budget.source_image_tokens == 16
@@ -105,6 +106,44 @@ def test_select_keeps_dominant_tokens_in_image_order_and_merges_the_rest():
     torch.testing.assert_close(reduced[:, 7], merged)
 
 
+def test_a_tome_step_averages_the_most_similar_pairs_by_size_and_remembers_their_first_patch():
+    from dsvl_adapt.compress.tokens.vision_merge import bipartite_merge
+
+    # A tokens at places 0, 2, 4; B tokens at 1, 3, 5. A0 ~ B1 (almost equal), A4 ~ B5, A2 unlike everything
+    x = torch.tensor([[[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [-1.0, 0.0], [0.3, -1.0], [0.35, -1.0]]])
+    size = torch.tensor([[[1.0], [3.0], [1.0], [1.0], [2.0], [1.0]]])
+    first = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    merged, new_size, new_first = bipartite_merge(x, x, size, first, merge=2)
+    # left: the unmerged A token (A2), then B1, B3, B5 with A0 and A4 averaged in by size
+    torch.testing.assert_close(merged[0, 0], x[0, 2])
+    torch.testing.assert_close(merged[0, 1], (x[0, 0] * 1 + x[0, 1] * 3) / 4)
+    torch.testing.assert_close(merged[0, 2], x[0, 3])
+    torch.testing.assert_close(merged[0, 3], (x[0, 4] * 2 + x[0, 5] * 1) / 3)
+    assert new_size[0, :, 0].tolist() == [1.0, 4.0, 1.0, 3.0]
+    assert new_first[0].tolist() == [2, 0, 3, 4]
+
+
+def test_vision_merge_runs_later_vision_layers_on_fewer_tokens_and_gives_them_in_image_order():
+    model, processor, _, figures = _reduce("vision-merge", 0.25)
+    assert figures == {"merged_per_layer": [8, 4]}
+    vision = model.model.vision_model
+    seen, merged, ordered = [], [], []
+    handles = [layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1])) for layer in vision.encoder.layers]
+    handles.append(vision.encoder.layers[-1].register_forward_hook(lambda m, a, out: merged.append(out)))
+    handles.append(vision.post_layernorm.register_forward_pre_hook(lambda m, a: ordered.append(a[0])))
+    batch = _features(processor)
+    with torch.no_grad():
+        model.model.get_image_features(batch["pixel_values"])
+    for handle in handles:
+        handle.remove()
+    assert seen == [16, 8]  # the second layer reads the 8 tokens the first one left
+    first = vision.token_merge._state["first"]  # first patch of each of the 4 tokens left, in merge order
+    assert first.shape == (2, 4) and len(set(first[0].tolist())) == 4
+    order = first.argsort(dim=1)
+    expected = torch.stack([merged[0][i, order[i]] for i in range(2)])
+    torch.testing.assert_close(ordered[0], expected)  # reach the aligner in image order
+
+
 def test_a_budget_does_not_stack():
     model, processor, _, _ = _reduce("select", 0.5)
     with pytest.raises(ValueError, match="already carries a token budget"):
@@ -119,7 +158,7 @@ def test_resolution_refuses_a_k_that_is_not_a_square():
 
 # -- loading ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["select", "resolution"])
+@pytest.mark.parametrize("method", ["select", "resolution", "vision-merge"])
 def test_dsvl_adapt_load_restores_the_budget_exactly(method, tmp_path):
     import dsvl_adapt
 
@@ -137,7 +176,7 @@ def test_dsvl_adapt_load_restores_the_budget_exactly(method, tmp_path):
 def test_plain_transformers_reproduces_resolution_but_not_select(tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    for method in ("resolution", "select"):
+    for method in ("resolution", "select", "vision-merge"):
         model, processor, _, _ = _reduce(method, 0.25)
         directory = tmp_path / method
         save_checkpoint(model, processor, directory)
@@ -171,7 +210,7 @@ def test_the_teacher_batch_expands_each_image_to_n_tokens_and_keeps_the_answers_
 # -- deployment ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow  # two ONNX exports and an ONNX Runtime check: 20-90 s on 2 shared cores
-@pytest.mark.parametrize("method", ["select", "resolution"])
+@pytest.mark.parametrize("method", ["select", "resolution", "vision-merge"])
 def test_the_exported_vision_graph_gives_k_tokens_and_onnx_runtime_answers_as_pytorch(method, tmp_path):
     import onnx
 
