@@ -25,7 +25,7 @@ CORE_STAGES = (
     LazyStage("prune.weights", "weight pruning: unstructured magnitude (layer/global), Wanda, or 2:4",
               "dsvl_adapt.compress.stages:WeightPruneStage",
               config_keys=("prune.weights", "prune.calibration_batch_size")),
-    LazyStage("prune.tokens", "visual-token budget: K image tokens per image (select, resolution, vision-merge, ...), carried by "
+    LazyStage("prune.tokens", "visual-token budget: K image tokens per image (select, resolution, vision-merge, window, text-guided, ...), carried by "
               "the student into distillation and export", "dsvl_adapt.compress.tokens.stage:TokenPruneStage",
               config_keys=("prune.tokens", "prune.calibration_batch_size")),
     LazyStage("distill", "distill the teacher into the compressed student (KL on answer logits + CE + hidden MSE)",
@@ -113,6 +113,14 @@ def dsvl_adapt_register_token_reducers(register):
         "vision-merge", "ToMe-style bipartite merging after each vision-tower layer, so the tower runs on fewer "
                         "tokens too; static shapes, exports with K tokens",
         "dsvl_adapt.compress.tokens.vision_merge:VisionMergeReducer"))
+    register(LazyTokenReducer(
+        "window", "the seed's dynamic attention masking: text reads a g x g window of image patches around the most "
+                  "attended one; all N tokens stay in the sequence; PyTorch only, for comparison",
+        "dsvl_adapt.compress.tokens.window:WindowReducer", deploys="torch", square=True, masks=True))
+    register(LazyTokenReducer(
+        "text-guided", "FastV-style: the last prompt token's attention in layer 2 of the language model picks K "
+                       "image tokens, the later layers read only those (masking); PyTorch only",
+        "dsvl_adapt.compress.tokens.text_guided:TextGuidedReducer", deploys="torch", masks=True))
 
 
 def lazy_check(target: str):

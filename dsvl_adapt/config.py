@@ -356,6 +356,25 @@ class RunConfig(Section):
     update: UpdateSection | None = Field(
         None, description="set by `dsvl-adapt update`: the run this one updates and how (docs/continual.md)")
 
+    @model_validator(mode="after")
+    def _token_budget_deploys(self) -> "RunConfig":
+        """A token-reduction method that runs in PyTorch only cannot reach the exported graphs."""
+        tokens = self.prune.tokens
+        if not tokens.enabled:
+            return self
+        from .plugins import get_registry
+
+        reducer = get_registry().token_reducers.get(tokens.method)
+        exporting = [s for s in self.pipeline.stages if s in ("quantize", "export")]
+        if reducer.deploys == "torch" and exporting:
+            kept = ",".join(s for s in self.pipeline.stages if s not in exporting)
+            raise ValueError(f"prune.tokens.method={tokens.method} runs in PyTorch only (an attention mask over all "
+                             f"the image tokens, which the exported graphs and their KV cache cannot carry), but the "
+                             f"pipeline has {' and '.join(exporting)}: score the PyTorch student with "
+                             f"pipeline.stages=[{kept}], or use a method that deploys with K tokens "
+                             "(select, resolution, vision-merge)")
+        return self
+
 
 def conf_dir() -> Path:
     for candidate in CONF_DIR_CANDIDATES:

@@ -158,23 +158,28 @@ class TorchRuntimeModel(_GeneratingMixin):
                 out = inner.get_image_features(pixels["pixel_values"], return_dict=True)
         return out.pooler_output.float().numpy()
 
-    def _embeds(self, ids: np.ndarray, image_embeds: np.ndarray | None):
+    def _inputs(self, ids: np.ndarray, image_embeds: np.ndarray | None) -> dict[str, Any]:
+        """The token ids, and the image embeddings for their placeholders, as the model takes them: the model
+        (and anything hooked on it, e.g. a masking token budget) sees ``input_ids`` at every step."""
         import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         ids_t = torch.as_tensor(ids)
-        embeds = self.model.get_input_embeddings()(ids_t)
+        inputs: dict[str, Any] = {"input_ids": ids_t}
         if image_embeds is not None:
-            where = ids_t == self.image_token_id
-            feats = torch.as_tensor(image_embeds).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
-            if int(where.sum()) != feats.shape[0]:
-                raise ValueError(f"{int(where.sum())} image tokens in input_ids, {feats.shape[0]} image embeddings")
-            embeds[where] = feats
-        return embeds
+            feats = torch.as_tensor(image_embeds)
+            placeholders = int((ids_t == self.image_token_id).sum())
+            if placeholders * feats.shape[-1] != feats.numel():
+                raise ValueError(f"{placeholders} image tokens in input_ids, "
+                                 f"{feats.numel() // feats.shape[-1]} image embeddings")
+            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
+        return inputs
 
-    def _run(self, embeds, mask: np.ndarray, positions: np.ndarray, cache: Any, last_only: bool) -> np.ndarray:
+    def _run(self, inputs: dict[str, Any], mask: np.ndarray, positions: np.ndarray, cache: Any,
+             last_only: bool) -> np.ndarray:
         import torch
 
-        out = self.model(inputs_embeds=embeds, attention_mask=torch.as_tensor(mask),
+        out = self.model(**inputs, attention_mask=torch.as_tensor(mask),
                          position_ids=torch.as_tensor(positions), cache=cache, use_cache=cache is not None,
                          logits_to_keep=1 if last_only else 0)
         logits = out.logits.float().numpy()
@@ -188,7 +193,7 @@ class TorchRuntimeModel(_GeneratingMixin):
         mask = to_numpy(batch.get("attention_mask", np.ones_like(ids)), np.int64)
         image = self.image_embeddings(batch) if batch.get("pixel_values") is not None else None
         with torch.no_grad():
-            return self._run(self._embeds(ids, image), mask, positions_from_mask(mask), None, last_only=False)
+            return self._run(self._inputs(ids, image), mask, positions_from_mask(mask), None, last_only=False)
 
     __call__ = forward
 
@@ -202,7 +207,7 @@ class TorchRuntimeModel(_GeneratingMixin):
         positions = positions_from_mask(mask)
         cache = DynamicCache(config=self.model.config.get_text_config())
         with torch.no_grad():
-            logits = self._run(self._embeds(ids, image), mask, positions, cache, last_only=True)
+            logits = self._run(self._inputs(ids, image), mask, positions, cache, last_only=True)
         return logits, CacheState(mask, positions[:, -1].copy(), cache)
 
     def decode(self, state: CacheState, next_tokens: np.ndarray) -> tuple[np.ndarray, CacheState]:
@@ -212,7 +217,7 @@ class TorchRuntimeModel(_GeneratingMixin):
         token = np.asarray(next_tokens, dtype=np.int64).reshape(-1, 1)
         state = state.advanced(state.cache)
         with torch.no_grad():
-            logits = self._run(self._embeds(token, None), state.attention_mask, state.last_position[:, None],
+            logits = self._run(self._inputs(token, None), state.attention_mask, state.last_position[:, None],
                                state.cache, last_only=True)
         return logits, state
 

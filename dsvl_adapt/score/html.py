@@ -277,7 +277,9 @@ def _tokens(card: Scorecard, plots: dict[str, bytes]) -> str:
     """Visual tokens (prune.tokens): image tokens, method and time to first token per model, and the plot."""
     if not card.tokens:
         return ""
-    rows = [[f"<td>{_e(m)}</td>", _td(t.image_tokens), f"<td>{_e(t.method or '—')}</td>", _td(t.keep),
+    rows = [[f"<td>{_e(m)}</td>",
+             f"<td>{t.image_tokens} of {t.in_sequence} (mask)</td>" if t.in_sequence else _td(t.image_tokens),
+             f"<td>{_e(t.method or '—')}</td>", _td(t.keep),
              _td(t.ttft_ms, 1), f"<td>{_e(t.runtime or '—')}</td>"] for m, t in card.tokens.items()]
     out = ['<section id="tokens"><h2>Visual tokens</h2>',
            _table(["model", "image tokens", "method", "keep", "time to first token ms", "runtime"], rows)]

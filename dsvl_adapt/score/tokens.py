@@ -14,6 +14,8 @@ class ImageTokens(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_tokens: int = Field(description="image tokens per image its language model reads")
+    in_sequence: int | None = Field(None, description="image tokens per image in the sequence, when a masking method "
+                                                      "(window, text-guided) lets the text read image_tokens of them")
     method: str | None = Field(None, description="the token-reduction method (student), null for a full model")
     keep: float | None = Field(None, description="image_tokens / the unreduced count (student)")
     ttft_ms: float | None = Field(None, description="time to first token: p50 of one request's vision + prefill "
@@ -34,7 +36,10 @@ def token_summary(stage_figures: dict[str, Any], roles: dict[str, Any], results:
         latency = result.get("latency")
         tokens = int(result["runner"].processor.num_image_tokens)
         student = role == "student"
-        out[role] = ImageTokens(image_tokens=tokens, method=figures.get("method") if student else None,
+        masked = student and figures.get("masks") and figures.get("image_tokens") is not None
+        out[role] = ImageTokens(image_tokens=int(figures["image_tokens"]) if masked else tokens,
+                                in_sequence=tokens if masked else None,
+                                method=figures.get("method") if student else None,
                                 keep=figures.get("keep") if student else None,
                                 ttft_ms=latency.p50_ms if latency is not None else None,
                                 runtime=latency.runtime if latency is not None else None)
@@ -48,7 +53,8 @@ def tokens_markdown(tokens: dict[str, ImageTokens]) -> list[str]:
     lines = ["## Visual tokens", "", "| model | image tokens | method | keep | time to first token (ms) | runtime |",
              "|---|---|---|---|---|---|"]
     for role, t in tokens.items():
-        lines.append(f"| {role} | {t.image_tokens} | {t.method or '—'} | "
+        shown = f"{t.image_tokens} of {t.in_sequence} (mask)" if t.in_sequence else str(t.image_tokens)
+        lines.append(f"| {role} | {shown} | {t.method or '—'} | "
                      f"{'—' if t.keep is None else f'{t.keep:.3f}'} | "
                      f"{'—' if t.ttft_ms is None else f'{t.ttft_ms:.1f}'} | {t.runtime or '—'} |")
     return lines + [""]

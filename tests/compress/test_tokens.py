@@ -144,6 +144,93 @@ def test_vision_merge_runs_later_vision_layers_on_fewer_tokens_and_gives_them_in
     torch.testing.assert_close(ordered[0], expected)  # reach the aligner in image order
 
 
+def _layer_masks(model, batch):
+    """The 4D additive mask each language-model layer receives, as bool "may read"."""
+    masks = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, kw: masks.append(kw["attention_mask"] == 0),
+                                               with_kwargs=True) for layer in model.model.language_model.layers]
+    with torch.no_grad():
+        model(**batch)
+    for handle in handles:
+        handle.remove()
+    return masks
+
+
+def test_window_lets_the_text_read_only_a_k_patch_block_around_the_most_attended_patch():
+    model, processor, budget, figures = _reduce("window", 0.25)
+    assert (budget.image_tokens, budget.sequence_image_tokens, figures) == (4, 16, {"window": "2x2"})
+    batch = _features(processor)
+    assert int((batch["input_ids"][0] == model.config.image_token_id).sum()) == 16  # all N stay in the sequence
+    masks = _layer_masks(model, batch)
+    image = batch["input_ids"] == model.config.image_token_id
+    received = model.model.token_mask._attention.received()
+    last_image = int(image[0].nonzero().max())
+    for row in range(2):
+        for mask in masks:  # every layer: the text after the image reads 4 image tokens, a 2x2 block
+            readable = mask[row, 0, last_image + 1:][:, image[row]]
+            assert readable.sum(dim=1).eq(4).all()
+            patches = readable[-1].nonzero().flatten().tolist()
+            rows, cols = {p // 4 for p in patches}, {p % 4 for p in patches}
+            assert len(rows) == len(cols) == 2 and max(rows) - min(rows) == max(cols) - min(cols) == 1
+            peak = int(received[row].argmax())
+            assert peak // 4 in rows and peak % 4 in cols
+            # the image tokens themselves read every earlier image token
+            image_rows = mask[row, 0][image[row]][:, image[row]]
+            assert torch.equal(image_rows, torch.ones(16, 16).tril().bool())
+
+
+def test_text_guided_drops_all_but_k_image_tokens_after_its_layer():
+    model, processor, budget, figures = _reduce("text-guided", 0.25)
+    layer = figures["rank_layer"]
+    assert layer == 1  # FastV's layer 2, capped by the tiny model's 2 layers
+    batch = _features(processor)
+    masks = _layer_masks(model, batch)
+    image = batch["input_ids"] == model.config.image_token_id
+    last_image = int(image[0].nonzero().max())
+    for row in range(2):
+        for index, mask in enumerate(masks):
+            readable = mask[row, 0, last_image + 1:][:, image[row]].sum(dim=1)
+            assert readable.eq(16 if index <= layer else 4).all(), index
+
+
+def test_text_guided_ranks_by_the_prompt_not_the_answer():
+    model, processor, _, _ = _reduce("text-guided", 0.25)
+    batch = _features(processor)
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, -3:] = batch["input_ids"][:, -3:]
+    with torch.no_grad():
+        model(**batch, labels=labels)
+        trained = model.model.token_mask.dropped.clone()
+        # the same prompt without its last 3 tokens, at inference: the rater is the same position
+        prompt = {k: (v[:, :-3] if k != "pixel_values" else v) for k, v in batch.items()}
+        model(**prompt)
+    torch.testing.assert_close(model.model.token_mask.dropped, trained[:, :-3], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["window", "text-guided"])
+def test_a_masking_method_decodes_with_the_cache_as_a_full_recompute_does(method):
+    model, processor, _, _ = _reduce(method, 0.25)
+    batch = _features(processor)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True)
+        ids = out.sequences
+        for step, scores in enumerate(out.scores):
+            length = batch["input_ids"].shape[1] + step
+            full = model(input_ids=ids[:, :length], attention_mask=torch.ones_like(ids[:, :length]),
+                         pixel_values=batch["pixel_values"], use_cache=False).logits[:, -1]
+            torch.testing.assert_close(scores, full, rtol=1e-4, atol=1e-4)
+
+
+def test_a_pytorch_only_method_is_refused_in_a_pipeline_that_exports():
+    with pytest.raises(ConfigError, match="runs in PyTorch only.*pipeline.stages=\\[load,"):
+        compose(TINY + ["prune.tokens.keep=0.25", "prune.tokens.method=window"])
+    config, _ = compose(TINY + ["prune.tokens.keep=0.25", "prune.tokens.method=text-guided",
+                                "pipeline.stages=[load,finetune,prune.structural,prune.weights,prune.tokens,distill,"
+                                "score]"])
+    assert config.prune.tokens.method == "text-guided"
+
+
 def test_a_budget_does_not_stack():
     model, processor, _, _ = _reduce("select", 0.5)
     with pytest.raises(ValueError, match="already carries a token budget"):
@@ -158,7 +245,7 @@ def test_resolution_refuses_a_k_that_is_not_a_square():
 
 # -- loading ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["select", "resolution", "vision-merge"])
+@pytest.mark.parametrize("method", ["select", "resolution", "vision-merge", "window", "text-guided"])
 def test_dsvl_adapt_load_restores_the_budget_exactly(method, tmp_path):
     import dsvl_adapt
 
@@ -167,7 +254,7 @@ def test_dsvl_adapt_load_restores_the_budget_exactly(method, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["token_budget"]["method"] == method
     loaded, loaded_processor = dsvl_adapt.load(tmp_path)
     assert recorded_budget(loaded.config) == budget
-    assert loaded_processor.num_image_tokens == budget.image_tokens
+    assert loaded_processor.num_image_tokens == budget.sequence_image_tokens
     batch = _features(loaded_processor)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
@@ -176,13 +263,17 @@ def test_dsvl_adapt_load_restores_the_budget_exactly(method, tmp_path):
 def test_plain_transformers_reproduces_resolution_but_not_select(tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    for method in ("resolution", "select", "vision-merge"):
+    for method in ("resolution", "select", "vision-merge", "window"):
         model, processor, _, _ = _reduce(method, 0.25)
         directory = tmp_path / method
         save_checkpoint(model, processor, directory)
         plain = AutoModelForImageTextToText.from_pretrained(directory, local_files_only=True).eval()
         batch = _features(AutoProcessor.from_pretrained(directory, local_files_only=True))
         if method == "resolution":
+            with torch.no_grad():
+                torch.testing.assert_close(plain(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+        elif method == "window":  # runs, without the mask: the text reads all 16 image tokens
+            model.model.token_mask.remove()
             with torch.no_grad():
                 torch.testing.assert_close(plain(**batch).logits, model(**batch).logits, rtol=0, atol=0)
         else:  # transformers does not know the reducer: N features for K placeholders
@@ -290,6 +381,24 @@ def test_a_run_with_a_token_budget_states_k_in_its_scorecard_and_exports_k_token
     assert exports and all(json.loads(p.read_text())["num_image_tokens"] == 4 for p in exports), deployed
     student, processor = load_checkpoint(tmp_path / "stages" / "distill" / "student")
     assert processor.num_image_tokens == 4 and recorded_budget(student.config).method == "select"
+
+
+@pytest.mark.slow  # a tiny run without export: about a minute on 2 shared cores
+def test_a_run_with_a_masking_method_scores_the_pytorch_student_and_states_k_of_n(tmp_path):
+    import dsvl_adapt
+
+    card = dsvl_adapt.run(["vertical=industrial", "model=reference-tiny", "finetune=fast", "distill=fast",
+                           "data.train_size=48", "data.validation_size=8", "data.test_size=12",
+                           "score.latency_repeats=3", "score.latency_warmup=1", "prune.tokens.keep=0.25",
+                           "prune.tokens.method=window",
+                           "pipeline.stages=[load,finetune,prune.structural,prune.weights,prune.tokens,distill,score]"],
+                          run_dir=str(tmp_path))
+    student = card.tokens["student"]
+    assert (student.image_tokens, student.in_sequence, student.method) == (4, 16, "window")
+    assert card.accuracy["student"] is not None
+    assert "| student | 4 of 16 (mask) | window |" in (tmp_path / "scorecard.md").read_text()
+    loaded, _ = load_checkpoint(tmp_path / "stages" / "distill" / "student")
+    assert loaded.model.token_mask.image_tokens == 4
 
 
 def test_distillation_under_a_budget_pairs_the_teacher_and_student_answers():

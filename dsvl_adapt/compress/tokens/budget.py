@@ -16,7 +16,8 @@ def recorded_budget(config: Any) -> TokenBudget | None:
 
 
 def image_tokens_of(model: Any, processor: Any | None = None) -> int:
-    """Image tokens per image the language model reads: the budget's K, else the processor's (or the grid's)."""
+    """Image tokens per image the language model reads: the budget's K (of which a masking method keeps N in the
+    sequence), else the processor's (or the grid's)."""
     budget = recorded_budget(model.config)
     if budget is not None:
         return budget.image_tokens
@@ -48,12 +49,12 @@ def apply_token_budget(model: Any, processor: Any, reducer: TokenReducer, *, kee
     else:
         assert keep is not None
         image_tokens = reducer.image_tokens(source, keep)
-    figures = reducer.apply(model, processor, image_tokens)
-    if int(processor.num_image_tokens) != image_tokens:
-        raise ValueError(f"token reducer {reducer.name!r} left the processor at {processor.num_image_tokens} image "
-                         f"tokens, not the {image_tokens} it promised")
     budget = TokenBudget(method=reducer.name, image_tokens=image_tokens, source_image_tokens=source,
-                         keep=image_tokens / source, deploys=reducer.deploys)
+                         keep=image_tokens / source, deploys=reducer.deploys, masks=getattr(reducer, "masks", False))
+    figures = reducer.apply(model, processor, image_tokens)
+    if int(processor.num_image_tokens) != budget.sequence_image_tokens:
+        raise ValueError(f"token reducer {reducer.name!r} left the processor at {processor.num_image_tokens} image "
+                         f"tokens, not the {budget.sequence_image_tokens} it promised")
     setattr(model.config, CONFIG_KEY, budget.model_dump(mode="json"))
     return budget, figures
 

@@ -35,6 +35,13 @@ class TokenBudget(BaseModel):
     source_image_tokens: int = Field(ge=1, description="N: image tokens per image before the reduction")
     keep: float = Field(gt=0, le=1, description="K / N")
     deploys: Deployment = Field(description="'graphs': exported graphs take K tokens; 'torch': PyTorch only")
+    masks: bool = Field(False, description="true: all N image tokens stay in the sequence and an attention mask "
+                                           "lets the text read K of them (window, text-guided)")
+
+    @property
+    def sequence_image_tokens(self) -> int:
+        """Image tokens per image in the sequence: N for a masking method, K otherwise."""
+        return self.source_image_tokens if self.masks else self.image_tokens
 
 
 @runtime_checkable
@@ -43,7 +50,9 @@ class TokenReducer(Protocol):
 
     ``name`` is what ``prune.tokens.method`` selects; ``deploys`` says whether the reduced model exports to
     graphs with exactly ``K`` image tokens (``"graphs"``) or runs in PyTorch only (``"torch"``, the reason in
-    ``description``); ``trains`` whether distillation can update the weights under it (all built-ins do).
+    ``description``). A method may also set ``masks = True`` (default False): the processor keeps all ``N``
+    image tokens in the sequence and an attention mask lets the text read ``K`` of them (``window``,
+    ``text-guided``; see :mod:`dsvl_adapt.compress.tokens.masking`).
     """
 
     name: str
@@ -82,17 +91,19 @@ def check_reducer(item: Any, plugin: str) -> None:
 class LazyTokenReducer:
     """A reducer registered by name whose implementation (torch) is imported only when it is applied.
 
-    ``target`` is ``"module:Class"``; ``square`` says whether K is rounded to a square grid. Keeps plugin
+    ``target`` is ``"module:Class"``; ``square`` says whether K is rounded to a square grid; ``masks`` whether the
+    method keeps all N tokens in the sequence (an attention mask). Keeps plugin
     loading (and ``dsvl-adapt plugins``) free of torch imports, as :class:`dsvl_adapt.engine.LazyStage` does.
     """
 
     def __init__(self, name: str, description: str, target: str, *, deploys: Deployment = "graphs",
-                 square: bool = False) -> None:
+                 square: bool = False, masks: bool = False) -> None:
         self.name = name
         self.description = description
         self.target = target
         self.deploys = deploys
         self.square = square
+        self.masks = masks
         self._loaded: Any = None
 
     def load(self) -> TokenReducer:
