@@ -2,7 +2,7 @@
 runtime, and accuracy per method and keep ratio, without and with distillation under the budget.
 
     PYTHONPATH=.:plugins/industrial:plugins/medical:plugins/ecommerce:plugins/finance \\
-        python benchmarks/tokens.py [--preset deepseek-vl-1.3b] [--keeps 1 0.5 0.25 0.125] [--methods select resolution]
+        python benchmarks/tokens.py [--preset deepseek-vl-1.3b] [--keeps 1 0.5 0.25 0.125] [--methods select ...]
                                     [--rounds 6] [--threads 2] [--verticals industrial medical ecommerce finance]
                                     [--accuracy-preset reference-small] [--work DIR] [--quick] [--no-speed]
                                     [--no-accuracy]
@@ -18,9 +18,12 @@ request's peak RSS over the loaded model's RSS, the peak reset after loading (Li
 are the same at every K, so the process's whole peak RSS, also reported, cannot fall by 40% on a 1.3B model.
 
 Accuracy: ``dsvl_adapt.run`` of each vertical at ``--accuracy-preset`` with ``prune.tokens`` at each keep ratio and
-method, once with the pipeline's distillation and once without (``distill`` dropped), sharing finished stages through
-a cache (``cache_dir``); each gives the student's accuracy with its 95% bootstrap interval, the teacher's, retention,
-and time to first token (``tokens.student.ttft_ms``). ``--quick``: reference-tiny, keep 1 and 0.25, select only,
+method, sharing finished stages through a cache (``cache_dir``): **without distillation** the method is applied to
+the teacher itself (``prune=none``, no ``distill``: the training-free figure), **with distillation** the compressed
+student (the default pruning) is distilled under the budget. Every model is scored in PyTorch (no ``quantize`` /
+``export``: the masking methods ``window`` and ``text-guided`` run in PyTorch only), without the base model, the
+general set or per-run memory. Each run gives the student's accuracy with its 95% bootstrap interval, the teacher's,
+retention, and time to first token (``tokens.student.ttft_ms``, PyTorch). ``--quick``: reference-tiny, keep 1 and 0.25, select only,
 industrial only, 2 rounds: it checks that the script runs; its figures are not worth quoting.
 Prints one JSON object; writes ``tokens.png`` (accuracy against time to first token per method) in ``--work``.
 """
@@ -78,7 +81,11 @@ def speed_and_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         save_checkpoint(model, processor, base_dir)
         del model
     configs: dict[str, dict[str, Any]] = {}
+    reducers = get_registry().token_reducers
     for method in args.methods:
+        if reducers.get(method).deploys != "graphs":
+            _log(f"{method}: PyTorch only (a mask over all N tokens), no exported graph to time")
+            continue
         for keep in args.keeps:
             name = "all" if keep == 1 else f"{method}@{keep:g}"
             if name in configs:
@@ -146,7 +153,9 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Pipeline runs per vertical, method, keep ratio, with and without distillation."""
     import dsvl_adapt
 
-    common = [f"model={args.accuracy_preset}", *args.overrides, f"cache_dir={work / 'cache'}"]
+    # accuracy and time to first token only: no base model, no general set, no fresh-process memory per run
+    common = [f"model={args.accuracy_preset}", "score.models=[teacher,student]", "score.general_size=0",
+              "score.measure_memory=false", *args.overrides, f"cache_dir={work / 'cache'}"]
     if args.quick:
         common += ["finetune=fast", "distill=fast", "data.train_size=48", "data.validation_size=8",
                    "data.test_size=12", "score.latency_repeats=3", "score.latency_warmup=1", "score.general_size=0",
@@ -160,8 +169,12 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 for distilled in (False, True):
                     if keep == 1 and method != args.methods[0]:
                         continue  # all tokens: one run per vertical, whatever the method
+                    # without distillation: the method applied to the teacher itself (no weight pruning), the
+                    # training-free figure the literature reports; with: the compressed student distilled under it
                     run_stages = stages if distilled else [s for s in stages if s != "distill"]
                     budget = [] if keep == 1 else [f"prune.tokens.keep={keep}", f"prune.tokens.method={method}"]
+                    if not distilled:
+                        budget.append("prune=none")
                     label = f"{vertical}/{'all' if keep == 1 else f'{method}@{keep:g}'}/" \
                             f"{'distilled' if distilled else 'not-distilled'}"
                     _log(f"run {label}")
@@ -200,7 +213,8 @@ def main() -> None:
     parser.add_argument("--preset", default="deepseek-vl-1.3b")
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--keeps", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.125])
-    parser.add_argument("--methods", nargs="+", default=["select", "resolution"])
+    parser.add_argument("--methods", nargs="+",
+                        default=["select", "resolution", "vision-merge", "window", "text-guided"])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -146,8 +146,9 @@ def dsvl_adapt_register_token_reducers(register: Callable[["TokenReducer"], None
     selects), a ``description``, ``deploys`` (``"graphs"``: the exported graphs take K image tokens;
     ``"torch"``: PyTorch only), ``image_tokens(source_tokens, keep) -> K``, ``apply(model, processor, K)``
     (reduces the model in place and sets the processor's ``num_image_tokens``) and ``restore(model, budget)``
-    (re-installs on a loaded model what its config cannot express). The built-ins (``select``,
-    ``resolution``) come through this hook too.
+    (re-installs on a loaded model what its config cannot express); optionally ``masks = True`` when all N image
+    tokens stay in the sequence and an attention mask lets the text read K. The built-ins (``select``,
+    ``resolution``, ``vision-merge``, ``window``, ``text-guided``) come through this hook too.
     """
 
 

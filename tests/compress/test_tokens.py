@@ -123,6 +123,32 @@ def test_a_tome_step_averages_the_most_similar_pairs_by_size_and_remembers_their
     assert new_first[0].tolist() == [2, 0, 3, 4]
 
 
+def test_chained_tome_steps_keep_each_tokens_first_patch_the_smallest_it_covers():
+    """Through 4 steps (64 -> 16) every token's first patch is the least of the patches it stands for (a token
+    can cover a patch index far beyond the current count: 57 with 28 tokens left, found on reference-small)."""
+    from dsvl_adapt.compress.tokens.vision_merge import bipartite_merge
+
+    torch.manual_seed(0)
+    mix = torch.nn.Linear(8, 8)
+    torch.manual_seed(1)
+    x = torch.randn(1, 64, 8)
+    size, first = torch.ones(1, 64, 1), torch.arange(64).unsqueeze(0)
+    members = [{p} for p in range(64)]  # what each token stands for, followed by hand
+    with torch.no_grad():
+        for _ in range(4):
+            x = mix(x)
+            unit = torch.nn.functional.normalize(x, dim=-1)
+            best, partner = (unit[:, ::2] @ unit[:, 1::2].transpose(1, 2)).max(dim=-1)
+            order = best[0].argsort(descending=True).tolist()
+            a, b = members[::2], members[1::2]
+            for i in order[:12]:
+                b[int(partner[0, i])] = b[int(partner[0, i])] | a[i]
+            members = [a[i] for i in order[12:]] + b
+            x, size, first = bipartite_merge(x, x, size, first, 12)
+    assert first[0].tolist() == [min(m) for m in members]
+    assert size[0, :, 0].tolist() == [float(len(m)) for m in members]
+
+
 def test_vision_merge_runs_later_vision_layers_on_fewer_tokens_and_gives_them_in_image_order():
     model, processor, _, figures = _reduce("vision-merge", 0.25)
     assert figures == {"merged_per_layer": [8, 4]}

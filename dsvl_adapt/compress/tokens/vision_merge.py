@@ -79,7 +79,8 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, f
     # a merged token covers its partner's first patch or its own, whichever comes first
     a_first, b_first = first[:, ::2], first[:, 1::2]
     merged_first = torch.gather(a_first, 1, merged).to(x.dtype)
-    big = float(2 * x.shape[1])
+    # above every patch index (not the current count: a token can cover a patch far beyond it); exact in fp32
+    big = float(2 ** 24)
     candidates = one_hot * merged_first.unsqueeze(-1) + (1.0 - one_hot) * big  # (B, r, |B|)
     b_first = torch.minimum(b_first.to(x.dtype), candidates.min(dim=1).values)
     kept_weighted = gather_tokens(a_weighted, kept)
