@@ -115,6 +115,7 @@ class ImageTokenMask(nn.Module):
         return allowed | (key.view(1, 1, 1, total) == query.view(1, 1, queries, 1))
 
     def with_drops(self, allowed: torch.Tensor) -> torch.Tensor:
+        """``allowed`` without the :attr:`dropped` image keys (a position still reads itself)."""
         total = allowed.shape[-1]
         queries = allowed.shape[-2]
         key = torch.arange(total, device=allowed.device)
@@ -123,6 +124,8 @@ class ImageTokenMask(nn.Module):
 
     @staticmethod
     def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The float mask the attention adds: 0 where allowed, the dtype's lowest value elsewhere (eager and SDPA
+        both take it)."""
         zero = torch.zeros((), dtype=dtype, device=allowed.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
 
