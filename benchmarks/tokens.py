@@ -11,7 +11,9 @@ Speed and memory (random weights at ``--preset``'s dimensions): for each method 
 reduced, exported to ONNX (full graph, fp32) and run by ONNX Runtime. Time to first token = one request's vision
 + prefill forward (image + prompt -> logits of the first answer token); every configuration runs once per round in
 a rotating order (``_stats.round_orders``), and each is compared with all N tokens **in the same round**
-(``_stats.paired_ratio``: geometric mean with a 95% paired t interval; target "2.5x faster at keep 0.25"). Memory:
+(``_stats.paired_ratio``: geometric mean with a 95% paired t interval; target "2.5x faster at keep 0.25"). The
+runtimes are held in memory together when their graphs fit in half the machine's memory; otherwise (the 1.3B preset's
+fp32 graphs, 6 GB each) each is loaded for its turn and runs one warm-up forward before it is timed. Memory:
 a fresh child process loads the export and answers one request with one new token
 (``dsvl_adapt.score.memory.measure_serving_memory``). Peak prefill memory (the "40% lower" target) is that
 request's peak RSS over the loaded model's RSS, the peak reset after loading (Linux; unknown elsewhere): the weights
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +61,13 @@ def _request(processor: Any, image_size: int) -> dict[str, torch.Tensor]:
     features = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                              return_tensors="pt")
     return {k: features[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+
+
+def _fits_together(directories: list[Path]) -> bool:
+    """Whether the exported graphs of ``directories`` together take under half of this machine's memory."""
+    total = sum(f.stat().st_size for d in directories for f in d.rglob("*") if f.is_file())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total < memory / 2
 
 
 def speed_and_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -104,15 +113,24 @@ def speed_and_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                              "image_tokens": int(processor.num_image_tokens),
                              "prompt_tokens": int(request["input_ids"].shape[1])}
             del model
-    runtimes = {name: OnnxRuntimeModel.load(work / "export" / name, threads=args.threads) for name in configs}
     times: dict[str, list[float]] = {name: [] for name in configs}
+    # held together when they fit in half the machine's memory; else each is loaded for its turn (one warm-up
+    # forward after every load), so that the 1.3B preset's fp32 graphs need one model's memory, not four
+    held = _fits_together([work / "export" / name for name in configs])
+    runtimes = {name: OnnxRuntimeModel.load(work / "export" / name, threads=args.threads) for name in configs} \
+        if held else {}
     for name, runtime in runtimes.items():  # one warm-up each
         runtime.forward(configs[name]["request"])
     for order in round_orders(list(configs), args.rounds, seed=args.seed):
         for name in order:
+            runtime = runtimes.get(name)
+            if runtime is None:
+                runtime = OnnxRuntimeModel.load(work / "export" / name, threads=args.threads)
+                runtime.forward(configs[name]["request"])
             started = time.perf_counter()
-            runtimes[name].forward(configs[name]["request"])
+            runtime.forward(configs[name]["request"])
             times[name].append((time.perf_counter() - started) * 1000)
+            del runtime
     del runtimes
     results: dict[str, Any] = {}
     for name, config in configs.items():
@@ -146,6 +164,7 @@ def speed_and_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "peak_memory_40pct_lower": None if result.get("prefill_memory_reduction") is None
                 else ("met" if result["prefill_memory_reduction"] >= 0.40 else "not met")}
     return {"preset": args.preset, "runtime": "onnxruntime fp32 (full graph)", "threads": args.threads,
+            "runtimes_held_together": held,
             "rounds": args.rounds, "ratio_method": RATIO_METHOD, "configs": results, "acceptance": acceptance}
 
 
@@ -233,7 +252,12 @@ def main() -> None:
         args.keeps = [1.0, *args.keeps]
     work = args.work or Path(tempfile.mkdtemp(prefix="tokens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"quick": args.quick, "cpu": platform.processor() or platform.machine(),
+    from dsvl_adapt.machine import cpu_flags
+    from dsvl_adapt.score.timing import cpu_model
+
+    result: dict[str, Any] = {"quick": args.quick, "cpu": cpu_model(),
+                              "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                                                                 "amx_tile"}),
                               "work": str(work)}
     if not args.no_speed:
         result["speed_memory"] = speed_and_memory(args, work)
