@@ -39,6 +39,10 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
+#: one colour per series where a plot has more lines than models (matplotlib's tab10, without its grey)
+SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+
+
 def _color(model: str, index: int) -> str:
     fallback = ("#7e57c2", "#26a69a", "#8d6e63", "#ec407a")
     return MODEL_COLORS.get(model, fallback[index % len(fallback)])
@@ -252,7 +256,7 @@ def accuracy_ttft_plot(series: dict[str, list[tuple[float, float, str]]], *, met
     ax = figure.add_subplot()
     for index, (name, points) in enumerate(series.items()):
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name,
-                color=_color(name, index))
+                color=MODEL_COLORS.get(name, SERIES_COLORS[index % len(SERIES_COLORS)]))
         for x, y, label in points:
             ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
     ax.set_xlabel("time to first token (ms, vision + prefill)")
