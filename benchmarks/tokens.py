@@ -174,7 +174,7 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     # accuracy and time to first token only: no base model, no general set, no fresh-process memory per run
     common = [f"model={args.accuracy_preset}", "score.models=[teacher,student]", "score.general_size=0",
-              "score.measure_memory=false", *args.overrides, f"cache_dir={work / 'cache'}"]
+              "score.measure_memory=false", *args.overrides, f"cache_dir={args.cache_dir or work / 'cache'}"]
     if args.quick:
         common += ["finetune=fast", "distill=fast", "data.train_size=48", "data.validation_size=8",
                    "data.test_size=12", "score.latency_repeats=3", "score.latency_warmup=1", "score.general_size=0",
@@ -240,6 +240,9 @@ def main() -> None:
     parser.add_argument("--verticals", nargs="+", default=["industrial", "medical", "ecommerce", "finance"])
     parser.add_argument("--accuracy-preset", default="reference-small")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="the stage cache of the accuracy runs (default WORK/cache): another work folder's cache "
+                             "re-scores its finished runs without training them again")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--quick", action="store_true")
