@@ -95,7 +95,8 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, f
 class VisionTokenMerge(nn.Module):
     """Forward hooks on the vision tower's encoder layers that merge tokens after each one (see the module doc).
 
-    Holds no weights: the similarity uses each layer's own ``layer_norm1`` and ``k_proj`` on the layer's input.
+    Holds no weights: the similarity uses the keys each layer's attention computes anyway (captured from its
+    ``k_proj`` by a forward hook, so nothing is computed twice).
     """
 
     def __init__(self, vision_model: nn.Module, image_tokens: int, source_tokens: int) -> None:
@@ -105,10 +106,11 @@ class VisionTokenMerge(nn.Module):
         self.source_tokens = source_tokens
         self.schedule = merge_schedule(source_tokens, image_tokens, len(layers))
         self._state: dict[str, torch.Tensor] = {}
-        self._handles = []
-        for index, (layer, merge) in enumerate(zip(layers, self.schedule)):
-            self._handles.append(layer.register_forward_pre_hook(self._before(index), with_kwargs=True))
-            self._handles.append(layer.register_forward_hook(self._after(layer, index, merge), with_kwargs=True))
+        self._handles = [layers[0].register_forward_pre_hook(self._start, with_kwargs=True)]
+        for layer, merge in zip(layers, self.schedule):
+            if merge:
+                self._handles.append(layer.self_attn.k_proj.register_forward_hook(self._keep_keys))
+                self._handles.append(layer.register_forward_hook(self._after(layer.self_attn.head_dim, merge)))
         # the tokens reach post_layernorm (and the aligner) in image order
         self._handles.append(vision_model.post_layernorm.register_forward_pre_hook(self._in_image_order))
 
@@ -120,25 +122,22 @@ class VisionTokenMerge(nn.Module):
             handle.remove()
         self._handles.clear()
 
-    def _before(self, index: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if index == 0:  # a new image batch: every token is one patch, at its own place
-                batch, length, _ = hidden.shape
-                self._state = {"size": torch.ones(batch, length, 1, dtype=hidden.dtype, device=hidden.device),
-                               "first": torch.arange(length, device=hidden.device).unsqueeze(0).repeat(batch, 1)}
-            self._state["input"] = hidden
-        return hook
+    def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A new image batch: every token is one patch, at its own place."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        batch, length, _ = hidden.shape
+        self._state = {"size": torch.ones(batch, length, 1, dtype=hidden.dtype, device=hidden.device),
+                       "first": torch.arange(length, device=hidden.device).unsqueeze(0).repeat(batch, 1)}
 
-    def _after(self, layer: nn.Module, index: int, merge: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            if merge == 0:
-                return output
+    def _keep_keys(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._state["keys"] = output
+
+    def _after(self, head_dim: int, merge: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             hidden = output[0] if isinstance(output, tuple) else output
-            attention = layer.self_attn
-            x = layer.layer_norm1(self._state["input"])
-            batch, length, _ = x.shape
-            keys = attention.k_proj(x).view(batch, length, -1, attention.head_dim).mean(dim=2)
+            keys = self._state.pop("keys")
+            batch, length, _ = keys.shape
+            keys = keys.view(batch, length, -1, head_dim).mean(dim=2)
             merged, self._state["size"], self._state["first"] = bipartite_merge(
                 hidden, keys, self._state["size"], self._state["first"], merge)
             return (merged, *output[1:]) if isinstance(output, tuple) else merged
