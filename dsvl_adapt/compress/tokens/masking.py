@@ -36,6 +36,7 @@ class ImageTokenMask(nn.Module):
         self.text_visible: torch.Tensor | None = None  # (B, T) image keys the text may read
         self.dropped: torch.Tensor | None = None  # (B, T) image keys dropped in the later layers
         self.base: torch.Tensor | None = None  # (B, 1, q, T) the current call's causal + padding + text rule
+        self._drop_mask: torch.Tensor | None = None  # the current call's additive mask without the dropped keys
         inner = model.model
         self._handles = [model.register_forward_pre_hook(self._on_top, with_kwargs=True),
                          inner.register_forward_pre_hook(self._on_model, with_kwargs=True),
@@ -99,6 +100,7 @@ class ImageTokenMask(nn.Module):
             padding = torch.ones(embeds.shape[0], total, dtype=torch.bool, device=embeds.device)
         padding = padding[:, -total:].bool()
         self.base = self._allowed(padding, queries, total)
+        self._drop_mask = None
         kwargs["attention_mask"] = self.additive(self.base, embeds.dtype)
         return args, kwargs
 
@@ -122,12 +124,34 @@ class ImageTokenMask(nn.Module):
         own = key.view(1, 1, 1, total) == key[total - queries:].view(1, 1, queries, 1)
         return (allowed & ~self.dropped[:, None, None, :]) | own
 
+    def drop_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask of :meth:`with_drops`, built once per call and shared by every layer that applies it."""
+        if self._drop_mask is None:
+            self._drop_mask = self.additive(self.with_drops(self.base), dtype)
+        return self._drop_mask
+
     @staticmethod
     def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The float mask the attention adds: 0 where allowed, the dtype's lowest value elsewhere (eager and SDPA
         both take it)."""
         zero = torch.zeros((), dtype=dtype, device=allowed.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+class MaskingReducer:
+    """What the masking reducers share: PyTorch only, N tokens kept in the sequence, and their mask installed on
+    ``model.model.token_mask`` (a module with no weights) when K < N, at apply and again at load."""
+
+    deploys = "torch"
+    masks = True
+    mask_type: type[ImageTokenMask]
+
+    def install(self, model: Any, image_tokens: int, source_tokens: int) -> None:
+        if image_tokens < source_tokens:
+            model.model.token_mask = self.mask_type(model, image_tokens, source_tokens)
+
+    def restore(self, model: Any, budget: Any) -> None:
+        self.install(model, budget.image_tokens, budget.source_image_tokens)
 
 
 def grid_side(tokens: int) -> int:
@@ -137,4 +161,4 @@ def grid_side(tokens: int) -> int:
     return side
 
 
-__all__ = ["ImageTokenMask", "grid_side"]
+__all__ = ["ImageTokenMask", "MaskingReducer", "grid_side"]

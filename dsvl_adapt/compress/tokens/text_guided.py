@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .contract import TokenBudget, tokens_for_keep
-from .masking import ImageTokenMask
+from .contract import tokens_for_keep
+from .masking import ImageTokenMask, MaskingReducer
 
 #: FastV's layer: image tokens are ranked in layer 2 and dropped after it.
 RANK_LAYER = 2
@@ -88,18 +88,17 @@ class TextGuidedMask(ImageTokenMask):
         if self.dropped is None:
             raise RuntimeError("text-guided: the ranking layer did not run before the later layers")
         hidden = args[0] if args else kwargs["hidden_states"]
-        kwargs["attention_mask"] = self.additive(self.with_drops(self.base), hidden.dtype)
+        kwargs["attention_mask"] = self.drop_mask(hidden.dtype)
         return args, kwargs
 
 
-class TextGuidedReducer:
+class TextGuidedReducer(MaskingReducer):
     """The registered ``text-guided`` method."""
 
     name = "text-guided"
     description = ("FastV-style: the last prompt token's attention in layer 2 of the language model picks K image "
                    "tokens, the later layers read only those (masking); PyTorch only")
-    deploys = "torch"
-    masks = True
+    mask_type = TextGuidedMask
 
     def image_tokens(self, source_tokens: int, keep: float) -> int:
         return tokens_for_keep(source_tokens, keep)
@@ -107,13 +106,8 @@ class TextGuidedReducer:
     def apply(self, model: Any, processor: Any, image_tokens: int) -> dict[str, Any]:
         if getattr(model.config, "high_res_vision_config", None) is not None:
             raise ValueError("prune.tokens.method=text-guided supports DeepSeek-VL (SigLIP) models, not the hybrid yet")
-        if image_tokens < int(processor.num_image_tokens):
-            model.model.token_mask = TextGuidedMask(model, image_tokens, int(processor.num_image_tokens))
+        self.install(model, image_tokens, int(processor.num_image_tokens))
         return {"rank_layer": rank_layer(model)}
-
-    def restore(self, model: Any, budget: TokenBudget) -> None:
-        if budget.image_tokens < budget.source_image_tokens:
-            model.model.token_mask = TextGuidedMask(model, budget.image_tokens, budget.source_image_tokens)
 
 
 __all__ = ["RANK_LAYER", "TextGuidedMask", "TextGuidedReducer"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .contract import TokenBudget, square_tokens_for_keep
-from .masking import ImageTokenMask, grid_side
+from .contract import square_tokens_for_keep
+from .masking import ImageTokenMask, MaskingReducer, grid_side
 from .select import LastLayerAttention, _last_vision_layer
 
 
@@ -46,29 +46,21 @@ class WindowMask(ImageTokenMask):
         self.text_visible = visible
 
 
-class WindowReducer:
+class WindowReducer(MaskingReducer):
     """The registered ``window`` method."""
 
     name = "window"
     description = ("the seed's dynamic attention masking: text reads a g x g window of image patches around the most "
                    "attended one; all N tokens stay in the sequence; PyTorch only, for comparison")
-    deploys = "torch"
-    masks = True
+    mask_type = WindowMask
 
     def image_tokens(self, source_tokens: int, keep: float) -> int:
         return square_tokens_for_keep(source_tokens, keep)
 
     def apply(self, model: Any, processor: Any, image_tokens: int) -> dict[str, Any]:
-        source = int(processor.num_image_tokens)
-        if source == image_tokens:
-            return {"window": f"{grid_side(source)}x{grid_side(source)}"}
-        model.model.token_mask = WindowMask(model, image_tokens, source)
+        self.install(model, image_tokens, int(processor.num_image_tokens))
         side = grid_side(image_tokens)
         return {"window": f"{side}x{side}"}
-
-    def restore(self, model: Any, budget: TokenBudget) -> None:
-        if budget.image_tokens < budget.source_image_tokens:
-            model.model.token_mask = WindowMask(model, budget.image_tokens, budget.source_image_tokens)
 
 
 __all__ = ["WindowMask", "WindowReducer"]
