@@ -82,14 +82,13 @@ def main() -> None:
     dtype = json.loads(load.read_text())["figures"].get("dtype") if load.is_file() else None
     print(json.dumps({"preset": args.preset, "returncode": result.returncode, "peak_rss_gib": round(peak_kib / 2**20, 2),
                       "seconds": round(seconds, 1), "stage_seconds": stages,
-                      "peak_rss_gib_after_stage": peaks, "dtype": dtype, "cpu": _cpu_model(),
-                      "cpu_count": os.cpu_count(), "run_dir": str(run_dir)}, indent=1))
+                      "peak_rss_gib_after_stage": peaks, "dtype": dtype, **_cpu(), "run_dir": str(run_dir)}, indent=1))
 
 
-def _cpu_model() -> str:
-    from dsvl_adapt.score.timing import cpu_model
+def _cpu() -> dict:
+    from dsvl_adapt.machine import cpu_description
 
-    return cpu_model()
+    return cpu_description()
 
 
 if __name__ == "__main__":

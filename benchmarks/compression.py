@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from importlib.metadata import PackageNotFoundError, version
 
-    from dsvl_adapt.score.timing import cpu_model
+    from dsvl_adapt.machine import cpu_model
 
     versions = {}
     for dist in ("torch", "transformers", "torch-pruning", "onnx", "onnxruntime", "openvino", "nncf"):

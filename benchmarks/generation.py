@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -54,6 +53,8 @@ import torch  # noqa: E402
 
 from _baselines import PlainOpenVinoModel, nncf_int4_stateful_defaults  # noqa: E402
 from _stats import RATIO_METHOD, paired_ratio, round_orders, target_check  # noqa: E402
+
+from dsvl_adapt.machine import cpu_description  # noqa: E402
 
 TORCH = "torch-fp32-eager"
 BASELINE = "openvino-int4-nncf-defaults-stateful"
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "benchmark": "generation", "preset": args.preset, "weights": "random (speed only)",
             "image_tokens": get_preset(args.preset).num_image_tokens, "prompt_tokens": args.prompt,
             "new_tokens": args.new_tokens, "threads": args.threads, "spin": SPIN, "rounds": args.rounds, "prune": args.prune,
-            "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
+            **cpu_description(),
             "student_best_runtime": best, "selection_decode_ms": {k: round(v, 1) for k, v in selection.items()},
             "configurations": entries, "acceptance": acceptance,
             "peak_rss_bytes_after_build": int(peak_build),
@@ -309,15 +310,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out.write_text(text + "\n")
     return result
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

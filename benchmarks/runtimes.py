@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     from importlib import metadata
 
-    from dsvl_adapt.score.timing import cpu_model
+    from dsvl_adapt.machine import cpu_model
 
     result["setup"]["cpu"] = cpu_model()
     result["setup"]["machine"] = platform.machine()

@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _stats import paired_ratio, round_orders, target_check  # noqa: E402
 
+from dsvl_adapt.machine import cpu_description  # noqa: E402
+
 QUICK_RUN = ["vertical=finance", "model=reference-tiny", "finetune=fast", "distill=fast", "data.train_size=48",
              "data.validation_size=8", "data.test_size=16", "score.general_size=0", "score.latency_repeats=3",
              "score.latency_warmup=1"]
@@ -224,7 +226,7 @@ def main() -> int:
                "one-at-a-time": ServerProcess(run_dir, logs / "single", "--max-batch", "1", "--cache-entries", "0"),
                "cached": ServerProcess(run_dir, logs / "cached", "--max-batch", "8", "--max-queue", str(args.queue))}
     result: dict[str, Any] = {"run_dir": str(run_dir), "model": name, "rows": len(messages),
-                              "concurrency": CONCURRENCY, "cpu": _cpu(), "cores": os.cpu_count()}
+                              "concurrency": CONCURRENCY, **cpu_description()}
     try:
         for server in servers.values():
             server.wait_ready()
@@ -299,15 +301,6 @@ def main() -> int:
     print(json.dumps(result, indent=1))
     return 0
 
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -255,13 +255,9 @@ def main() -> None:
         args.keeps = [1.0, *args.keeps]
     work = args.work or Path(tempfile.mkdtemp(prefix="tokens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    from dsvl_adapt.machine import cpu_flags
-    from dsvl_adapt.score.timing import cpu_model
+    from dsvl_adapt.machine import cpu_description
 
-    result: dict[str, Any] = {"quick": args.quick, "cpu": cpu_model(),
-                              "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16",
-                                                                 "amx_tile"}),
-                              "work": str(work)}
+    result: dict[str, Any] = {"quick": args.quick, **cpu_description(), "work": str(work)}
     if not args.no_speed:
         result["speed_memory"] = speed_and_memory(args, work)
     if not args.no_accuracy:

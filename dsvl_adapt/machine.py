@@ -29,6 +29,32 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+#: the flags that change figures measured here (int8 dot products, AVX-512, bf16), kept in results beside the model
+#: name: one "AMD EPYC" name covers both an AVX2-only host and an AVX-512 one in this project
+FLAGS_THAT_MATTER = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                               "amx_bf16"})
+
+
+def cpu_description() -> dict[str, object]:
+    """What a benchmark's JSON states beside every figure: the CPU's model, the flags that matter, the cores."""
+    import os
+
+    return {"cpu": cpu_model(), "cpu_flags": sorted(cpu_flags() & FLAGS_THAT_MATTER), "cores": os.cpu_count()}
+
+
 def has_int8_dot_product(flags: frozenset[str] | None = None, machine: str | None = None) -> bool | None:
     """True when the x86 CPU has VNNI or AMX int8; None when it cannot be told (not x86, or no flags readable).
 

@@ -50,3 +50,15 @@ def _resident_bytes() -> int:
 
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_cpu_description_names_the_model_the_flags_that_matter_and_the_cores():
+    import os
+
+    from dsvl_adapt.machine import FLAGS_THAT_MATTER, cpu_description, cpu_flags, cpu_model
+
+    described = cpu_description()
+    assert described["cpu"] == cpu_model() and described["cpu"]
+    assert described["cores"] == os.cpu_count()
+    assert described["cpu_flags"] == sorted(cpu_flags() & FLAGS_THAT_MATTER)
+    assert {"avx2", "avx512_vnni"} <= FLAGS_THAT_MATTER  # what tells this project's two AMD EPYC hosts apart

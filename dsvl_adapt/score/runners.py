@@ -19,7 +19,8 @@ from ..errors import ConfigError
 from ..models.figures import model_figures, size_on_disk
 from ..progress import progress_bar
 from .generate import generate_answers
-from .timing import cpu_model, percentiles, time_calls, torch_threads
+from ..machine import cpu_model
+from .timing import percentiles, time_calls, torch_threads
 
 TORCH_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 

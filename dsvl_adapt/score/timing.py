@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @contextmanager
