@@ -306,8 +306,10 @@ def main() -> int:
         args.verticals = args.verticals if args.verticals != list(VERTICALS) else ["industrial", "ecommerce"]
         args.overrides = args.overrides or ["finetune=fast"]
     work = Path(args.work)
+    from dsvl_adapt.machine import cpu_description
+
     out: dict[str, Any] = {"rates": RATES, "settings": {k: v for k, v in vars(args).items() if k != "overrides"},
-                           "verticals": {}}
+                           **cpu_description(), "verticals": {}}
     for vertical in args.verticals:
         out["verticals"][vertical] = one_vertical(vertical, args, work / vertical)
         _log(json.dumps({vertical: {k: out["verticals"][vertical][k] for k in ("detection", "review_queue")}}))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 
 def _flipped_industrial(n: int, rate: float, seed: int = 3):
     from dsvl_adapt.data.loading import Split
@@ -25,7 +23,6 @@ def _flipped_industrial(n: int, rate: float, seed: int = 3):
     return Split("train", rows), flipped
 
 
-@pytest.mark.slow  # about 50 s on 2 shared cores
 def test_label_issues_find_flipped_answers_and_suggest_the_original():
     from dsvl_adapt.cleaning.data import CleaningData
     from dsvl_adapt.cleaning.runner import run_checks
@@ -39,7 +36,9 @@ def test_label_issues_find_flipped_answers_and_suggest_the_original():
     found = {f.row_id: f for f in report.findings if f.reason == "label_issue"}
     hits = set(found) & set(flipped)
     assert len(hits) / len(flipped) >= 0.7, (len(hits), len(flipped), len(found))
-    assert len(hits) / len(found) >= 0.4, (len(hits), len(found))  # flagging at random: about 0.1
+    # the issue's target for flipped answers, over everything cleanlab flags: 0.91 / 0.91 here (the features before
+    # the detail and object groups and C=1 gave 0.84 / 0.59: a defect seen in one place was not known in another)
+    assert len(hits) / len(found) >= 0.7, (len(hits), len(found))
     restored = sum(found[row_id].suggestion == flipped[row_id] for row_id in hits)
     assert restored / len(hits) >= 0.8
     view = report.view({"train": train})
