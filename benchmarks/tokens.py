@@ -27,7 +27,9 @@ student (the default pruning) is distilled under the budget. Every model is scor
 general set or per-run memory. Each run gives the student's accuracy with its 95% bootstrap interval, the teacher's,
 retention, and time to first token (``tokens.student.ttft_ms``, PyTorch). ``--quick``: reference-tiny, keep 1 and 0.25, select only,
 industrial only, 2 rounds: it checks that the script runs; its figures are not worth quoting.
-Prints one JSON object; writes ``tokens.png`` (accuracy against time to first token per method) in ``--work``.
+Prints one JSON object on stdout and the same figures as Markdown tables on stderr (with, per method, on how many
+verticals the student distilled at keep 0.25 keeps retention >= 0.95: ``accuracy_acceptance``); writes ``tokens.png``
+(accuracy against time to first token per method) in ``--work``.
 """
 
 from __future__ import annotations
@@ -212,6 +214,71 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+def _figure(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def tables(result: dict[str, Any]) -> str:
+    """The result as the Markdown tables docs/tokens.md and the README quote: speed and memory per method and K, and
+    per vertical accuracy per method and keep ratio, training-free and distilled, with retention."""
+    out: list[str] = []
+    speed = result.get("speed_memory")
+    if speed:
+        out += [f"time to first token and peak prefill memory: {speed['preset']}, {speed['runtime']}, "
+                f"{speed['threads']} threads, {speed['rounds']} rounds; {result['cpu']} {' '.join(result['cpu_flags'])}",
+                "", "| method | keep | image tokens | time to first token (median) | faster than all [95%] | "
+                "prefill memory lower |", "|---|---|---|---|---|---|"]
+        for name, row in speed["configs"].items():
+            ratio = row["ttft_speedup_vs_all"]
+            faster = "-" if ratio is None else f"{ratio['ratio']:.2f}x" + (
+                f" [{ratio['ci95'][0]:.2f}, {ratio['ci95'][1]:.2f}]" if ratio.get("ci95") else "")
+            memory = row.get("prefill_memory_reduction")
+            out.append(f"| {row['method'] or 'all'} | {row['keep']:g} | {row['image_tokens']} | "
+                       f"{row['ttft_ms_median']:.0f} ms | {faster} | {'-' if memory is None else f'{memory:.0%}'} |")
+        out.append("")
+    for vertical, rows in (result.get("accuracy") or {}).items():
+        teacher = next((r["teacher"] for r in rows if r["teacher"] is not None), None)
+        out += [f"{vertical} (teacher {_figure(teacher)}): accuracy of the teacher under the budget (training-free) "
+                "and of the student distilled under it, 95% bootstrap intervals", "",
+                "| method | keep | image tokens | training-free | distilled | retention | student time to first "
+                "token |", "|---|---|---|---|---|---|---|"]
+        paired: dict[tuple[Any, float], dict[bool, dict]] = {}
+        for row in rows:
+            paired.setdefault((row["method"], row["keep"]), {})[row["distilled"]] = row
+        for (method, keep), pair in paired.items():
+            free, distilled = pair.get(False), pair.get(True)
+            either = distilled or free
+            ttft = f"{distilled['ttft_ms']:.1f} ms" if distilled and distilled["ttft_ms"] else "-"
+            out.append(f"| {method or 'all tokens'} | {keep:g} | {either['image_tokens'] or 'all'} | "
+                       f"{_figure(free['accuracy'], free['ci95']) if free and method else '(the teacher)'} | "
+                       f"{_figure(distilled['accuracy'], distilled['ci95']) if distilled else '-'} | "
+                       f"{_figure(distilled['retention'], distilled['retention_ci95']) if distilled else '-'} | "
+                       f"{ttft} |")
+        out.append("")
+    for method, check in (result.get("accuracy_acceptance") or {}).items():
+        out.append(f"{method}: distilled retention >= 0.95 at keep 0.25 on {len(check['verticals_met'])} of "
+                   f"{check['verticals']} verticals ({', '.join(check['verticals_met']) or 'none'}): {check['target']}")
+    return "\n".join(out)
+
+
+def accuracy_acceptance(accuracies: dict[str, Any]) -> dict[str, Any]:
+    """Per method: the verticals where the student distilled at keep 0.25 keeps retention >= 0.95 (point estimate),
+    against the issue's "at least three of the four"."""
+    out: dict[str, Any] = {}
+    for vertical, rows in accuracies.items():
+        for row in rows:
+            if row["distilled"] and row["keep"] == 0.25 and row["method"]:
+                check = out.setdefault(row["method"], {"verticals": len(accuracies), "verticals_met": []})
+                if row["retention"] is not None and row["retention"] >= 0.95:
+                    check["verticals_met"].append(vertical)
+    for check in out.values():
+        check["target"] = "met" if len(check["verticals_met"]) >= 3 else (
+            "not met" if check["verticals"] >= 4 else "fewer than four verticals in this run")
+    return out
+
+
 def plot(accuracies: dict[str, Any], path: Path) -> bool:
     from dsvl_adapt.score.plots import accuracy_ttft_plot
 
@@ -262,7 +329,9 @@ def main() -> None:
         result["speed_memory"] = speed_and_memory(args, work)
     if not args.no_accuracy:
         result["accuracy"] = accuracy(args, work)
+        result["accuracy_acceptance"] = accuracy_acceptance(result["accuracy"])
         result["plot"] = str(work / "tokens.png") if plot(result["accuracy"], work / "tokens.png") else None
+    print(tables(result), file=sys.stderr)  # the JSON alone on stdout
     print(json.dumps(result, indent=2, default=str))
 
 
