@@ -252,7 +252,7 @@ def tables(result: dict[str, Any]) -> str:
             either = distilled or free
             ttft = f"{distilled['ttft_ms']:.1f} ms" if distilled and distilled["ttft_ms"] else "-"
             out.append(f"| {method or 'all tokens'} | {keep:g} | {either['image_tokens'] or 'all'} | "
-                       f"{_figure(free['accuracy'], free['ci95']) if free and method else '(the teacher)'} | "
+                       f"{'(the teacher)' if method is None else _figure(free['accuracy'], free['ci95']) if free else '-'} | "
                        f"{_figure(distilled['accuracy'], distilled['ci95']) if distilled else '-'} | "
                        f"{_figure(distilled['retention'], distilled['retention_ci95']) if distilled else '-'} | "
                        f"{ttft} |")

@@ -103,3 +103,38 @@ def test_retention_check() -> None:
     worse = teacher & (rng.random(800) < 0.7)
     assert stats.retention_check(stats.paired_comparison([_exact(teacher)], [_exact(worse)], 800, resamples=200),
                                  0.95) == "not met"
+
+
+def _tokens_benchmark():
+    sys.path.insert(0, str(_PATH.parent))
+    spec = importlib.util.spec_from_file_location("benchmark_tokens", _PATH.parent / "tokens.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_token_budget_retention_counts_distilled_students_at_keep_025_on_three_of_four_verticals() -> None:
+    tokens = _tokens_benchmark()
+
+    def row(method, keep, distilled, retention):
+        return {"method": method, "keep": keep, "distilled": distilled, "retention": retention}
+
+    accuracies = {
+        "a": [row(None, 1.0, True, 1.0), row("select", 0.25, True, 0.96), row("select", 0.25, False, 0.2),
+              row("select", 0.5, True, 0.5)],
+        "b": [row("select", 0.25, True, 0.95), row("select", 0.125, True, 0.99)],
+        "c": [row("select", 0.25, True, 0.949)],  # under the floor
+        "d": [row("select", 0.25, True, None)],  # not measured: not met
+    }
+    check = tokens.accuracy_acceptance(accuracies)
+    assert set(check) == {"select"}  # all-token rows belong to no method
+    assert check["select"]["verticals_met"] == ["a", "b"] and check["select"]["target"] == "not met"
+    accuracies["d"] = [row("select", 0.25, True, 1.02)]
+    assert tokens.accuracy_acceptance(accuracies)["select"]["target"] == "met"
+    assert tokens.accuracy_acceptance({"a": accuracies["a"]})["select"]["target"] == \
+        "fewer than four verticals in this run"
+    table = tokens.tables({"accuracy": {"a": [dict(row("select", 0.25, True, 0.96), image_tokens=16, accuracy=0.9,
+                                                    ci95=[0.8, 0.95], teacher=0.94, retention_ci95=[0.9, 1.0],
+                                                    ttft_ms=20.0)]},
+                           "accuracy_acceptance": tokens.accuracy_acceptance({"a": accuracies["a"]})})
+    assert "| select | 0.25 | 16 | - | 0.90 [0.80, 0.95] | 0.96 [0.90, 1.00] | 20.0 ms |" in table
