@@ -280,18 +280,35 @@ def accuracy_acceptance(accuracies: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(accuracies: dict[str, Any], path: Path) -> bool:
+    """One panel per vertical, a line per method through its distilled students' (time to first token, accuracy)
+    at each keep ratio, every line starting from the student with all image tokens; panels side by side, two a row."""
+    import io
+
+    from PIL import Image
+
     from dsvl_adapt.score.plots import accuracy_ttft_plot
 
-    series: dict[str, list[tuple[float, float, str]]] = {}
+    panels = []
     for vertical, rows in accuracies.items():
-        for row in rows:
-            if row["distilled"] and row["ttft_ms"] is not None and row["accuracy"] is not None:
-                name = f"{vertical} {row['method'] or 'all tokens'}"
-                series.setdefault(name, []).append((row["ttft_ms"], row["accuracy"], f"keep {row['keep']:g}"))
-    png = accuracy_ttft_plot(series, title="student (distilled under the budget): accuracy vs time to first token")
-    if png:
-        path.write_bytes(png)
-    return png is not None
+        measured = [r for r in rows if r["distilled"] and r["ttft_ms"] is not None and r["accuracy"] is not None]
+        full = [r for r in measured if r["method"] is None]
+        series: dict[str, list[tuple[float, float, str]]] = {}
+        for row in measured:
+            if row["method"] is not None:
+                series.setdefault(row["method"], [(r["ttft_ms"], r["accuracy"], "all") for r in full]).append(
+                    (row["ttft_ms"], row["accuracy"], f"K={row['image_tokens']}"))
+        png = accuracy_ttft_plot(series or {"all tokens": [(r["ttft_ms"], r["accuracy"], "all") for r in full]},
+                                 title=f"{vertical}: student distilled under the budget")
+        if png:
+            panels.append(Image.open(io.BytesIO(png)).convert("RGB"))
+    if not panels:
+        return False
+    width, height = panels[0].size
+    grid = Image.new("RGB", (width * min(2, len(panels)), height * ((len(panels) + 1) // 2)), "white")
+    for index, panel in enumerate(panels):
+        grid.paste(panel, ((index % 2) * width, (index // 2) * height))
+    grid.save(path)
+    return True
 
 
 def main() -> None:
