@@ -137,4 +137,4 @@ def test_token_budget_retention_counts_distilled_students_at_keep_025_on_three_o
                                                     ci95=[0.8, 0.95], teacher=0.94, retention_ci95=[0.9, 1.0],
                                                     ttft_ms=20.0)]},
                            "accuracy_acceptance": tokens.accuracy_acceptance({"a": accuracies["a"]})})
-    assert "| select | 0.25 | 16 | - | 0.90 [0.80, 0.95] | 0.96 [0.90, 1.00] | 20.0 ms |" in table
+    assert "| select | 0.25 | 16 | - | 0.90 [0.80, 0.95] | 0.96 [0.90, 1.00] | 20.0 ms | - |" in table
