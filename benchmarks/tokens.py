@@ -239,7 +239,7 @@ def time_students(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         run = Path(row["run_dir"])
         student = json.loads((run / "stages" / "distill" / "stage.json").read_text())["artifacts"]["student"]
         model, processor = load_checkpoint(run / student)
-        name = row["method"] and f"{row['method']}@{row['keep']:g}" or "all"
+        name = _config(row)
         runtimes[name] = TorchRuntimeModel(model, threads=args.threads)
         requests[name] = _request(processor, int(processor.image_processor.size["height"]))
         runtimes[name].forward(requests[name])  # warm-up
@@ -255,12 +255,16 @@ def time_students(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 spent.append((time.perf_counter() - started) * 1000)
             times[name].append(float(torch.tensor(spent).median()))
     for row in rows:
-        name = row["method"] and f"{row['method']}@{row['keep']:g}" or "all"
+        name = _config(row)
         if row["distilled"] and name in times:
             row["ttft_ms_in_run"] = row["ttft_ms"]
             row["ttft_ms"] = round(float(torch.tensor(times[name]).median()), 2)
             row["ttft_speedup_vs_all"] = None if name == "all" else paired_ratio(times["all"], times[name]).to_json()
     _log(f"timed {len(runtimes)} students in {args.rounds} rotating rounds")
+
+
+def _config(row: dict[str, Any]) -> str:
+    return "all" if row["method"] is None else f"{row['method']}@{row['keep']:g}"
 
 
 def _figure(value: float | None, ci: list[float] | None = None) -> str:
@@ -276,7 +280,8 @@ def tables(result: dict[str, Any]) -> str:
     speed = result.get("speed_memory")
     if speed:
         out += [f"time to first token and peak prefill memory: {speed['preset']}, {speed['runtime']}, "
-                f"{speed['threads']} threads, {speed['rounds']} rounds; {result['cpu']} {' '.join(result['cpu_flags'])}",
+                f"{speed['threads']} threads, {speed['rounds']} rounds; {result['cpu']} "
+                f"{' '.join(result['cpu_flags'])}",
                 "", "| method | keep | image tokens | time to first token (median) | faster than all [95%] | "
                 "prefill memory lower |", "|---|---|---|---|---|---|"]
         for name, row in speed["configs"].items():
@@ -303,8 +308,9 @@ def tables(result: dict[str, Any]) -> str:
             speedup = (distilled or {}).get("ttft_speedup_vs_all")
             faster = "-" if not speedup else f"{speedup['ratio']:.2f}x" + (
                 f" [{speedup['ci95'][0]:.2f}, {speedup['ci95'][1]:.2f}]" if speedup.get("ci95") else "")
-            out.append(f"| {method or 'all tokens'} | {keep:g} | {either['image_tokens'] or 'all'} | "
-                       f"{'(the teacher)' if method is None else _figure(free['accuracy'], free['ci95']) if free else '-'} | "
+            training_free = "(the teacher)" if method is None else _figure(free["accuracy"], free["ci95"]) if free \
+                else "-"
+            out.append(f"| {method or 'all tokens'} | {keep:g} | {either['image_tokens'] or 'all'} | {training_free} | "
                        f"{_figure(distilled['accuracy'], distilled['ci95']) if distilled else '-'} | "
                        f"{_figure(distilled['retention'], distilled['retention_ci95']) if distilled else '-'} | "
                        f"{ttft} | {faster} |")
