@@ -47,6 +47,8 @@ def build_checkpoint(preset_name: str, directory: Path, vocab_size: int | None) 
 
 
 def main() -> None:
+    from dsvl_adapt.machine import cpu_description
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="deepseek-vl-1.3b")
     parser.add_argument("--vocab-size", type=int, default=None,
@@ -82,13 +84,7 @@ def main() -> None:
     dtype = json.loads(load.read_text())["figures"].get("dtype") if load.is_file() else None
     print(json.dumps({"preset": args.preset, "returncode": result.returncode, "peak_rss_gib": round(peak_kib / 2**20, 2),
                       "seconds": round(seconds, 1), "stage_seconds": stages,
-                      "peak_rss_gib_after_stage": peaks, "dtype": dtype, **_cpu(), "run_dir": str(run_dir)}, indent=1))
-
-
-def _cpu() -> dict:
-    from dsvl_adapt.machine import cpu_description
-
-    return cpu_description()
+                      "peak_rss_gib_after_stage": peaks, "dtype": dtype, **cpu_description(), "run_dir": str(run_dir)}, indent=1))
 
 
 if __name__ == "__main__":

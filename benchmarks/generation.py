@@ -311,6 +311,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-
 if __name__ == "__main__":
     main()

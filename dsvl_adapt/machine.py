@@ -9,6 +9,7 @@ AVX2-only AMD EPYC, 0.018 with them). Decisions that depend on the host read it 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 
 #: instruction-set flags (as /proc/cpuinfo names them) with int8 dot-product instructions that keep full-range
@@ -50,8 +51,6 @@ FLAGS_THAT_MATTER = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", 
 
 def cpu_description() -> dict[str, object]:
     """What a benchmark's JSON states beside every figure: the CPU's model, the flags that matter, the cores."""
-    import os
-
     return {"cpu": cpu_model(), "cpu_flags": sorted(cpu_flags() & FLAGS_THAT_MATTER), "cores": os.cpu_count()}
 
 
