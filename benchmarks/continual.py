@@ -7,7 +7,10 @@ a full run on the base set. Then, every week:
   naive        ``dsvl-adapt update`` of last week's version with ``update.strategy=naive`` (new rows only)
   replay       the same with ``update.strategy=replay`` (a replay buffer of earlier rows)
   replay+lwf   the same with ``update.strategy=replay+lwf`` (replay, and KL to the previous teacher on replay rows)
-  retrain      a full run from the base model on all the data so far (the base set and every increment)
+  retrain      a full run from the base model on all the data so far (the base set and every increment), with
+               as many passes over it as week 0 made over the base set (``--retrain-budget epochs``: each training
+               phase's steps scale with the rows, as a user retraining on everything would pay); ``steps`` keeps
+               week 0's step counts whatever the data (cheaper, and undertrained as the data grows)
 
 Each version's deployed artifact (the quantized student through its runtime, as ``dsvl-adapt rescore`` scores it)
 is scored on the base items (the base set's test split) and on the new items (the test rows of every increment so
@@ -22,7 +25,7 @@ far), with 95% bootstrap intervals (``benchmarks/_stats.py``). After the last we
 Usage::
 
     python benchmarks/continual.py --out runs/continual [--weeks 6] [--strategies naive replay replay+lwf]
-        [--no-retrain] [--seed 0] [--quick] [OVERRIDES...]
+        [--no-retrain] [--retrain-budget epochs|steps] [--seed 0] [--quick] [OVERRIDES...]
 
 OVERRIDES go to every run and update (e.g. ``finetune.lora.train.steps=120``). ``--quick``: reference-tiny without
 general pretraining, the fast presets, no quantize/export, one week, a few dozen rows: proves the script runs,
@@ -81,6 +84,8 @@ COMMON = ["vertical=ecommerce", "score.measure_memory=false", "data.train_size=1
 NEW_ITEMS_TARGET = 0.9     # the best strategy's new-item accuracy >= 0.9 x the retrain's
 BASE_DROP_BOUND = 0.02     # ... and its base-item accuracy within 2 points of week 0
 TIME_SHARE_BOUND = 0.30    # ... each increment costing <= 30% of the retrain's training time
+#: the training phases whose step counts a retrain scales with its rows under ``--retrain-budget epochs``
+SCHEDULES = ("finetune.full", "finetune.lora.train", "distill.train")
 
 
 def log(message: str) -> None:
@@ -154,6 +159,19 @@ def run_once(overrides: list[str], run_dir: Path) -> Path:
         dsvl_adapt.run(overrides, run_dir=run_dir)
         log(f"{run_dir.name}: {time.perf_counter() - started:.0f} s")
     return run_dir
+
+
+def retrain_budget(week0: Path, rows: int, base_rows: int) -> list[str]:
+    """Overrides giving a retrain on ``rows`` training rows as many passes per phase as week 0 made over its
+    ``base_rows``: each schedule's steps (read from week 0's manifest) times rows / base_rows."""
+    config = json.loads((week0 / "manifest.json").read_text())["config"]
+    overrides = []
+    for dotted in SCHEDULES:
+        section = config
+        for key in dotted.split("."):
+            section = section[key]
+        overrides.append(f"{dotted}.steps={max(1, round(section['steps'] * rows / base_rows))}")
+    return overrides
 
 
 def update_once(parent: Path, folder: Path, strategy: str, overrides: list[str], run_dir: Path) -> Path:
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
                         choices=["naive", "replay", "replay+lwf", "replay+ewc"])
     parser.add_argument("--no-retrain", action="store_true", help="skip the full retrain each week")
+    parser.add_argument("--retrain-budget", choices=("epochs", "steps"), default="epochs",
+                        help="epochs: the retrain's steps grow with its data (week 0's passes over the base set); "
+                             "steps: week 0's step counts every week")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny and fast: proves the script runs, claims nothing")
     parser.add_argument("overrides", nargs="*")
@@ -256,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_retrain:
         versions["retrain"] = {0: base}
         for week in range(1, weeks + 1):
-            versions["retrain"][week] = run_once([*run_extra, f"data.source={folders[f'all{week}']}"],
+            rows = sizes["base_rows"][0] + week * sizes["week_rows"][0]
+            budget = (retrain_budget(base, rows, sizes["base_rows"][0]) if args.retrain_budget == "epochs" else [])
+            versions["retrain"][week] = run_once([*run_extra, *budget, f"data.source={folders[f'all{week}']}"],
                                                  work / "retrain" / f"week{week}")
 
     answers: dict[str, dict[int, dict[str, Any]]] = {}
@@ -308,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             "check": target_check(difference.value, difference.low, difference.high, -BASE_DROP_BOUND)
             if enough_evidence(base_rows, 1) else "no claim"}
     result = {"benchmark": "continual", "quick": args.quick, "weeks": weeks, "schedule": SCHEDULE[:weeks],
-              "base": BASE, "strategies": list(versions), "table": table, "checks": checks,
+              "base": BASE, "strategies": list(versions),
+              "retrain_budget": None if args.no_retrain else args.retrain_budget, "table": table, "checks": checks,
               "overrides": extra, "seconds": round(time.perf_counter() - started, 1), "out": str(work)}
     png = plot(table, work / "continual.png")
     write_html(json.loads(json.dumps(result)), png, work / "continual.html")

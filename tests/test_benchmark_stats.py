@@ -105,16 +105,18 @@ def test_retention_check() -> None:
                                  0.95) == "not met"
 
 
-def _tokens_benchmark():
-    sys.path.insert(0, str(_PATH.parent))
-    spec = importlib.util.spec_from_file_location("benchmark_tokens", _PATH.parent / "tokens.py")
+def _benchmark(script: str):
+    """A benchmark script as a module (its ``_stats`` import resolved from ``benchmarks/``)."""
+    if str(_PATH.parent) not in sys.path:
+        sys.path.insert(0, str(_PATH.parent))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script}", _PATH.parent / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_token_budget_retention_counts_distilled_students_at_keep_025_on_three_of_four_verticals() -> None:
-    tokens = _tokens_benchmark()
+    tokens = _benchmark("tokens")
 
     def row(method, keep, distilled, retention):
         return {"method": method, "keep": keep, "distilled": distilled, "retention": retention}
@@ -138,3 +140,15 @@ def test_token_budget_retention_counts_distilled_students_at_keep_025_on_three_o
                                                     ttft_ms=20.0)]},
                            "accuracy_acceptance": tokens.accuracy_acceptance({"a": accuracies["a"]})})
     assert "| select | 0.25 | 16 | - | 0.90 [0.80, 0.95] | 0.96 [0.90, 1.00] | 20.0 ms | - |" in table
+
+
+def test_a_retrain_on_three_times_the_rows_gets_three_times_week_0s_steps_in_every_phase(tmp_path) -> None:
+    import json
+
+    continual = _benchmark("continual")
+    config = {"finetune": {"full": {"steps": 500}, "lora": {"train": {"steps": 60}}},
+              "distill": {"train": {"steps": 120}}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": config}))
+    assert continual.retrain_budget(tmp_path, rows=1800, base_rows=600) == [
+        "finetune.full.steps=1500", "finetune.lora.train.steps=180", "distill.train.steps=360"]
+    assert continual.retrain_budget(tmp_path, rows=600, base_rows=600)[0] == "finetune.full.steps=500"
