@@ -330,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             **drop.to_json(("week0", f"week{last}")), "bound": -BASE_DROP_BOUND,
             "check": target_check(difference.value, difference.low, difference.high, -BASE_DROP_BOUND)
             if enough_evidence(base_rows, 1) else "no claim"}
-    result = {"benchmark": "continual", "quick": args.quick, "weeks": weeks, "schedule": SCHEDULE[:weeks],
-              "base": BASE, "strategies": list(versions),
+    from dsvl_adapt.machine import cpu_description
+
+    result = {"benchmark": "continual", **cpu_description(), "quick": args.quick, "weeks": weeks,
+              "schedule": SCHEDULE[:weeks], "base": BASE, "strategies": list(versions),
               "retrain_budget": None if args.no_retrain else args.retrain_budget, "table": table, "checks": checks,
               "overrides": extra, "seconds": round(time.perf_counter() - started, 1), "out": str(work)}
     png = plot(table, work / "continual.png")
