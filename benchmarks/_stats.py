@@ -260,6 +260,49 @@ def paired_comparison(a: Sequence[RowMetric], b: Sequence[RowMetric], n_rows: in
                       _percentiles(rb - ra, pb - pa, confidence), ratio, n_rows, len(a), resamples)
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """What noise in the training data cost (``clean - noisy``) and what cleaning gave back (``cleaned - noisy``),
+    on the same test rows, with the share recovered; 95% paired bootstrap intervals."""
+
+    loss: Estimate
+    regained: Estimate
+    share: Estimate | None  # None unless the loss's interval lies above 0
+    rows: int
+    resamples: int
+
+    def claim(self, target: float) -> str:
+        """``met`` / ``not met`` / ``within noise`` for "recovers >= target of the loss"; ``no claim`` with fewer
+        than 500 rows (one seed) or when the noise cost nothing beyond the loss's interval."""
+        if not enough_evidence(self.rows, 1):
+            return f"no claim: {self.rows} test rows, fewer than {MIN_ROWS_FOR_CLAIM}"
+        if self.share is None:
+            return "no claim: the noise cost no accuracy beyond the paired interval"
+        return target_check(self.share.value, self.share.low, self.share.high, target)
+
+    def to_json(self, target: float) -> dict[str, Any]:
+        return {"loss": self.loss.to_json(), "regained": self.regained.to_json(),
+                "share": None if self.share is None else self.share.to_json(), "target": target,
+                "check": self.claim(target), "rows": self.rows, "resamples": self.resamples,
+                "method": BOOTSTRAP_METHOD}
+
+
+def paired_recovery(clean: RowMetric, noisy: RowMetric, cleaned: RowMetric, n_rows: int, *, resamples: int = 1000,
+                    seed: int = 0, confidence: float = CONFIDENCE) -> Recovery:
+    """Three models scored on the same ``n_rows`` test rows, resampled together. The share's interval is taken over
+    the replicates whose loss is positive (all but a few when the loss's interval lies above 0)."""
+    everything = np.arange(n_rows)
+    c, n, k = clean(everything), noisy(everything), cleaned(everything)
+    rc, rn, rk = _resample([clean], n_rows, resamples, seed, others=[[noisy], [cleaned]])
+    loss = _percentiles(rc - rn, c - n, confidence)
+    regained = _percentiles(rk - rn, k - n, confidence)
+    share = None
+    if loss.low > 0 and c > n:
+        positive = rc - rn > 0
+        share = _percentiles((rk - rn)[positive] / (rc - rn)[positive], (k - n) / (c - n), confidence)
+    return Recovery(loss, regained, share, n_rows, resamples)
+
+
 def enough_evidence(rows: int, seeds: int) -> bool:
     return rows >= MIN_ROWS_FOR_CLAIM or seeds >= MIN_SEEDS_FOR_CLAIM
 

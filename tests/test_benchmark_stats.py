@@ -152,3 +152,19 @@ def test_a_retrain_on_three_times_the_rows_gets_three_times_week_0s_steps_in_eve
     assert continual.retrain_budget(tmp_path, rows=1800, base_rows=600) == [
         "finetune.full.steps=1500", "finetune.lora.train.steps=180", "distill.train.steps=360"]
     assert continual.retrain_budget(tmp_path, rows=600, base_rows=600)[0] == "finetune.full.steps=500"
+
+
+def test_recovery_is_paired_needs_500_rows_and_a_real_loss() -> None:
+    rows = np.arange(600)
+    clean, noisy, cleaned = rows < 540, rows < 300, rows < 510  # 0.90, 0.50, 0.85 on the same rows
+    recovery = stats.paired_recovery(_exact(clean), _exact(noisy), _exact(cleaned), 600, resamples=300)
+    assert recovery.loss.value == pytest.approx(0.4) and recovery.regained.value == pytest.approx(0.35)
+    assert recovery.share.value == pytest.approx(0.875) and recovery.share.low > 0.7
+    assert recovery.claim(0.7) == "met"
+    assert stats.paired_recovery(_exact(clean), _exact(noisy), _exact(noisy), 600, resamples=300).claim(0.7) == \
+        "not met"
+    nothing_lost = stats.paired_recovery(_exact(clean), _exact(clean), _exact(cleaned), 600, resamples=300)
+    assert nothing_lost.share is None and nothing_lost.claim(0.7).startswith("no claim: the noise cost")
+    few = stats.paired_recovery(_exact(clean[:144]), _exact(noisy[:144]), _exact(cleaned[:144]), 144, resamples=300)
+    assert few.claim(0.7).startswith("no claim: 144 test rows")
+    assert few.to_json(0.7)["check"] == few.claim(0.7)

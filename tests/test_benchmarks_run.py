@@ -21,7 +21,7 @@ BENCHMARKS = ROOT / "benchmarks"
 #: script -> its smallest arguments ("{tmp}" is the test's temporary folder)
 SMALLEST: dict[str, list[str]] = {
     "checkpoint_memory.py": ["--preset", "reference-tiny", "--work", "{tmp}/work"],
-    "cleaning.py": ["--quick", "--cost-rows", "120", "--work", "{tmp}/work"],
+    "cleaning.py": ["--quick", "--teacher", "--cost-rows", "120", "--work", "{tmp}/work"],
     "compression.py": ["--quick", "--work", "{tmp}/work"],
     "continual.py": ["--quick", "--out", "{tmp}/runs"],
     "generation.py": ["--quick", "--work", "{tmp}/work"],
