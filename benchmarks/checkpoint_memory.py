@@ -82,9 +82,10 @@ def main() -> None:
                 peaks[name] = round(data["process_peak_rss_bytes"] / 2**30, 2)
     load = run_dir / "stages" / "load" / "stage.json"
     dtype = json.loads(load.read_text())["figures"].get("dtype") if load.is_file() else None
-    print(json.dumps({"preset": args.preset, "returncode": result.returncode, "peak_rss_gib": round(peak_kib / 2**20, 2),
-                      "seconds": round(seconds, 1), "stage_seconds": stages,
-                      "peak_rss_gib_after_stage": peaks, "dtype": dtype, **cpu_description(), "run_dir": str(run_dir)}, indent=1))
+    print(json.dumps({"preset": args.preset, "returncode": result.returncode,
+                      "peak_rss_gib": round(peak_kib / 2**20, 2), "seconds": round(seconds, 1),
+                      "stage_seconds": stages, "peak_rss_gib_after_stage": peaks, "dtype": dtype,
+                      **cpu_description(), "run_dir": str(run_dir)}, indent=1))
 
 
 if __name__ == "__main__":
