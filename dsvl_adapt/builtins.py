@@ -46,8 +46,9 @@ CORE_STAGES = (
     # the stages of `dsvl-adapt update` (docs/continual.md)
     LazyStage("update.parent", "take the parent's teacher and its pruned, distilled student as the starting point",
               "dsvl_adapt.continual.stages:UpdateParentStage", config_keys=("update",)),
-    LazyStage("update.finetune", "a fresh LoRA adapter on the parent's teacher: new rows (+ replay, LwF, EWC), "
-              "merged -> teacher", "dsvl_adapt.continual.stages:UpdateFinetuneStage",
+    LazyStage("update.finetune", "the parent's teacher learns the new rows (+ replay, LwF, EWC): a full-parameter "
+              "phase for reference presets, then a fresh LoRA adapter, merged -> teacher",
+              "dsvl_adapt.continual.stages:UpdateFinetuneStage",
               config_keys=("update", "finetune")),
     LazyStage("update.distill", "re-distill the new teacher into the parent's student (its pruned structure kept)",
               "dsvl_adapt.continual.stages:UpdateDistillStage", config_keys=("update", "distill")),

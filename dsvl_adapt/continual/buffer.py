@@ -15,10 +15,11 @@ Selection rules (``update.replay.selection``):
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeVar
 
 from ..data.jsonl import read_jsonl_split
 from ..data.rows import parse_row
@@ -49,6 +50,18 @@ def select_rows(rows: Sequence[Row], size: int, rule: Literal["random", "balance
                 picked.append(group[depth])
         depth += 1
     return picked
+
+
+T = TypeVar("T")
+
+
+def with_new_share(new: Sequence[T], replay: Sequence[T], share: float) -> list[T]:
+    """``new`` repeated in order (cycling) until it is at least ``share`` of the returned new + replay items, then
+    ``replay``: a large buffer does not drown the increment's rows. ``share`` 0 (or no replay) repeats nothing."""
+    if not new or not replay or share <= 0:
+        return [*new, *replay]
+    wanted = max(len(new), math.ceil(share / (1 - share) * len(replay)))
+    return [*(new[i % len(new)] for i in range(wanted)), *replay]
 
 
 def next_buffer(old: Sequence[Row], new: Sequence[Row], *, size: int, new_share: float,

@@ -33,6 +33,10 @@ class ReplaySettings(_Section):
         0.5, gt=0, le=1, description="share of the rows of the NEW increment among the candidates for the next "
                                      "buffer, at most (the rest are the earlier buffer's rows): older increments "
                                      "keep a place")
+    training_share: float = Field(
+        0.5, ge=0, lt=1, description="least share of the update's training rows (fine-tune and distillation) that "
+                                     "are the increment's new rows: they are repeated when the replayed rows "
+                                     "outnumber them, so a large buffer does not drown them (0: no repetition)")
 
 
 class LwfSettings(_Section):
@@ -49,6 +53,21 @@ class EwcSettings(_Section):
     fisher_batches: int = Field(8, ge=1, description="batches of replay rows the diagonal Fisher is estimated on")
 
 
+class FullPhaseSettings(_Section):
+    """A full-parameter phase before the fresh adapter, for models a low-rank adapter barely moves.
+
+    Its schedule (learning rate, batch size, warm-up, evaluation, precision) is the run's ``finetune.full``; only
+    the step count is its own. It learns from the same rows, with the same strategy terms, as the adapter.
+    """
+
+    when: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: for models from a reference preset (random weights, trained by the first run's "
+                            "full phase), where a LoRA adapter alone barely learns new answers; always; never "
+                            "(a published checkpoint under auto: LoRA only)")
+    steps: int = Field(400, ge=0, description="full-parameter steps before the adapter (finetune.full's schedule; "
+                                              "400 at batch 8 is about 7 passes over 200 new + 256 replay rows)")
+
+
 class UpdateSection(_Section):
     """An update of a finished run (its parent) with new rows (``data.source``)."""
 
@@ -59,6 +78,7 @@ class UpdateSection(_Section):
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     lwf: LwfSettings = Field(default_factory=LwfSettings)
     ewc: EwcSettings = Field(default_factory=EwcSettings)
+    full: FullPhaseSettings = Field(default_factory=FullPhaseSettings)
     reprune: bool = Field(False, description="prune the new teacher again (the parent's prune settings) instead of "
                                              "keeping the parent's pruned student structure")
 

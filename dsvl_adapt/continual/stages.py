@@ -2,7 +2,8 @@
 
 ``update.parent``    the parent's teacher (as ``base`` and ``teacher``) and its pruned, distilled student
 ``update.finetune``  a fresh LoRA adapter on the parent's teacher: new rows (+ replay rows, + LwF / EWC terms),
-                     merged into the new teacher; the adapter itself and the next replay buffer are kept
+                     merged into the new teacher; the adapter itself and the next replay buffer are kept. For a
+                     model from a reference preset, a full-parameter phase first (``update.full``)
 ``update.distill``   the core's distillation from the new teacher into the parent's student (its pruned
                      structure kept), on the new rows plus the replay rows
 ``update.score``     the parent's and the new version's deployed artifacts on the old test split, the new test
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from ..config import RunConfig, validate
 from ..data.batches import BatchEncoder, Encoded
 from ..data.loading import load_configured_split
@@ -23,17 +25,18 @@ from ..data.replay import with_general_replay
 from ..engine import STAGE_RECORD, RunContext, StageResult, on_main_process, seed_everything
 from ..errors import ConfigError
 from ..inject.distill import DistillStage
-from ..inject.finetune import lora_model
+from ..inject.finetune import DONE, finish_phase, lora_model
 from ..inject.training import Trainer
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.figures import model_figures
 from ..schemas import Row
-from .buffer import next_buffer, read_buffer, select_rows, write_buffer
+from .buffer import next_buffer, read_buffer, select_rows, with_new_share, write_buffer
 from .lineage import ParentRun, lineage_chain, read_parent
 from .losses import EwcPenalty, MarkingEncoder, UpdateLoss, diagonal_fisher
 
 BUFFER_DIR = "replay"
-TRAINING_STAGES = ("update.finetune", "update.distill")
+#: the stages whose seconds are an update's training time (the prune stages run with ``update.reprune=true``)
+TRAINING_STAGES = ("update.finetune", "prune.structural", "prune.weights", "update.distill")
 
 
 def _update(context: RunContext) -> Any:
@@ -90,7 +93,8 @@ class UpdateParentStage:
 
 class UpdateFinetuneStage:
     name = "update.finetune"
-    description = "a fresh LoRA adapter on the parent's teacher: new rows (+ replay, LwF, EWC), merged -> teacher"
+    description = ("the parent's teacher learns the new rows (+ replay, LwF, EWC): a full-parameter phase for "
+                   "reference presets, then a fresh LoRA adapter, merged -> teacher")
 
     def run(self, context: RunContext) -> StageResult:
         update = _update(context)
@@ -107,28 +111,38 @@ class UpdateFinetuneStage:
                        if update.replays else [])
         new_items = encoder.encode_all(new_rows)
         replay_items = encoder.encode_all(replay_rows)
-        train = with_general_replay(context, processor, [*new_items, *replay_items],
-                                    context.config.finetune.replay_general)
+        mixed = with_new_share(new_items, replay_items, update.replay.training_share)
+        train = with_general_replay(context, processor, mixed, context.config.finetune.replay_general)
         validation = encoder.encode_all(context.split("validation", image_size).rows)
         figures: dict[str, Any] = {"strategy": update.strategy, "new_rows": len(new_items),
+                                   "new_rows_repeated_to": len(mixed) - len(replay_items),
                                    "replay_rows": len(replay_items), "replay_from": earlier_from,
-                                   "general_rows": len(train) - len(new_items) - len(replay_items)}
+                                   "general_rows": len(train) - len(mixed)}
+
+        previous = None
+        if update.strategy == "replay+lwf":
+            previous, _ = load_checkpoint(context.artifact("previous_teacher"))
+        marking = MarkingEncoder(encoder, replay_items)
+
+        def update_loss(trained: torch.nn.Module, phase: str) -> UpdateLoss:
+            """The strategy's loss for ``trained`` (EWC's Fisher over the parameters this phase trains)."""
+            ewc = None
+            if update.strategy == "replay+ewc":
+                fisher = diagonal_fisher(trained, encoder, replay_items, batches=update.ewc.fisher_batches,
+                                         batch_size=lora.train.batch_size)
+                ewc = EwcPenalty(trained, fisher, update.ewc.weight)
+                figures.setdefault("ewc", {})[phase] = ewc.figures()
+            return UpdateLoss(previous_teacher=previous, lwf_weight=update.lwf.weight,
+                              temperature=update.lwf.temperature, ewc=ewc)
+
+        if full_phase_runs(context):
+            model = self.full_phase(context, model, processor, marking, train, validation, update_loss, figures)
 
         seed_everything(seed + 1)
         model.requires_grad_(False)
         peft_model = lora_model(model, lora)
-        ewc = None
-        if update.strategy == "replay+ewc":
-            fisher = diagonal_fisher(peft_model, encoder, replay_items, batches=update.ewc.fisher_batches,
-                                     batch_size=lora.train.batch_size)
-            ewc = EwcPenalty(peft_model, fisher, update.ewc.weight)
-            figures["ewc"] = ewc.figures()
-        previous = None
-        if update.strategy == "replay+lwf":
-            previous, _ = load_checkpoint(context.artifact("previous_teacher"))
-        loss = UpdateLoss(previous_teacher=previous, lwf_weight=update.lwf.weight,
-                          temperature=update.lwf.temperature, ewc=ewc)
-        trainer = Trainer(peft_model, MarkingEncoder(encoder, replay_items), lora.train,
+        loss = update_loss(peft_model, "lora")
+        trainer = Trainer(peft_model, marking, lora.train,
                           checkpoint_dir=work / "lora" / "checkpoints", seed=seed + 1,
                           label=f"update (LoRA, {update.strategy})", section="finetune.lora.train", loss_fn=loss,
                           device=context.config.device)
@@ -155,6 +169,42 @@ class UpdateFinetuneStage:
         return StageResult(artifacts=artifacts, figures=figures)
 
 
+    @staticmethod
+    def full_phase(context: RunContext, model: torch.nn.Module, processor: Any, encoder: BatchEncoder,
+                   train: list[Encoded], validation: list[Encoded], update_loss: Any,
+                   figures: dict[str, Any]) -> torch.nn.Module:
+        """``update.full.steps`` full-parameter steps on the update's rows (``finetune.full``'s schedule),
+        checkpointed like the first run's full phase: a finished phase is read back on resume."""
+        update = _update(context)
+        phase_dir = context.work_dir / "full"
+        if (phase_dir / DONE).is_file():
+            figures["full"] = json.loads((phase_dir / DONE).read_text())
+            return load_checkpoint(phase_dir / "model")[0]
+        schedule = context.config.finetune.full.model_copy(update={"steps": update.full.steps})
+        model.train()
+        model.requires_grad_(True)
+        trainer = Trainer(model, encoder, schedule, checkpoint_dir=phase_dir / "checkpoints",
+                          seed=context.config.seed, label=f"update (full, {update.strategy})", section="update.full",
+                          loss_fn=update_loss(model, "full"), device=context.config.device)
+        result = trainer.train(train, validation)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        figures["full"] = result.as_dict()
+
+        def save_full_phase() -> None:
+            save_checkpoint(model, processor, phase_dir / "model")
+            finish_phase(phase_dir, figures["full"])
+
+        on_main_process(save_full_phase)
+        return model
+
+
+def full_phase_runs(context: RunContext) -> bool:
+    """Whether the update trains every weight before its adapter (``update.full``)."""
+    full = _update(context).full
+    wanted = full.when == "always" or (full.when == "auto" and context.config.model.preset is not None)
+    return wanted and full.steps > 0
+
+
 class UpdateDistillStage(DistillStage):
     name = "update.distill"
     description = "re-distill the new teacher into the parent's student (its pruned structure kept): new + replay rows"
@@ -162,10 +212,10 @@ class UpdateDistillStage(DistillStage):
     def train_items(self, context: RunContext, encoder: BatchEncoder, processor: Any) -> list[Encoded]:
         update = _update(context)
         image_size = processor.image_processor.size["height"]
-        rows = list(context.split("train", image_size).rows)
-        if update.replays:
-            rows += read_buffer_rows_used(context, image_size, update)
-        return with_general_replay(context, processor, encoder.encode_all(rows), context.config.distill.replay_general)
+        new = encoder.encode_all(context.split("train", image_size).rows)
+        replay = encoder.encode_all(read_buffer_rows_used(context, image_size, update)) if update.replays else []
+        return with_general_replay(context, processor, with_new_share(new, replay, update.replay.training_share),
+                                   context.config.distill.replay_general)
 
     def kept_zero_layers(self, context: RunContext) -> list[str]:
         if context.config.update is not None and context.config.update.reprune:

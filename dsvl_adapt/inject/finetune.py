@@ -74,7 +74,7 @@ class FinetuneStage:
 
                 def save_full_phase() -> None:
                     save_checkpoint(model, processor, phase_dir / "model")
-                    _finish_phase(phase_dir, figures["full"])
+                    finish_phase(phase_dir, figures["full"])
 
                 on_main_process(save_full_phase)
 
@@ -99,7 +99,7 @@ class FinetuneStage:
         return StageResult(artifacts={"teacher": "teacher", "student": "teacher"}, figures=figures)
 
 
-def _finish_phase(phase_dir: Path, record: dict[str, Any]) -> None:
+def finish_phase(phase_dir: Path, record: dict[str, Any]) -> None:
     tmp = phase_dir / (DONE + ".tmp")
     tmp.write_text(json.dumps(record, default=str))
     tmp.replace(phase_dir / DONE)

@@ -244,11 +244,16 @@ def _general_intervals(card: Scorecard, context: RunContext,
 
 
 def _training_facts(context: RunContext) -> TrainingFacts:
-    finetune = context.config.finetune
+    finetune, update = context.config.finetune, context.config.update
+    lora = {"lora_steps": finetune.lora.train.steps, "lora_lr": finetune.lora.train.lr}
+    if update is not None:  # an update's teacher: the parent's, trained further by update.finetune
+        return TrainingFacts(from_preset=context.config.model.preset is not None, full_when=update.full.when,
+                             full_ran="full" in context.figures.get("update.finetune", {}),
+                             full_steps=update.full.steps, full_lr=finetune.full.lr, full_keys="update.full",
+                             **lora)
     return TrainingFacts(from_preset=context.config.model.preset is not None, full_when=finetune.full_when,
                          full_ran="full" in context.figures.get("finetune", {}), full_steps=finetune.full.steps,
-                         full_lr=finetune.full.lr, lora_steps=finetune.lora.train.steps,
-                         lora_lr=finetune.lora.train.lr,
+                         full_lr=finetune.full.lr, **lora,
                          train_rows=context.config.data.train_size if context.config.data.source is None else None)
 
 

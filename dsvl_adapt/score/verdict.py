@@ -148,6 +148,7 @@ class TrainingFacts:
     lora_steps: int
     lora_lr: float
     train_rows: int | None = None
+    full_keys: str = "finetune.full"  # where the full phase's step count and switch are set (an update: update.full)
 
 
 def diagnose_teacher(card: Scorecard, facts: TrainingFacts) -> TeacherDiagnosis | None:
@@ -166,15 +167,17 @@ def diagnose_teacher(card: Scorecard, facts: TrainingFacts) -> TeacherDiagnosis 
     causes: list[str] = []
     remedies: list[str] = []
     if not facts.full_ran:
-        why = ("finetune.full_when=never" if facts.full_when == "never" else
-               "finetune.full.steps=0" if facts.full_when == "always" else
-               "finetune.full_when=auto runs it for reference presets only")
+        when = "finetune.full_when" if facts.full_keys == "finetune.full" else f"{facts.full_keys}.when"
+        why = (f"{when}=never" if facts.full_when == "never" else
+               f"{facts.full_keys}.steps=0" if facts.full_when == "always" else
+               f"{when}=auto runs it for reference presets only")
         causes.append(f"only LoRA trained the model (the full-parameter phase did not run: {why}); LoRA alone "
                       "does not teach a freshly initialised or badly matched checkpoint")
-        remedies.append("finetune.full_when=always (with finetune.full.steps > 0) to train every weight before LoRA")
+        remedies.append(f"{when}=always (with {facts.full_keys}.steps > 0) to train every weight before LoRA")
     else:
         causes.append(f"too few full-parameter steps ({facts.full_steps})")
-        remedies.append(f"more steps: finetune.full.steps={max(2 * facts.full_steps, 100)} (now {facts.full_steps})")
+        remedies.append(f"more steps: {facts.full_keys}.steps={max(2 * facts.full_steps, 100)} "
+                        f"(now {facts.full_steps})")
     if facts.lora_steps == 0:
         causes.append("LoRA did not run (finetune.lora.train.steps=0)")
     remedies.append(f"more LoRA steps: finetune.lora.train.steps={max(2 * facts.lora_steps, 60)} "

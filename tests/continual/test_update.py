@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 import dsvl_adapt
 from dsvl_adapt.continual.buffer import next_buffer, read_buffer, select_rows, write_split
@@ -123,6 +124,19 @@ def test_balanced_selection_keeps_rare_answers_and_random_is_seeded():
     assert len(set(first)) == 12
 
 
+def test_new_rows_are_repeated_to_their_training_share_and_never_dropped():
+    from dsvl_adapt.continual.buffer import with_new_share
+
+    new, replay = [f"n{i}" for i in range(200)], [f"r{i}" for i in range(1800)]
+    mixed = with_new_share(new, replay, 0.5)
+    assert mixed[-1800:] == replay and len(mixed) == 3600  # every replay row once, new rows cycled to half
+    counts = Counter(mixed[:1800])
+    assert set(counts) == set(new) and set(counts.values()) == {9}
+    assert with_new_share(new, replay[:100], 0.5) == [*new, *replay[:100]]  # already above the share: as they are
+    assert with_new_share(new, replay, 0.0) == [*new, *replay] and with_new_share(new, [], 0.5) == new
+    assert len(with_new_share(new[:3], replay[:10], 0.25)) == 4 + 10  # ceil(0.25 / 0.75 x 10) = 4 new entries
+
+
 def test_the_next_buffer_gives_new_rows_at_most_their_share_and_reads_back(tmp_path):
     old, new = _rows(["a"] * 20), _rows(["b"] * 20, prefix="new-")
     kept = next_buffer(old, new, size=10, new_share=0.3, rule="random", seed=0)
@@ -168,6 +182,7 @@ def test_update_then_update_again_keeps_the_parent_and_records_the_lineage(tiny_
     # the new student is the deployed artifact, loaded and scored through its runtime
     assert Path(lineage.artifacts["update"]).is_relative_to(v2) and card.runtimes
     assert "update.parent" in card.stages and "prune.structural" not in manifest["config"]["pipeline"]["stages"]
+    assert card.stages["update.finetune"]["full"]["planned_steps"] == 400  # a preset model: every weight trains first
     structure = json.loads((tiny_run / "stages" / "distill" / "student" / "config.json").read_text())
     assert json.loads((v2 / "stages" / "update.distill" / "student" / "config.json").read_text())["text_config"][
         "intermediate_size"] == structure["text_config"]["intermediate_size"]  # the pruned structure is kept
@@ -210,3 +225,36 @@ def test_the_update_pipeline_keeps_the_parents_pruned_student_unless_asked():
     pruned_again = ["update.parent", "update.finetune", "prune.structural", "prune.weights", "update.distill",
                     "quantize", "export", "score", "update.score"]
     assert update_stages(default, reprune=True) == update_stages(kept, reprune=True) == pruned_again
+
+
+# -- the full-parameter phase of an update (update.full) -----------------------------------------------------------
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(model_dir.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_a_preset_models_update_trains_every_weight_before_its_adapter_unless_told_never(small_parent, tmp_path):
+    """Reference presets start from random weights, where a LoRA adapter alone barely learns new answers: the
+    update trains every weight first (update.full.when=auto); `never` leaves the weights LoRA does not target."""
+    increment = write_increment(tmp_path / "increment", sizes=(8, 4, 4))
+    common = [f"data.source={increment}", "update.replay.size=8", "update.full.steps=3"]
+    full = tmp_path / "full"
+    dsvl_adapt.update(small_parent, common, new_run_dir=full)
+    lora_only = tmp_path / "lora-only"
+    dsvl_adapt.update(small_parent, [*common, "update.full.when=never"], new_run_dir=lora_only)
+
+    def figures(run_dir: Path) -> dict:
+        return json.loads((run_dir / "stages" / "update.finetune" / "stage.json").read_text())["figures"]
+
+    assert figures(full)["full"]["steps"] == 3 and "lora" in figures(full)
+    assert "full" not in figures(lora_only) and "lora" in figures(lora_only)
+    parent = _weights(small_parent / "stages" / "finetune" / "teacher")
+    untargeted = [k for k in parent if "vision" in k and k.endswith("weight") and parent[k].dim() == 2]
+    assert untargeted
+    after_full = _weights(full / "stages" / "update.finetune" / "teacher")
+    after_lora = _weights(lora_only / "stages" / "update.finetune" / "teacher")
+    assert all(torch.equal(after_lora[k], parent[k]) for k in untargeted)  # LoRA targets the language model only
+    assert sum(not torch.equal(after_full[k], parent[k]) for k in untargeted) > len(untargeted) // 2
+    with pytest.raises(ConfigError, match=r"update.full.when"):
+        dsvl_adapt.update(small_parent, [*common, "update.full.when=sometimes"], new_run_dir=tmp_path / "bad")

@@ -165,6 +165,17 @@ def test_a_preset_teacher_below_the_bar_is_told_more_steps_and_no_diagnosis_for_
     assert diagnose_teacher(apply_verdict(_card(0.9, 0.9), INDUSTRIAL), _facts()) is None
 
 
+def test_an_update_teacher_is_told_the_update_full_keys():
+    card = apply_verdict(_card(0.20, 0.20), INDUSTRIAL)
+    skipped = diagnose_teacher(card, _facts(from_preset=True, full_when="never", full_keys="update.full"))
+    assert any("update.full.when=never" in c for c in skipped.causes)
+    assert any("update.full.when=always (with update.full.steps > 0)" in r for r in skipped.remedies)
+    short = diagnose_teacher(card, _facts(from_preset=True, full_ran=True, full_steps=100, full_keys="update.full"))
+    assert any("update.full.steps=200 (now 100)" in r for r in short.remedies)
+    assert not any("finetune.full_when" in r or "finetune.full.steps" in r for r in [*skipped.remedies,
+                                                                                     *short.remedies])
+
+
 def test_bootstrap_intervals_are_seeded_and_say_when_one_row_is_noise():
     references = ["a"] * 48
     draws = resample_indices(48, seed=0)
