@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from ..config import RunConfig, validate
 from ..data.batches import BatchEncoder, Encoded
 from ..data.loading import load_configured_split
@@ -167,7 +168,6 @@ class UpdateFinetuneStage:
         if update.reprune:
             artifacts["student"] = "teacher"  # the prune stages that follow start from the new teacher
         return StageResult(artifacts=artifacts, figures=figures)
-
 
     @staticmethod
     def full_phase(context: RunContext, model: torch.nn.Module, processor: Any, encoder: BatchEncoder,
