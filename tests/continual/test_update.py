@@ -238,7 +238,8 @@ def test_a_preset_models_update_trains_every_weight_before_its_adapter_unless_to
     """Reference presets start from random weights, where a LoRA adapter alone barely learns new answers: the
     update trains every weight first (update.full.when=auto); `never` leaves the weights LoRA does not target."""
     increment = write_increment(tmp_path / "increment", sizes=(8, 4, 4))
-    common = [f"data.source={increment}", "update.replay.size=8", "update.full.steps=3"]
+    common = [f"data.source={increment}", "update.replay.size=8", "update.full.steps=3", "finetune.lora.train.steps=2",
+              "distill.train.steps=2"]
     full = tmp_path / "full"
     dsvl_adapt.update(small_parent, common, new_run_dir=full)
     lora_only = tmp_path / "lora-only"
