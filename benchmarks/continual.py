@@ -25,11 +25,13 @@ far), with 95% bootstrap intervals (``benchmarks/_stats.py``). After the last we
 Usage::
 
     python benchmarks/continual.py --out runs/continual [--weeks 6] [--strategies naive replay replay+lwf]
-        [--no-retrain] [--retrain-budget epochs|steps] [--seed 0] [--quick] [OVERRIDES...]
+        [--no-retrain] [--retrain-budget epochs|steps] [--seed 0 | --seeds 0 1 ...] [--quick] [OVERRIDES...]
 
 OVERRIDES go to every run and update (e.g. ``finetune.lora.train.steps=120``). ``--quick``: reference-tiny without
 general pretraining, the fast presets, no quantize/export, one week, a few dozen rows: proves the script runs,
-claims nothing. Prints JSON (the weekly table, the checks, the run folders); writes ``continual.png`` and
+claims nothing. ``--seeds 0 1``: two whole simulations (each its own rows, week 0, updates and retrains, in
+``OUT/seed<N>``), the table and checks over both (rows and seeds resampled; the time ratio over every seed's weeks).
+Prints JSON (the weekly table, the checks, the run folders); writes ``continual.png`` and
 ``continual.html`` (the table and the plot) in ``--out``.
 """
 
@@ -190,6 +192,30 @@ def update_once(parent: Path, folder: Path, strategy: str, overrides: list[str],
     return run_dir
 
 
+def simulate(work: Path, weeks: int, sizes: dict[str, Any], seed: int, args: argparse.Namespace,
+             extra: list[str]) -> dict[str, dict[int, Path]]:
+    """One simulation in ``work``: week 0, each strategy's chain of updates and the weekly retrains (runs found
+    done are kept), as {name: {week: run folder}}."""
+    run_extra = [o for o in extra if not o.startswith("update.")]
+    update_extra = [o for o in extra if o.startswith(("update.", "score.", "finetune.", "distill."))
+                    and not o.startswith(("finetune=", "distill="))]
+    folders = write_folders(work, weeks, sizes, seed)
+    base = run_once([*run_extra, f"data.source={folders['week0']}"], work / "week0")
+    versions: dict[str, dict[int, Path]] = {name: {0: base} for name in args.strategies}
+    for strategy in args.strategies:
+        for week in range(1, weeks + 1):
+            versions[strategy][week] = update_once(versions[strategy][week - 1], folders[f"week{week}"], strategy,
+                                                   update_extra, work / strategy.replace("+", "-") / f"week{week}")
+    if not args.no_retrain:
+        versions["retrain"] = {0: base}
+        for week in range(1, weeks + 1):
+            rows = sizes["base_rows"][0] + week * sizes["week_rows"][0]
+            budget = (retrain_budget(base, rows, sizes["base_rows"][0]) if args.retrain_budget == "epochs" else [])
+            versions["retrain"][week] = run_once([*run_extra, *budget, f"data.source={folders[f'all{week}']}"],
+                                                 work / "retrain" / f"week{week}")
+    return versions
+
+
 def score(run_dir: Path, folder: Path) -> Any:
     """The deployed artifact's answers on ``folder``'s test split (every row)."""
     from dsvl_adapt.continual.update import score_version
@@ -261,88 +287,95 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs: the retrain's steps grow with its data (week 0's passes over the base set); "
                              "steps: week 0's step counts every week")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="several whole simulations (rows, week 0, updates, retrains), each in OUT/seed<N>: "
+                             "the table and checks over all of them (rows and seeds resampled; the time ratio over "
+                             "every seed's weeks)")
     parser.add_argument("--quick", action="store_true", help="tiny and fast: proves the script runs, claims nothing")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     weeks = 1 if args.quick else args.weeks
     sizes = QUICK if args.quick else FULL
-    extra = [*COMMON, f"model={sizes['model']}", f"seed={args.seed}",
-             *(QUICK_OVERRIDES if args.quick else FULL_OVERRIDES), *args.overrides]
-    run_extra = [o for o in extra if not o.startswith("update.")]
-    update_extra = [o for o in extra if o.startswith(("update.", "score.", "finetune.", "distill."))
-                    and not o.startswith(("finetune=", "distill="))]
-    work = args.out.absolute()
-    folders = write_folders(work, weeks, sizes, args.seed)
+    extra = [*COMMON, f"model={sizes['model']}", *(QUICK_OVERRIDES if args.quick else FULL_OVERRIDES),
+             *args.overrides]
+    seeds = args.seeds or [args.seed]
     started = time.perf_counter()
+    # per seed: every version's answers on the base and new items (a seed is a whole simulation: its own rows,
+    # week 0, updates and retrains, in OUT/seed<N> when there are several)
+    answers: dict[str, dict[int, dict[str, list[Any]]]] = {}
+    seconds: dict[str, dict[int, list[float | None]]] = {}
+    per_seed: dict[int, Any] = {}
+    for seed in seeds:
+        work = args.out.absolute() / f"seed{seed}" if len(seeds) > 1 else args.out.absolute()
+        seeded = [*extra, f"seed={seed}"]
+        versions = simulate(work, weeks, sizes, seed, args, seeded)
+        per_seed[seed] = {name: {week: str(run_dir) for week, run_dir in by_week.items()}
+                          for name, by_week in versions.items()}
+        for name, by_week in versions.items():
+            for week, run_dir in by_week.items():
+                cell = answers.setdefault(name, {}).setdefault(week, {"base": [], "new": []})
+                cell["base"].append(score(run_dir, work / "data" / "week0"))
+                cell["new"].append(score(run_dir, work / "data" / f"new{max(week, 1)}"))
+                kind = "retrain" if name == "retrain" else "update"
+                seconds.setdefault(name, {}).setdefault(week, []).append(
+                    None if week == 0 else round(training_seconds(run_dir, kind), 2))
+    metric_seed = seeds[0]
 
-    base = run_once([*run_extra, f"data.source={folders['week0']}"], work / "week0")
-    versions: dict[str, dict[int, Path]] = {name: {0: base} for name in args.strategies}
-    for strategy in args.strategies:
-        for week in range(1, weeks + 1):
-            versions[strategy][week] = update_once(versions[strategy][week - 1], folders[f"week{week}"], strategy,
-                                                   update_extra, work / strategy.replace("+", "-") / f"week{week}")
-    if not args.no_retrain:
-        versions["retrain"] = {0: base}
-        for week in range(1, weeks + 1):
-            rows = sizes["base_rows"][0] + week * sizes["week_rows"][0]
-            budget = (retrain_budget(base, rows, sizes["base_rows"][0]) if args.retrain_budget == "epochs" else [])
-            versions["retrain"][week] = run_once([*run_extra, *budget, f"data.source={folders[f'all{week}']}"],
-                                                 work / "retrain" / f"week{week}")
-
-    answers: dict[str, dict[int, dict[str, Any]]] = {}
     table: dict[str, dict[int, dict[str, Any]]] = {}
-    for name, by_week in versions.items():
-        answers[name], table[name] = {}, {}
-        for week, run_dir in by_week.items():
-            cell: dict[str, Any] = {"base": score(run_dir, folders["week0"])}
-            cell["new"] = score(run_dir, folders[f"new{max(week, 1)}"]) if weeks else None
-            answers[name][week] = cell
-            table[name][week] = {key: bootstrap_metric([row_metric(a)], len(a.answers), seed=args.seed).to_json()
-                                 for key, a in cell.items() if a is not None}
-            table[name][week]["rows"] = {key: len(a.answers) for key, a in cell.items() if a is not None}
-            kind = "retrain" if name == "retrain" else "update"
-            table[name][week]["training_seconds"] = None if week == 0 else round(training_seconds(run_dir, kind), 2)
-            table[name][week]["run_dir"] = str(run_dir)
+    for name, by_week in answers.items():
+        table[name] = {}
+        for week, cell in by_week.items():
+            table[name][week] = {key: bootstrap_metric([row_metric(a) for a in given], len(given[0].answers),
+                                                       seed=metric_seed).to_json() for key, given in cell.items()}
+            table[name][week]["rows"] = {key: len(given[0].answers) for key, given in cell.items()}
+            times = seconds[name][week]
+            table[name][week]["training_seconds"] = (None if week == 0 else
+                                                     round(sum(times) / len(times), 2))
+            table[name][week]["training_seconds_per_seed"] = times
 
-    strategies = [n for n in versions if n != "retrain"]
+    strategies = [n for n in answers if n != "retrain"]
     last = weeks
     best = max(strategies, key=lambda n: table[n][last]["new"]["value"] + table[n][last]["base"]["value"])
     checks: dict[str, Any] = {"best_strategy": best, "rows_needed_for_a_claim": MIN_ROWS_FOR_CLAIM,
-                              "accuracy_method": BOOTSTRAP_METHOD}
-    new_rows = len(answers[best][last]["new"].answers)
-    if "retrain" in versions:
-        comparison = paired_comparison([row_metric(answers["retrain"][last]["new"])],
-                                       [row_metric(answers[best][last]["new"])], new_rows, seed=args.seed)
+                              "accuracy_method": BOOTSTRAP_METHOD, "seeds": seeds}
+    new_rows = len(answers[best][last]["new"][0].answers)
+    if "retrain" in answers:
+        comparison = paired_comparison([row_metric(a) for a in answers["retrain"][last]["new"]],
+                                       [row_metric(a) for a in answers[best][last]["new"]], new_rows,
+                                       seed=metric_seed)
         checks["new_items_vs_retrain"] = {**comparison.to_json(("retrain", best)), "target": NEW_ITEMS_TARGET,
                                           "check": retention_check(comparison, NEW_ITEMS_TARGET)}
-        update_s = [table[best][w]["training_seconds"] for w in range(1, last + 1)]
-        retrain_s = [table["retrain"][w]["training_seconds"] for w in range(1, last + 1)]
+        # every (seed, week) is a round: the update and the retrain of the same week and simulation
+        update_s = [t for w in range(1, last + 1) for t in seconds[best][w]]
+        retrain_s = [t for w in range(1, last + 1) for t in seconds["retrain"][w]]
         if len(update_s) >= 2 and all(update_s) and all(retrain_s):
-            ratio = paired_ratio(retrain_s, update_s)  # retrain time / update time, per week
+            ratio = paired_ratio(retrain_s, update_s)  # retrain time / update time, per round
             checks["training_time"] = {
                 "update_share_of_retrain": round(1 / ratio.ratio, 4),
                 "update_share_ci95": [round(1 / ratio.high, 4), round(1 / ratio.low, 4)],
-                "bound": TIME_SHARE_BOUND, "weeks": len(update_s), "method": RATIO_METHOD,
+                "bound": TIME_SHARE_BOUND, "rounds": len(update_s), "method": RATIO_METHOD,
                 "check": target_check(ratio.ratio, ratio.low, ratio.high, 1 / TIME_SHARE_BOUND)}
         else:
             checks["training_time"] = {"update_s": update_s, "retrain_s": retrain_s, "check": "no claim"}
-    base_rows = len(answers[best][last]["base"].answers)
+    base_rows = len(answers[best][last]["base"][0].answers)
     for name in dict.fromkeys([best, "naive"]):
         if name not in answers:
             continue
-        drop = paired_comparison([row_metric(answers[name][0]["base"])], [row_metric(answers[name][last]["base"])],
-                                 base_rows, seed=args.seed)
+        drop = paired_comparison([row_metric(a) for a in answers[name][0]["base"]],
+                                 [row_metric(a) for a in answers[name][last]["base"]], base_rows, seed=metric_seed)
         difference = drop.difference
         checks[f"base_items_{name}"] = {
             **drop.to_json(("week0", f"week{last}")), "bound": -BASE_DROP_BOUND,
             "check": target_check(difference.value, difference.low, difference.high, -BASE_DROP_BOUND)
-            if enough_evidence(base_rows, 1) else "no claim"}
+            if enough_evidence(base_rows, len(seeds)) else "no claim"}
+    work = args.out.absolute()
     from dsvl_adapt.machine import cpu_description
 
     result = {"benchmark": "continual", **cpu_description(), "quick": args.quick, "weeks": weeks,
-              "schedule": SCHEDULE[:weeks], "base": BASE, "strategies": list(versions),
+              "schedule": SCHEDULE[:weeks], "base": BASE, "strategies": list(answers),
               "retrain_budget": None if args.no_retrain else args.retrain_budget, "table": table, "checks": checks,
-              "overrides": extra, "seconds": round(time.perf_counter() - started, 1), "out": str(work)}
+              "overrides": extra, "seeds": seeds, "runs": per_seed,
+              "seconds": round(time.perf_counter() - started, 1), "out": str(work)}
     png = plot(table, work / "continual.png")
     write_html(json.loads(json.dumps(result)), png, work / "continual.html")
     result["plot"] = str(work / "continual.png") if png else None
