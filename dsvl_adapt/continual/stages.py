@@ -26,7 +26,7 @@ from ..data.replay import with_general_replay
 from ..engine import STAGE_RECORD, RunContext, StageResult, on_main_process, seed_everything
 from ..errors import ConfigError
 from ..inject.distill import DistillStage
-from ..inject.finetune import DONE, finish_phase, lora_model
+from ..inject.finetune import full_phase, lora_model
 from ..inject.training import Trainer
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.figures import model_figures
@@ -136,8 +136,12 @@ class UpdateFinetuneStage:
             return UpdateLoss(previous_teacher=previous, lwf_weight=update.lwf.weight,
                               temperature=update.lwf.temperature, ewc=ewc)
 
-        if full_phase_runs(context):
-            model = self.full_phase(context, model, processor, marking, train, validation, update_loss, figures)
+        if full_phase_runs(context):  # finetune.full's schedule, update.full's steps
+            schedule = context.config.finetune.full.model_copy(update={"steps": update.full.steps})
+            model, _, figures["full"] = full_phase(
+                model, processor, marking, schedule, work / "full", train, validation, seed=seed,
+                label=f"update (full, {update.strategy})", section="update.full", device=context.config.device,
+                loss_for=lambda trained: update_loss(trained, "full"))
 
         seed_everything(seed + 1)
         model.requires_grad_(False)
@@ -168,34 +172,6 @@ class UpdateFinetuneStage:
         if update.reprune:
             artifacts["student"] = "teacher"  # the prune stages that follow start from the new teacher
         return StageResult(artifacts=artifacts, figures=figures)
-
-    @staticmethod
-    def full_phase(context: RunContext, model: torch.nn.Module, processor: Any, encoder: BatchEncoder,
-                   train: list[Encoded], validation: list[Encoded], update_loss: Any,
-                   figures: dict[str, Any]) -> torch.nn.Module:
-        """``update.full.steps`` full-parameter steps on the update's rows (``finetune.full``'s schedule),
-        checkpointed like the first run's full phase: a finished phase is read back on resume."""
-        update = _update(context)
-        phase_dir = context.work_dir / "full"
-        if (phase_dir / DONE).is_file():
-            figures["full"] = json.loads((phase_dir / DONE).read_text())
-            return load_checkpoint(phase_dir / "model")[0]
-        schedule = context.config.finetune.full.model_copy(update={"steps": update.full.steps})
-        model.train()
-        model.requires_grad_(True)
-        trainer = Trainer(model, encoder, schedule, checkpoint_dir=phase_dir / "checkpoints",
-                          seed=context.config.seed, label=f"update (full, {update.strategy})", section="update.full",
-                          loss_fn=update_loss(model, "full"), device=context.config.device)
-        result = trainer.train(train, validation)
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        figures["full"] = result.as_dict()
-
-        def save_full_phase() -> None:
-            save_checkpoint(model, processor, phase_dir / "model")
-            finish_phase(phase_dir, figures["full"])
-
-        on_main_process(save_full_phase)
-        return model
 
 
 def full_phase_runs(context: RunContext) -> bool:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..config import LoraSection
-from ..data.batches import BatchEncoder
+from ..config import LoraSection, TrainSchedule
+from ..data.batches import BatchEncoder, Encoded
 from ..data.replay import with_general_replay
 from ..engine import RunContext, StageResult, seed_everything
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.figures import model_figures
-from .training import Trainer, on_main_process
+from .training import Trainer, causal_lm_loss, on_main_process
 
 DONE = "phase.json"
 
@@ -59,24 +59,9 @@ class FinetuneStage:
 
         full_wanted = cfg.full_when == "always" or (cfg.full_when == "auto" and context.config.model.preset)
         if full_wanted and cfg.full.steps > 0:
-            phase_dir = work / "full"
-            if (phase_dir / DONE).is_file():
-                model, processor = load_checkpoint(phase_dir / "model")
-                figures["full"] = json.loads((phase_dir / DONE).read_text())
-            else:
-                model.train()
-                model.requires_grad_(True)
-                trainer = Trainer(model, encoder, cfg.full, checkpoint_dir=phase_dir / "checkpoints", seed=seed,
-                                  label="finetune (full)", section="finetune.full", device=context.config.device)
-                result = trainer.train(train, validation)
-                model = trainer.accelerator.unwrap_model(trainer.model)
-                figures["full"] = result.as_dict()
-
-                def save_full_phase() -> None:
-                    save_checkpoint(model, processor, phase_dir / "model")
-                    finish_phase(phase_dir, figures["full"])
-
-                on_main_process(save_full_phase)
+            model, processor, figures["full"] = full_phase(
+                model, processor, encoder, cfg.full, work / "full", train, validation, seed=seed,
+                label="finetune (full)", section="finetune.full", device=context.config.device)
 
         if cfg.lora.train.steps > 0:
             seed_everything(seed + 1)  # LoRA's initialisation must not depend on whether phase 1 ran in this process
@@ -97,6 +82,33 @@ class FinetuneStage:
                                                 vertical=context.vertical.name))
         figures.update(model_figures(model, teacher_dir))
         return StageResult(artifacts={"teacher": "teacher", "student": "teacher"}, figures=figures)
+
+
+def full_phase(model: torch.nn.Module, processor: Any, encoder: BatchEncoder, schedule: TrainSchedule,
+               phase_dir: Path, train: list[Encoded], validation: list[Encoded], *, seed: int, label: str,
+               section: str, device: str, loss_for: Callable[[torch.nn.Module], Any] | None = None,
+               ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Every weight of ``model`` trained on ``schedule`` in ``phase_dir`` -> (model, processor, the phase's record).
+
+    A finished phase (its ``phase.json``) is read back instead of trained again; an unfinished one resumes from
+    its checkpoints. ``loss_for(model)`` gives the trainer's loss (the default: the causal-LM loss)."""
+    if (phase_dir / DONE).is_file():
+        model, processor = load_checkpoint(phase_dir / "model")
+        return model, processor, json.loads((phase_dir / DONE).read_text())
+    model.train()
+    model.requires_grad_(True)
+    trainer = Trainer(model, encoder, schedule, checkpoint_dir=phase_dir / "checkpoints", seed=seed, label=label,
+                      section=section, device=device, loss_fn=causal_lm_loss if loss_for is None else loss_for(model))
+    result = trainer.train(train, validation)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    record = result.as_dict()
+
+    def save_full_phase() -> None:
+        save_checkpoint(model, processor, phase_dir / "model")
+        finish_phase(phase_dir, record)
+
+    on_main_process(save_full_phase)
+    return model, processor, record
 
 
 def finish_phase(phase_dir: Path, record: dict[str, Any]) -> None:
