@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,12 +218,34 @@ def simulate(work: Path, weeks: int, sizes: dict[str, Any], seed: int, args: arg
     return versions
 
 
-def score(run_dir: Path, folder: Path) -> Any:
-    """The deployed artifact's answers on ``folder``'s test split (every row)."""
+@dataclass(frozen=True)
+class Scored:
+    """A version's answers on a folder's test split: what the checks need of an ``Answered`` (rows carry only
+    their id and meta, which the e-commerce metric reads)."""
+
+    rows: list[dict[str, Any]]
+    answers: list[str]
+    references: list[str]
+
+
+def score(run_dir: Path, folder: Path) -> Scored:
+    """The deployed artifact's answers on ``folder``'s test split (every row). Kept in
+    ``run_dir/continual-scores/<folder>.json`` with the test file's digest, so that a later invocation (``--seeds``
+    over simulations run by separate processes) reads them instead of answering again."""
     from dsvl_adapt.continual.update import score_version
 
+    digest = hashlib.sha256((folder / "test.jsonl").read_bytes()).hexdigest()
+    kept = run_dir / "continual-scores" / f"{folder.name}.json"
+    if kept.is_file():
+        cached = json.loads(kept.read_text())
+        if cached.get("test_sha256") == digest:
+            return Scored(cached["rows"], cached["answers"], cached["references"])
     _, answered = score_version(run_dir, [f"data.source={folder}", "data.test_size=100000", "score.general_size=0"])
-    return answered
+    scored = Scored([{"id": row.id, "meta": row.meta} for row in answered.rows], list(answered.answers),
+                    list(answered.references))
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text(json.dumps({"test_sha256": digest, "folder": str(folder), **asdict(scored)}))
+    return scored
 
 
 def row_metric(answered: Any) -> Any:

@@ -111,6 +111,7 @@ def _benchmark(script: str):
         sys.path.insert(0, str(_PATH.parent))
     spec = importlib.util.spec_from_file_location(f"benchmark_{script}", _PATH.parent / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -152,6 +153,26 @@ def test_a_retrain_on_three_times_the_rows_gets_three_times_week_0s_steps_in_eve
     assert continual.retrain_budget(tmp_path, rows=1800, base_rows=600) == [
         "finetune.full.steps=1500", "finetune.lora.train.steps=180", "distill.train.steps=360"]
     assert continual.retrain_budget(tmp_path, rows=600, base_rows=600)[0] == "finetune.full.steps=500"
+
+
+def test_a_versions_kept_answers_are_read_back_only_for_the_same_test_file(tmp_path) -> None:
+    import hashlib
+    import json
+
+    continual = _benchmark("continual")
+    folder, run_dir = tmp_path / "new3", tmp_path / "replay-week3"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text('{"id": "a"}\n')
+    kept = run_dir / "continual-scores" / "new3.json"
+    kept.parent.mkdir(parents=True)
+    digest = hashlib.sha256((folder / "test.jsonl").read_bytes()).hexdigest()
+    kept.write_text(json.dumps({"test_sha256": digest, "rows": [{"id": "a", "meta": {"attribute": "colour"}}],
+                                "answers": ["red"], "references": ["blue"]}))
+    scored = continual.score(run_dir, folder)
+    assert (scored.answers, scored.references, scored.rows[0]["meta"]) == (["red"], ["blue"], {"attribute": "colour"})
+    (folder / "test.jsonl").write_text('{"id": "b"}\n')  # another test split: answer again (no run here: fails)
+    with pytest.raises(Exception, match="manifest|run"):
+        continual.score(run_dir, folder)
 
 
 def test_recovery_is_paired_needs_500_rows_and_a_real_loss() -> None:
