@@ -261,7 +261,7 @@ def one_vertical(vertical: str, args: argparse.Namespace, work: Path) -> dict[st
     train = generator.generate_rows("train", args.train_rows, seed=args.seed, image_size=args.image_size)
     validation = generator.generate_rows("validation", args.eval_rows // 2, seed=args.seed, image_size=args.image_size)
     test = generator.generate_rows("test", args.eval_rows, seed=args.seed, image_size=args.image_size)
-    noisy, faults = inject(train, test, args.seed, RATES)
+    noisy, faults = inject(train, test, args.seed, args.rates)
     broken_lines = write_folder(work / "noisy", {"train": noisy, "validation": validation, "test": test})
     _log(f"{vertical}: {len(noisy)} train rows with faults "
          f"{ {k: len(v) for k, v in faults.items()} } ({time.perf_counter() - started:.0f} s to generate)")
@@ -321,6 +321,18 @@ def cost(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "target_seconds": 600, "met": seconds <= 600}
 
 
+def _rate(text: str) -> tuple[str, float]:
+    kind, _, share = text.partition("=")
+    try:
+        value = float(share)
+    except ValueError:
+        value = -1.0
+    if kind not in RATES or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KIND=SHARE with KIND one of {', '.join(RATES)} and "
+                                         f"0 <= SHARE < 1, e.g. flipped=0.3")
+    return kind, value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verticals", nargs="*", default=list(VERTICALS))
@@ -334,8 +346,12 @@ def main() -> int:
     parser.add_argument("--cost-rows", type=int, default=0, help="time cleaning this many rows (cheap model only)")
     parser.add_argument("--work", default="runs/bench-cleaning")
     parser.add_argument("--quick", action="store_true", help="smallest settings: checks that it runs")
+    parser.add_argument("--rate", action="append", default=[], metavar="KIND=SHARE", type=_rate,
+                        help="a fault's share of the train rows instead of its default ("
+                             + ", ".join(f"{k}={v}" for k, v in RATES.items()) + "); repeatable, e.g. --rate flipped=0.3")
     parser.add_argument("overrides", nargs="*", help="overrides for the teacher runs (e.g. finetune=fast)")
     args = parser.parse_args()
+    args.rates = {**RATES, **dict(args.rate)}
     if args.quick:
         args.train_rows, args.eval_rows, args.folds = 288, 72, 3
         args.verticals = args.verticals if args.verticals != list(VERTICALS) else ["industrial", "ecommerce"]
@@ -343,7 +359,8 @@ def main() -> int:
     work = Path(args.work)
     from dsvl_adapt.machine import cpu_description
 
-    out: dict[str, Any] = {"rates": RATES, "settings": {k: v for k, v in vars(args).items() if k != "overrides"},
+    out: dict[str, Any] = {"rates": args.rates,
+                           "settings": {k: v for k, v in vars(args).items() if k not in ("overrides", "rate", "rates")},
                            **cpu_description(), "verticals": {}}
     for vertical in args.verticals:
         out["verticals"][vertical] = one_vertical(vertical, args, work / vertical)

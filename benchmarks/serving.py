@@ -11,6 +11,8 @@ scorecard asked them (system text, image, question). Printed as one JSON object:
 * ``batching``: throughput of A over B, in rotating paired rounds, as a ratio with its 95% interval and the >= 2x
   target (``benchmarks/_stats.py``);
 * ``cache``: per row, a miss then the same request again on C: miss time / hit time, with its interval, against 20x;
+  beside it the client's floor (the same client's ``GET /v1/models``, which does no work) and the ratio a hit
+  costing only that floor would reach;
 * ``burst``: 4x C's queue size sent at once: 200s, 429s (each with Retry-After), errors, and a good request after.
 
 Bounded: every phase has a fixed request count and timeouts; the servers are stopped at the end.
@@ -264,6 +266,12 @@ def main() -> int:
                 bucket.append((time.perf_counter() - started) * 1000)
                 assert answer.model_extra["dsvl"]["cache_hit"] is (bucket is hit)
         speedup = paired_ratio(miss, hit)
+        # what no cache removes: the same client's round trip to an endpoint that does no work (GET /v1/models)
+        floor = []
+        for _ in range(2 * len(hit)):
+            started = time.perf_counter()
+            client.models.list()
+            floor.append((time.perf_counter() - started) * 1000)
         from dsvl_adapt.serve.monitor import read_request_log
 
         time.sleep(1)  # the server logs a request just after answering it
@@ -272,6 +280,9 @@ def main() -> int:
                      for kind in ("miss", "hit")}
         result["cache"] = {**speedup.to_json(), "miss_p50_ms": percentile(miss, 50), "hit_p50_ms": percentile(hit, 50),
                            "in_server_p50_ms": {k: percentile(v, 50) if v else None for k, v in inside_ms.items()},
+                           "client_floor_p50_ms": percentile(floor, 50),
+                           "client_floor_method": "the same openai client's GET /v1/models (no model, no cache)",
+                           "ratio_bound_at_floor": round(percentile(miss, 50) / percentile(floor, 50), 1),
                            "target": ">= 20x", "target_check": target_check(speedup.ratio, speedup.low, speedup.high,
                                                                              20.0)}
         log(f"burst: {4 * args.queue} requests at once on a queue of {args.queue}")
