@@ -148,7 +148,9 @@ def lineage_edges(runs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         edges.append({"parent": parent, "child": str(Path(path).resolve()), "version": lineage.version,
                       "strategy": lineage.strategy, "parent_reported": parent in reported,
                       "old": lineage.accuracy_old, "new": lineage.accuracy_new, "forgetting": lineage.forgetting,
-                      "forgetting_ci": lineage.forgetting_ci})
+                      "forgetting_ci": lineage.forgetting_ci,
+                      "intervals": {key: {"parent": score.parent_ci, "update": score.update_ci}
+                                    for key, score in lineage.scores.items() if key in ("old", "new")}})
     return sorted(edges, key=lambda edge: (edge["version"], edge["child"]))
 
 

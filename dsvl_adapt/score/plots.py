@@ -401,3 +401,42 @@ def weekly_accuracy_plot(panels: dict[str, dict[str, list[tuple[float, float, fl
     axes[-1].legend(fontsize=7, loc="best")
     figure.suptitle(title, fontsize=10)
     return _png(figure)
+
+
+def lineage_plot(edges: Sequence[dict[str, Any]]) -> bytes | None:
+    """What each update did, from ``dsvl-adapt report``'s lineage edges (:func:`.lineage.lineage_edges`): one panel
+    for the old test split (the parent's) and one for the new test rows (the increment's); per update, at its
+    version, a hollow marker for the parent and a filled one (with its 95% interval) for the update, joined by a
+    line, one colour per strategy."""
+    edges = [e for e in edges if e.get("old") or e.get("new")]
+    if not edges:
+        return None
+    strategies = list(dict.fromkeys(e["strategy"] for e in edges))
+    versions = sorted({e["version"] for e in edges})
+    figure = _figure(10.4, 4.0)
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, (key, title) in zip(axes, (("old", "old test split (the parent's)"),
+                                       ("new", "new test rows (the increment's)"))):
+        for index, strategy in enumerate(strategies):
+            color = SERIES_COLORS[index % len(SERIES_COLORS)]
+            shift = (index - (len(strategies) - 1) / 2) * 0.12
+            labelled = False
+            for edge in (e for e in edges if e["strategy"] == strategy and e.get(key)):
+                x, values = edge["version"] + shift, edge[key]
+                ax.plot([x, x], [values["parent"], values["update"]], color=color, linewidth=1.2, alpha=0.7)
+                ax.scatter([x], [values["parent"]], s=36, facecolor="white", edgecolor=color, zorder=3)
+                ci = (edge.get("intervals") or {}).get(key, {}).get("update")
+                errors = [[values["update"] - ci[0]], [ci[1] - values["update"]]] if ci else None
+                ax.errorbar([x], [values["update"]], yerr=errors, fmt="o", color=color, markersize=6, capsize=3,
+                            zorder=4, label=None if labelled else strategy)
+                labelled = True
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("version (hollow: its parent, filled: after the update)")
+        ax.set_xticks(versions)
+        ax.set_xlim(versions[0] - 0.6, versions[-1] + 0.6)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy of the deployed artifact (95% interval)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].legend(fontsize=7, loc="best", title="strategy", title_fontsize=7)
+    figure.suptitle("What each update did: forgetting on the left, learning on the right", fontsize=10)
+    return _png(figure)

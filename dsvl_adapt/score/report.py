@@ -504,8 +504,16 @@ def render_report_html(report: Report, out_dir: Path) -> str:
     if edges:
         from .lineage import edge_text
 
+        from .plots import lineage_plot
+
+        png = lineage_plot(edges)
+        figure = ("" if png is None else
+                  '<figure><img alt="old and new accuracy before and after each update" '
+                  f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"><figcaption>each update '
+                  "against its parent, on the parent's test split and on the increment's test rows</figcaption>"
+                  "</figure>")
         parts.append('<section id="lineage"><h2>Lineage (parent → child)</h2><ul>' +
-                     "".join(f"<li>{e(edge_text(edge))}</li>" for edge in edges) + "</ul></section>")
+                     "".join(f"<li>{e(edge_text(edge))}</li>" for edge in edges) + f"</ul>{figure}</section>")
     if report.warnings:
         parts.append('<section id="warnings"><h2>Warnings</h2><ul>' +
                      "".join(f"<li>{e(w)}</li>" for w in report.warnings) + "</ul></section>")

@@ -175,3 +175,39 @@ def test_report_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "no runs under" in capsys.readouterr().err
     write_run(tmp_path / "bad" / "0", make_card(0.6, 300, 1000, retention=0.5), None)
     assert report_main([str(tmp_path / "bad")], as_json=True, out=None) == 3
+
+
+def test_the_report_draws_what_each_update_did_to_the_old_and_the_new(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from dsvl_adapt.score.lineage import Lineage, SetScore
+
+    def update_of(parent: Path, version: int, old: tuple[float, float], new: tuple[float, float]) -> Scorecard:
+        scores = {key: SetScore(rows=100, parent=p, update=u, parent_ci=[p - 0.05, p + 0.05],
+                                update_ci=[u - 0.04, u + 0.04], change=u - p, change_ci=[u - p - 0.06, u - p + 0.06],
+                                within_noise=False) for key, (p, u) in (("old", old), ("new", new))}
+        lineage = Lineage(version=version, parent=str(parent), parent_manifest_sha256="0" * 64, strategy="replay",
+                          increment={"source": f"week{version - 1}"}, scores=scores,
+                          accuracy_old={"parent": old[0], "update": old[1]},
+                          accuracy_new={"parent": new[0], "update": new[1]},
+                          forgetting=old[0] - old[1], forgetting_ci=[old[0] - old[1] - 0.06, old[0] - old[1] + 0.06])
+        return make_card(0.85, 300.0, 1000.0).model_copy(update={"lineage": lineage})
+
+    first, second, third = tmp_path / "shop", tmp_path / "shop-v2", tmp_path / "shop-v3"
+    write_run(first, make_card(0.85, 300.0, 1000.0), None)
+    write_run(second, update_of(first, 2, (0.90, 0.88), (0.40, 0.92)), None)
+    write_run(third, update_of(second, 3, (0.91, 0.55), (0.30, 0.95)), None)
+    report = write_report([first, second, third], tmp_path / "report")
+
+    edges = report.lineage()
+    assert [(Path(e["child"]).name, e["intervals"]["new"]["update"]) for e in edges] == [
+        ("shop-v2", [pytest.approx(0.88), pytest.approx(0.96)]), ("shop-v3", [pytest.approx(0.91), pytest.approx(0.99)])]
+    page = (tmp_path / "report" / "report.html").read_text()
+    section = page[page.index('<section id="lineage">'):]
+    section = section[:section.index("</section>")]
+    assert "forgetting +0.360" in section  # v3 forgot: the text says so beside the picture
+    encoded = re.search(r'<img alt="old and new accuracy[^"]*" src="data:image/png;base64,([^"]+)"', section)
+    assert encoded is not None, "the lineage section has no plot"
+    assert Image.open(io.BytesIO(base64.b64decode(encoded.group(1)))).size == (1040, 400)
