@@ -189,3 +189,13 @@ def test_recovery_is_paired_needs_500_rows_and_a_real_loss() -> None:
     few = stats.paired_recovery(_exact(clean[:144]), _exact(noisy[:144]), _exact(cleaned[:144]), 144, resamples=300)
     assert few.claim(0.7).startswith("no claim: 144 test rows")
     assert few.to_json(0.7)["check"] == few.claim(0.7)
+
+
+def test_a_fault_rate_is_named_and_a_share() -> None:
+    import argparse
+
+    cleaning = _benchmark("cleaning")
+    assert cleaning._rate("flipped=0.3") == ("flipped", 0.3)
+    for bad in ("flipped=1.5", "flipped=x", "typo=0.1", "flipped"):
+        with pytest.raises(argparse.ArgumentTypeError, match="KIND=SHARE"):
+            cleaning._rate(bad)
