@@ -16,8 +16,9 @@ Then report, per fault kind, detection recall and precision:
   recall there and the lowest suspicion score reached (what ``clean.label_issue_min_score`` would be set to).
 
 With ``--teacher``, the teacher is trained three times (``pipeline.stages=[load,(clean,)finetune,score]``) on the
-clean data, the noisy data and the noisy data cleaned (``clean.label_issues=drop``), and the JSON gives each
-accuracy with its 95% bootstrap interval and the share of the noise's loss that cleaning recovers,
+clean data, the noisy data and the noisy data cleaned (``clean.label_issues=drop``; ``--label-issues fix`` sets each
+flagged answer to the cross-fitted model's suggestion instead), and the JSON gives each accuracy with its 95%
+bootstrap interval and the share of the noise's loss that cleaning recovers,
 ``(cleaned - noisy) / (clean - noisy)``, paired over the same test rows (``_stats.paired_recovery``: a claim only
 from 500 test rows, and only when the loss's paired interval lies above 0; ``--eval-rows 576``). The three trainings run
 every planned step (``stop_at_exact_match=null``): the default stop at 98% validation exact match fires on the
@@ -212,7 +213,8 @@ def along_the_queue(report: dict, faults: dict[str, list[str]], precision_floor:
     return out
 
 
-def teacher_accuracy(folder: Path, work: Path, vertical: str, clean: bool, overrides: list[str]) -> dict[str, Any]:
+def teacher_accuracy(folder: Path, work: Path, vertical: str, clean: bool, overrides: list[str],
+                     label_issues: str = "drop") -> dict[str, Any]:
     from dsvl_adapt.api import run
 
     stages = "[load,clean,finetune,score]" if clean else "[load,finetune,score]"
@@ -221,7 +223,7 @@ def teacher_accuracy(folder: Path, work: Path, vertical: str, clean: bool, overr
     same_budget = ["finetune.full.stop_at_exact_match=null", "finetune.lora.train.stop_at_exact_match=null"]
     card = run([f"vertical={vertical}", f"data.source={folder}", f"pipeline.stages={stages}", "score.models=[teacher]",
                 "score.measure_memory=false", "score.latency_repeats=1", "score.latency_warmup=0",
-                "score.general_size=0", "clean.label_issues=drop", "data.train_size=1000000",
+                "score.general_size=0", f"clean.label_issues={label_issues}", "data.train_size=1000000",
                 "data.validation_size=1000000", "data.test_size=1000000", *noisy, *same_budget, *overrides],
                run_dir=work)
     assert card is not None
@@ -284,7 +286,8 @@ def one_vertical(vertical: str, args: argparse.Namespace, work: Path) -> dict[st
         overrides = [f"model={args.preset}", *args.overrides]
         accuracy = {"clean": teacher_accuracy(work / "clean", work / "run-clean", vertical, False, overrides),
                     "noisy": teacher_accuracy(work / "noisy", work / "run-noisy", vertical, False, overrides),
-                    "cleaned": teacher_accuracy(work / "noisy", work / "run-cleaned", vertical, True, overrides)}
+                    "cleaned": teacher_accuracy(work / "noisy", work / "run-cleaned", vertical, True, overrides,
+                                                args.label_issues)}
         lost = accuracy["clean"]["accuracy"] - accuracy["noisy"]["accuracy"]
         regained = accuracy["cleaned"]["accuracy"] - accuracy["noisy"]["accuracy"]
         low_clean = (accuracy["clean"]["ci95"] or [None])[0]
@@ -349,6 +352,9 @@ def main() -> int:
     parser.add_argument("--rate", action="append", default=[], metavar="KIND=SHARE", type=_rate,
                         help="a fault's share of the train rows instead of its default ("
                              + ", ".join(f"{k}={v}" for k, v in RATES.items()) + "); repeatable, e.g. --rate flipped=0.3")
+    parser.add_argument("--label-issues", choices=("drop", "fix"), default="drop",
+                        help="what the cleaned teacher's data does with a likely label error: drop the row, or fix its "
+                             "answer to the cross-fitted model's suggestion (clean.label_issues)")
     parser.add_argument("overrides", nargs="*", help="overrides for the teacher runs (e.g. finetune=fast)")
     args = parser.parse_args()
     args.rates = {**RATES, **dict(args.rate)}
