@@ -503,7 +503,6 @@ def render_report_html(report: Report, out_dir: Path) -> str:
     edges = report.lineage()
     if edges:
         from .lineage import edge_text
-
         from .plots import lineage_plot
 
         png = lineage_plot(edges)
