@@ -206,7 +206,8 @@ def test_update_then_update_again_keeps_the_parent_and_records_the_lineage(tiny_
                             timeout=300)
     edges = json.loads(report.stdout)["lineage"]
     assert [(Path(e["parent"]).name, Path(e["child"]).name) for e in edges] == [(tiny_run.name, "shop-v2"), ("shop-v2", "shop-v3")]
-    assert "Lineage (parent → child)" in (tmp_path / "report" / "report.html").read_text()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Lineage (parent → child)" in page and '<img alt="old and new accuracy before and after each update"' in page
 
     rolled = dsvl_adapt.rescore(tiny_run, [f"data.source={week2}"], out=tmp_path / "rescore")
     assert rolled["version"] == 1 and rolled["test_rows"] == 12 and 0 <= rolled["accuracy"] <= 1
