@@ -287,10 +287,14 @@ def write_html(result: dict[str, Any], png: bytes | None, path: Path) -> None:
             return "<td>—</td>"
         return f'<td class="num">{value["value"]:.3f} [{value["ci95"][0]:.3f}, {value["ci95"][1]:.3f}]</td>'
 
+    # the result has been through JSON: its weeks are strings
     body = "".join("<tr><td>" + str(week) + "</td>" + "".join(
-        cell(result["table"][n].get(week, {}).get("new")) + cell(result["table"][n].get(week, {}).get("base"))
+        cell(result["table"][n].get(str(week), {}).get("new")) + cell(result["table"][n].get(str(week), {}).get("base"))
         for n in names) + "</tr>" for week in weeks)
     checks = "".join(f"<li>{e(k)}: {e(json.dumps(v))}</li>" for k, v in result["checks"].items())
+    for seed, seed_checks in (result.get("checks_per_seed") or {}).items():
+        checks += f"<li>seed {e(str(seed))} alone: " + "; ".join(
+            f"{e(k)}: {e(str(v.get('check')))}" for k, v in seed_checks.items()) + "</li>"
     figure = ("" if png is None else f'<figure><img alt="accuracy per week" src="data:image/png;base64,'
               f'{base64.b64encode(png).decode("ascii")}"><figcaption>new-item and base-item accuracy per week, '
               "95% bootstrap bands</figcaption></figure>")
@@ -298,6 +302,45 @@ def write_html(result: dict[str, Any], png: bytes | None, path: Path) -> None:
                     f"</title><style>{CSS}</style></head><body><main><h1>Continual adaptation — weekly e-commerce "
                     f"catalogue</h1>{figure}<table><thead><tr><th>week</th>{head}</tr></thead><tbody>{body}"
                     f"</tbody></table><h2>Checks</h2><ul>{checks}</ul></main></body></html>", encoding="utf-8")
+
+
+def checks_for(answers: dict[str, dict[int, dict[str, list[Any]]]], seconds: dict[str, dict[int, list[Any]]],
+               best: str, last: int, n_seeds: int, metric_seed: int) -> dict[str, Any]:
+    """The three checks for strategy ``best`` after week ``last``, over the seeds ``answers`` and ``seconds`` hold
+    (one list entry per seed): new items against the retrain, training time against the retrain's, base items
+    against week 0 (naive's drop beside)."""
+    checks: dict[str, Any] = {}
+    new_rows = len(answers[best][last]["new"][0].answers)
+    if "retrain" in answers:
+        comparison = paired_comparison([row_metric(a) for a in answers["retrain"][last]["new"]],
+                                       [row_metric(a) for a in answers[best][last]["new"]], new_rows,
+                                       seed=metric_seed)
+        checks["new_items_vs_retrain"] = {**comparison.to_json(("retrain", best)), "target": NEW_ITEMS_TARGET,
+                                          "check": retention_check(comparison, NEW_ITEMS_TARGET)}
+        # every (seed, week) is a round: the update and the retrain of the same week and simulation
+        update_s = [t for w in range(1, last + 1) for t in seconds[best][w]]
+        retrain_s = [t for w in range(1, last + 1) for t in seconds["retrain"][w]]
+        if len(update_s) >= 2 and all(update_s) and all(retrain_s):
+            ratio = paired_ratio(retrain_s, update_s)  # retrain time / update time, per round
+            checks["training_time"] = {
+                "update_share_of_retrain": round(1 / ratio.ratio, 4),
+                "update_share_ci95": [round(1 / ratio.high, 4), round(1 / ratio.low, 4)],
+                "bound": TIME_SHARE_BOUND, "rounds": len(update_s), "method": RATIO_METHOD,
+                "check": target_check(ratio.ratio, ratio.low, ratio.high, 1 / TIME_SHARE_BOUND)}
+        else:
+            checks["training_time"] = {"update_s": update_s, "retrain_s": retrain_s, "check": "no claim"}
+    base_rows = len(answers[best][last]["base"][0].answers)
+    for name in dict.fromkeys([best, "naive"]):
+        if name not in answers:
+            continue
+        drop = paired_comparison([row_metric(a) for a in answers[name][0]["base"]],
+                                 [row_metric(a) for a in answers[name][last]["base"]], base_rows, seed=metric_seed)
+        difference = drop.difference
+        checks[f"base_items_{name}"] = {
+            **drop.to_json(("week0", f"week{last}")), "bound": -BASE_DROP_BOUND,
+            "check": target_check(difference.value, difference.low, difference.high, -BASE_DROP_BOUND)
+            if enough_evidence(base_rows, n_seeds) else "no claim"}
+    return checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,44 +403,22 @@ def main(argv: list[str] | None = None) -> int:
     strategies = [n for n in answers if n != "retrain"]
     last = weeks
     best = max(strategies, key=lambda n: table[n][last]["new"]["value"] + table[n][last]["base"]["value"])
-    checks: dict[str, Any] = {"best_strategy": best, "rows_needed_for_a_claim": MIN_ROWS_FOR_CLAIM,
-                              "accuracy_method": BOOTSTRAP_METHOD, "seeds": seeds}
-    new_rows = len(answers[best][last]["new"][0].answers)
-    if "retrain" in answers:
-        comparison = paired_comparison([row_metric(a) for a in answers["retrain"][last]["new"]],
-                                       [row_metric(a) for a in answers[best][last]["new"]], new_rows,
-                                       seed=metric_seed)
-        checks["new_items_vs_retrain"] = {**comparison.to_json(("retrain", best)), "target": NEW_ITEMS_TARGET,
-                                          "check": retention_check(comparison, NEW_ITEMS_TARGET)}
-        # every (seed, week) is a round: the update and the retrain of the same week and simulation
-        update_s = [t for w in range(1, last + 1) for t in seconds[best][w]]
-        retrain_s = [t for w in range(1, last + 1) for t in seconds["retrain"][w]]
-        if len(update_s) >= 2 and all(update_s) and all(retrain_s):
-            ratio = paired_ratio(retrain_s, update_s)  # retrain time / update time, per round
-            checks["training_time"] = {
-                "update_share_of_retrain": round(1 / ratio.ratio, 4),
-                "update_share_ci95": [round(1 / ratio.high, 4), round(1 / ratio.low, 4)],
-                "bound": TIME_SHARE_BOUND, "rounds": len(update_s), "method": RATIO_METHOD,
-                "check": target_check(ratio.ratio, ratio.low, ratio.high, 1 / TIME_SHARE_BOUND)}
-        else:
-            checks["training_time"] = {"update_s": update_s, "retrain_s": retrain_s, "check": "no claim"}
-    base_rows = len(answers[best][last]["base"][0].answers)
-    for name in dict.fromkeys([best, "naive"]):
-        if name not in answers:
-            continue
-        drop = paired_comparison([row_metric(a) for a in answers[name][0]["base"]],
-                                 [row_metric(a) for a in answers[name][last]["base"]], base_rows, seed=metric_seed)
-        difference = drop.difference
-        checks[f"base_items_{name}"] = {
-            **drop.to_json(("week0", f"week{last}")), "bound": -BASE_DROP_BOUND,
-            "check": target_check(difference.value, difference.low, difference.high, -BASE_DROP_BOUND)
-            if enough_evidence(base_rows, len(seeds)) else "no claim"}
+    checks = {"best_strategy": best, "rows_needed_for_a_claim": MIN_ROWS_FOR_CLAIM,
+              "accuracy_method": BOOTSTRAP_METHOD, "seeds": seeds,
+              **checks_for(answers, seconds, best, last, len(seeds), metric_seed)}
+    # each simulation alone, for the same strategy: how far the seeds agree
+    per_seed_checks = {seed: checks_for({name: {week: {key: [given[k]] for key, given in cell.items()}
+                                                for week, cell in by_week.items()} for name, by_week in answers.items()},
+                                        {name: {week: [times[k]] for week, times in by_week.items()}
+                                         for name, by_week in seconds.items()}, best, last, 1, metric_seed)
+                       for k, seed in enumerate(seeds)} if len(seeds) > 1 else None
     work = args.out.absolute()
     from dsvl_adapt.machine import cpu_description
 
     result = {"benchmark": "continual", **cpu_description(), "quick": args.quick, "weeks": weeks,
               "schedule": SCHEDULE[:weeks], "base": BASE, "strategies": list(answers),
               "retrain_budget": None if args.no_retrain else args.retrain_budget, "table": table, "checks": checks,
+              "checks_per_seed": per_seed_checks,
               "overrides": extra, "seeds": seeds, "runs": per_seed,
               "seconds": round(time.perf_counter() - started, 1), "out": str(work)}
     png = plot(table, work / "continual.png")

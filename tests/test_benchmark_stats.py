@@ -199,3 +199,17 @@ def test_a_fault_rate_is_named_and_a_share() -> None:
     for bad in ("flipped=1.5", "flipped=x", "typo=0.1", "flipped"):
         with pytest.raises(argparse.ArgumentTypeError, match="KIND=SHARE"):
             cleaning._rate(bad)
+
+
+def test_the_continual_page_shows_every_weeks_accuracy(tmp_path) -> None:
+    import json
+
+    continual = _benchmark("continual")
+    cell = {"value": 0.812, "ci95": [0.77, 0.85]}
+    result = json.loads(json.dumps({"table": {"replay": {0: {"new": cell, "base": cell}, 6: {"new": cell, "base": cell}}},
+                                    "checks": {"best_strategy": "replay"},
+                                    "checks_per_seed": {0: {"training_time": {"check": "met"}}}}))
+    continual.write_html(result, None, tmp_path / "continual.html")
+    page = (tmp_path / "continual.html").read_text()
+    assert page.count("0.812 [0.770, 0.850]") == 4 and "<td>—</td>" not in page
+    assert "seed 0 alone: training_time: met" in page
