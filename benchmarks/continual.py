@@ -304,6 +304,13 @@ def write_html(result: dict[str, Any], png: bytes | None, path: Path) -> None:
                     f"</tbody></table><h2>Checks</h2><ul>{checks}</ul></main></body></html>", encoding="utf-8")
 
 
+def one_seed(tree: Any, k: int) -> Any:
+    """The ``k``-th seed's part of a nested ``{name: {week: ...: [one entry per seed]}}``, in the same shape."""
+    if isinstance(tree, dict):
+        return {key: one_seed(value, k) for key, value in tree.items()}
+    return [tree[k]]
+
+
 def checks_for(answers: dict[str, dict[int, dict[str, list[Any]]]], seconds: dict[str, dict[int, list[Any]]],
                best: str, last: int, n_seeds: int, metric_seed: int) -> dict[str, Any]:
     """The three checks for strategy ``best`` after week ``last``, over the seeds ``answers`` and ``seconds`` hold
@@ -407,10 +414,7 @@ def main(argv: list[str] | None = None) -> int:
               "accuracy_method": BOOTSTRAP_METHOD, "seeds": seeds,
               **checks_for(answers, seconds, best, last, len(seeds), metric_seed)}
     # each simulation alone, for the same strategy: how far the seeds agree
-    per_seed_checks = {seed: checks_for({name: {week: {key: [given[k]] for key, given in cell.items()}
-                                                for week, cell in by_week.items()} for name, by_week in answers.items()},
-                                        {name: {week: [times[k]] for week, times in by_week.items()}
-                                         for name, by_week in seconds.items()}, best, last, 1, metric_seed)
+    per_seed_checks = {seed: checks_for(one_seed(answers, k), one_seed(seconds, k), best, last, 1, metric_seed)
                        for k, seed in enumerate(seeds)} if len(seeds) > 1 else None
     work = args.out.absolute()
     from dsvl_adapt.machine import cpu_description
