@@ -52,6 +52,7 @@ class MonitorSettings:
     drift_window: int = 50
     drift_min_requests: int = 20
     drift_alpha: float = 0.01
+    drift_test_every: int = 5  # the window tests run every this many requests (the ones between carry the verdict)
 
 
 class PrometheusMetrics:
@@ -98,7 +99,8 @@ class Monitor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = metrics or PrometheusMetrics()
         self.drift = (DriftMonitor(reference, window=settings.drift_window, min_requests=settings.drift_min_requests,
-                                   alpha=settings.drift_alpha) if reference is not None else None)
+                                   alpha=settings.drift_alpha, test_every=settings.drift_test_every)
+                      if reference is not None else None)
         if reference is not None:
             reference.save(self.log_dir / REFERENCE_FILE)
         self._lock = threading.Lock()
@@ -152,7 +154,7 @@ class Monitor:
             "drift": None if drift is None else {
                 "statistics": drift.statistics, "distance_ratio": drift.distance_ratio, "far": drift.far,
                 "window": drift.window, "drifted": drift.drifted, "ks_min_p": drift.ks_min_p,
-                "far_share": drift.far_share, "far_p": drift.far_p, "reason": drift.reason},
+                "far_share": drift.far_share, "far_p": drift.far_p, "reason": drift.reason, "tested": drift.tested},
             "hard_case": bool(reasons) and not cache_hit, "reasons": reasons, "answer": answer[:500],
         }
         if record["hard_case"]:

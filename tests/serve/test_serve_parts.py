@@ -112,6 +112,27 @@ def test_drift_is_unknown_until_enough_requests_then_flags_darkened_images_only(
     assert results[-1].drifted is True and "brightness" in results[-1].reason
 
 
+def test_the_window_tests_run_every_test_every_requests_and_the_requests_between_carry_the_verdict():
+    reference = DriftReference.from_images(_images(0, 40))
+    every = DriftMonitor(reference, window=50, min_requests=20, test_every=1)
+    sparse = DriftMonitor(reference, window=50, min_requests=20, test_every=5)
+    images = _images(1, 20) + [ImageEnhance.Brightness(image).enhance(0.3) for image in _images(2, 30)]
+    a = [every.observe(image) for image in images]
+    b = [sparse.observe(image) for image in images]
+    assert [o.tested for o in b] == [False] * 19 + [i % 5 == 0 for i in range(31)]
+    assert all(o.tested for o in a[19:])
+    for i in range(19, 50):  # a sparse observation holds the verdict of its last test, which ran on the same window
+        last = 19 + (i - 19) // 5 * 5
+        assert (b[i].drifted, b[i].ks_min_p, b[i].reason) == (a[last].drifted, a[last].ks_min_p, a[last].reason)
+        assert b[i].statistics == a[i].statistics and b[i].distance_ratio == a[i].distance_ratio
+    first = next(i for i, o in enumerate(b) if o.drifted)
+    assert first - next(i for i, o in enumerate(a) if o.drifted) < 5  # flagged at most 4 requests later
+    sparse.reset()
+    assert sparse.observe(images[0]).drifted is None
+    with pytest.raises(ValueError, match="test_every"):
+        DriftMonitor(reference, test_every=0)
+
+
 def test_the_window_test_is_scipys_ks_test_of_each_statistic_against_the_reference():
     from scipy.stats import ks_2samp
 

@@ -245,13 +245,13 @@ def test_darkened_images_are_flagged_as_drift_within_50_requests_and_normal_ones
     rows = deployment.rows("validation", server.model.image_size, size=40)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     count = len(answered_records(log_dir, 0))
-    server.monitor.drift.window.clear(), server.monitor.drift.far.clear()
+    server.monitor.drift.reset()
     for row in rows[:25]:
         assert post(f"{url}/v1/chat/completions", _good(server.model.name, row.image), auth)[0] == 200
     count += 25
     normal = answered_records(log_dir, count)
     assert len(normal) == count and normal[-1]["drift"]["drifted"] is False, normal[-1]["drift"]
-    server.monitor.drift.window.clear(), server.monitor.drift.far.clear()
+    server.monitor.drift.reset()
     flagged_at = None
     for i, row in enumerate(rows[:40] + rows[:10]):
         dark = ImageEnhance.Brightness(row.image).enhance(0.3)
