@@ -13,7 +13,8 @@ scorecard asked them (system text, image, question). Printed as one JSON object:
 * ``cache``: every row asked once on C (misses), then every row again (hits): per row, miss time / hit time, with its
   interval, against 20x;
   beside it the client's floor (the same client's ``GET /v1/models``, which does no work) and the ratio a hit
-  costing only that floor would reach;
+  costing only that floor would reach; ``cache.http``: the same measure on as many other rows posted as the same
+  JSON with the HTTP library the openai client is built on (httpx), without the client's own per-call work;
 * ``burst``: 4x C's queue size sent at once: 200s, 429s (each with Retry-After), errors, and a good request after.
 
 Bounded: every phase has a fixed request count and timeouts; the servers are stopped at the end.
@@ -207,6 +208,20 @@ def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, str]]:
         return 0, {}
 
 
+def _http_module() -> Any:
+    """The HTTP library the openai client is built on: ``httpx``, or its fork ``httpx2`` where that is what the
+    installed openai imports."""
+    try:
+        import httpx
+    except ImportError:
+        import httpx2 as httpx
+    return httpx
+
+
+def _http_client(url: str) -> Any:
+    return _http_module().Client(base_url=url, timeout=120)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", nargs="?", help="a finished run (default: a finance run made in --work)")
@@ -277,6 +292,18 @@ def main() -> int:
             started = time.perf_counter()
             client.models.list()
             floor.append((time.perf_counter() - started) * 1000)
+        # the same on other rows, the same JSON posted with the HTTP library under the openai client
+        http_rows = range(len(rows), min(2 * len(rows), len(messages)))
+        http_miss, http_hit = [], []
+        with _http_client(servers["cached"].url) as http:
+            for bucket in (http_miss, http_hit):
+                for i in http_rows:
+                    body = {"model": name, "messages": messages[i], "max_tokens": 31}
+                    started = time.perf_counter()
+                    response = http.post("/v1/chat/completions", json=body)
+                    bucket.append((time.perf_counter() - started) * 1000)
+                    assert response.status_code == 200 and response.json()["dsvl"]["cache_hit"] is (bucket is http_hit)
+        http_speedup = paired_ratio(http_miss, http_hit) if http_hit else None
         from dsvl_adapt.serve.monitor import read_request_log
 
         time.sleep(1)  # the server logs a request just after answering it
@@ -290,6 +317,12 @@ def main() -> int:
                            "ratio_bound_at_floor": round(percentile(miss, 50) / percentile(floor, 50), 1),
                            "target": ">= 20x", "target_check": target_check(speedup.ratio, speedup.low, speedup.high,
                                                                              20.0)}
+        if http_speedup is not None:
+            result["cache"]["http"] = {
+                **http_speedup.to_json(), "rows": len(http_hit), "miss_p50_ms": percentile(http_miss, 50),
+                "hit_p50_ms": percentile(http_hit, 50),
+                "client": f"{_http_module().__name__} {_http_module().__version__} (the openai client's HTTP library)",
+                "target_check": target_check(http_speedup.ratio, http_speedup.low, http_speedup.high, 20.0)}
         log(f"burst: {4 * args.queue} requests at once on a queue of {args.queue}")
         burst = []
         from PIL import Image
