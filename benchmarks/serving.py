@@ -28,6 +28,7 @@ import base64
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -168,7 +169,9 @@ def run_load(url: str, name: str, messages: list[list[dict[str, Any]]], count: i
 
 def model_batching(run_dir: Path, rounds: int, seed: int) -> dict[str, Any]:
     """The same comparison without HTTP: 8 test rows as one batch vs one by one through the served model's
-    ``generate`` (what batching saves in the model itself, apart from per-request serving overhead)."""
+    ``generate`` (what batching saves in the model itself, apart from per-request serving overhead), with the
+    median split of each configuration's time into prefill (image + prompt) and decode steps, and its answer tokens:
+    batching pays where decoding is memory-bound, far less where short answers leave the time in prefill."""
     from dsvl_adapt.data.prompting import conversation
     from dsvl_adapt.runtimes.contract import GenerationSettings
     from dsvl_adapt.serve.model import ServedModel, find_deployment
@@ -179,18 +182,25 @@ def model_batching(run_dir: Path, rounds: int, seed: int) -> dict[str, Any]:
     items = [model.encode(conversation(prompt, row)) for row in deployment.rows("test", model.image_size)[:CONCURRENCY]]
     settings = GenerationSettings(max_new_tokens=deployment.max_answer_tokens() or 16)
     times: dict[str, list[float]] = {"batched": [], "one-at-a-time": []}
+    # where each configuration's time goes: prefill (image + prompt), decode steps, answer tokens (per round)
+    split: dict[str, dict[str, list[float]]] = {c: {"prefill_ms": [], "decode_ms": [], "answer_tokens": []}
+                                                for c in times}
     model.generate(items, [settings] * len(items))  # warm-up
     for order in round_orders(list(times), rounds, seed=seed):
         for config in order:
             started = time.perf_counter()
             if config == "batched":
-                model.generate(items, [settings] * len(items))
+                calls = [model.generate(items, [settings] * len(items))]
             else:
-                for item in items:
-                    model.generate([item], [settings])
+                calls = [model.generate([item], [settings]) for item in items]
             times[config].append((time.perf_counter() - started) * 1000)
+            split[config]["prefill_ms"].append(sum(rows[0].prefill_s for rows in calls) * 1000)
+            split[config]["decode_ms"].append(sum(rows[0].decode_s for rows in calls) * 1000)
+            split[config]["answer_tokens"].append(sum(len(row.token_ids) for rows in calls for row in rows))
     ratio = paired_ratio(times["one-at-a-time"], times["batched"])
     return {**ratio.to_json(), "rows": len(items), "runtime": model.label,
+            "split_median": {c: {k: round(statistics.median(v), 2) for k, v in parts.items()}
+                             for c, parts in split.items()},
             "target_check": target_check(ratio.ratio, ratio.low, ratio.high, 2.0)}
 
 
