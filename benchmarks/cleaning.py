@@ -284,9 +284,11 @@ def one_vertical(vertical: str, args: argparse.Namespace, work: Path) -> dict[st
     if args.teacher:
         write_folder(work / "clean", {"train": train, "validation": validation, "test": test})
         overrides = [f"model={args.preset}", *args.overrides]
+        # one cleaned run per label-issue action, so that `drop` and `fix` share the clean and noisy teachers
+        cleaned_run = work / f"run-cleaned-{args.label_issues}"
         accuracy = {"clean": teacher_accuracy(work / "clean", work / "run-clean", vertical, False, overrides),
                     "noisy": teacher_accuracy(work / "noisy", work / "run-noisy", vertical, False, overrides),
-                    "cleaned": teacher_accuracy(work / "noisy", work / "run-cleaned", vertical, True, overrides,
+                    "cleaned": teacher_accuracy(work / "noisy", cleaned_run, vertical, True, overrides,
                                                 args.label_issues)}
         lost = accuracy["clean"]["accuracy"] - accuracy["noisy"]["accuracy"]
         regained = accuracy["cleaned"]["accuracy"] - accuracy["noisy"]["accuracy"]
@@ -298,7 +300,7 @@ def one_vertical(vertical: str, args: argparse.Namespace, work: Path) -> dict[st
             "unpaired_claim": ("met" if lost > 0 and regained / lost >= RECOVERY_TARGET else "not met") if real_loss
             else "no claim: the noise cost no accuracy beyond the intervals",
             "paired": recovery(vertical, work / "clean", {"clean": work / "run-clean", "noisy": work / "run-noisy",
-                                                          "cleaned": work / "run-cleaned"}, args.seed)}
+                                                          "cleaned": cleaned_run}, args.seed)}
         result["teacher"]["claim"] = result["teacher"]["paired"]["check"]
     return result
 
