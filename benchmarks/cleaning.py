@@ -326,6 +326,45 @@ def cost(rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "target_seconds": 600, "met": seconds <= 600}
 
 
+def _fmt(value: float | None, ci95: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" + (f" [{ci95[0]:.2f}, {ci95[1]:.2f}]" if ci95 else "")
+
+
+def tables(out: dict[str, Any]) -> str:
+    """The detection table and, where teachers were trained, the recovery table, as Markdown for people to read."""
+    settings = out.get("settings", {})
+    lines = [f"faults injected: {', '.join(f'{k} {v:.0%}' for k, v in out.get('rates', {}).items())}; "
+             f"the cleaned teacher's label issues: {settings.get('label_issues', 'drop')}; "
+             f"{settings.get('eval_rows', '?')} test rows"]
+    if out["verticals"]:
+        lines += ["", "| vertical | fault | injected | flagged | recall | precision | target (recall / precision) "
+                      "| check |", "|---|---|---|---|---|---|---|---|"]
+    for vertical, result in out["verticals"].items():
+        for kind, d in result["detection"].items():
+            lines.append(f"| {vertical} | {kind} | {d['injected']} | {d['flagged']} | {_fmt(d['recall'])} | "
+                         f"{_fmt(d['precision'])} | {d['target']['recall']} / {d['target']['precision']} | "
+                         f"{'met' if d['met'] else 'not met'} |")
+    teachers = {v: r["teacher"] for v, r in out["verticals"].items() if r.get("teacher")}
+    if teachers:
+        lines += ["", "| vertical | clean | noisy | cleaned | loss | regained | share recovered (paired) | check |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for vertical, t in teachers.items():
+            paired = t.get("paired") or {}
+            loss, regained, share = (paired.get(k) or {} for k in ("loss", "regained", "share"))
+            lines.append(f"| {vertical} | " + " | ".join(_fmt(t[k]["accuracy"], t[k]["ci95"])
+                                                        for k in ("clean", "noisy", "cleaned"))
+                         + f" | {_fmt(loss.get('value'), loss.get('ci95'))} | "
+                           f"{_fmt(regained.get('value'), regained.get('ci95'))} | "
+                           f"{_fmt(share.get('value'), share.get('ci95'))} | {t.get('claim', paired.get('check', '-'))} |")
+    if out.get("cost"):
+        c = out["cost"]
+        lines += ["", f"cost: {c['rows']} rows cleaned in {c['seconds']} s (target {c['target_seconds']} s: "
+                      f"{'met' if c['met'] else 'not met'})"]
+    return "\n".join(lines)
+
+
 def _rate(text: str) -> tuple[str, float]:
     kind, _, share = text.partition("=")
     try:
@@ -375,6 +414,7 @@ def main() -> int:
         _log(json.dumps({vertical: {k: out["verticals"][vertical][k] for k in ("detection", "review_queue")}}))
     if args.cost_rows:
         out["cost"] = cost(args.cost_rows, args, work)
+    _log("\n" + tables(out))
     print(json.dumps(out, indent=1))
     return 0
 

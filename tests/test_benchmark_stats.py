@@ -213,3 +213,25 @@ def test_the_continual_page_shows_every_weeks_accuracy(tmp_path) -> None:
     page = (tmp_path / "continual.html").read_text()
     assert page.count("0.812 [0.770, 0.850]") == 4 and "<td>—</td>" not in page
     assert "seed 0 alone: training_time: met" in page
+
+
+def test_the_cleaning_tables_show_every_fault_and_the_paired_recovery() -> None:
+    cleaning = _benchmark("cleaning")
+    detection = {"injected": 10, "flagged": 9, "hits": 8, "recall": 0.8, "precision": 0.889,
+                 "target": {"recall": 0.7, "precision": 0.7}, "met": True}
+    teacher = {"clean": {"accuracy": 0.9, "ci95": [0.85, 0.95]}, "noisy": {"accuracy": 0.5, "ci95": [0.45, 0.55]},
+               "cleaned": {"accuracy": 0.8, "ci95": [0.75, 0.85]}, "claim": "within noise",
+               "paired": {"loss": {"value": 0.4, "ci95": [0.3, 0.5]}, "regained": {"value": 0.3, "ci95": [0.2, 0.4]},
+                          "share": {"value": 0.75, "ci95": [0.6, 0.9]}, "check": "within noise"}}
+    out = {"rates": {"flipped": 0.1, "broken": 0.01}, "settings": {"label_issues": "fix", "eval_rows": 576},
+           "verticals": {"medical": {"detection": {"flipped": detection, "broken": dict(detection, met=False)},
+                                     "teacher": teacher}},
+           "cost": {"rows": 10000, "seconds": 44.7, "target_seconds": 600, "met": True}}
+    text = cleaning.tables(out)
+    assert "flipped 10%, broken 1%" in text and "label issues: fix" in text and "576 test rows" in text
+    assert "| medical | flipped | 10 | 9 | 0.80 | 0.89 | 0.7 / 0.7 | met |" in text
+    assert "| medical | broken | 10 | 9 | 0.80 | 0.89 | 0.7 / 0.7 | not met |" in text
+    assert ("| medical | 0.90 [0.85, 0.95] | 0.50 [0.45, 0.55] | 0.80 [0.75, 0.85] | 0.40 [0.30, 0.50] | "
+            "0.30 [0.20, 0.40] | 0.75 [0.60, 0.90] | within noise |") in text
+    assert "10000 rows cleaned in 44.7 s (target 600 s: met)" in text
+    assert "| vertical | clean |" not in cleaning.tables({**out, "verticals": {"medical": {"detection": {}}}})
