@@ -118,6 +118,15 @@ class DriftObservation:
     tested: bool = False
 
 
+def _scipy_tests() -> tuple[Any, Any] | None:
+    """SciPy's ``binomtest`` and ``ks_2samp``, or None without SciPy (drift is then unknown)."""
+    try:
+        from scipy.stats import binomtest, ks_2samp
+    except ImportError:
+        return None
+    return binomtest, ks_2samp
+
+
 class DriftMonitor:
     """Sliding-window drift tests of served images against a :class:`DriftReference` (thread-safe enough: called
     from one thread, the monitor's). The tests run once the window holds ``min_requests``, then every ``test_every``
@@ -135,6 +144,9 @@ class DriftMonitor:
         self.test_every = test_every
         self._since_test: int | None = None  # requests since the last window test; None: none since the reset
         self._verdict: tuple[bool | None, float | None, float | None, str] = (None, None, None, "")
+        # SciPy's tests are imported now, while the server starts: importing scipy.stats takes about 0.6 s, and at
+        # the first window test it would hold every thread (the request being answered included) that long
+        self._tests = _scipy_tests()
 
     def reset(self) -> None:
         """Forget the window and the last verdict: drift is unknown again until ``min_requests`` have arrived."""
@@ -169,10 +181,9 @@ class DriftMonitor:
 
     def _test(self) -> tuple[bool, float, float, str] | None:
         """SciPy's KS test of each statistic and the binomial test of far images, over the window (None: no SciPy)."""
-        try:
-            from scipy.stats import binomtest, ks_2samp
-        except ImportError:
+        if self._tests is None:
             return None
+        binomtest, ks_2samp = self._tests
         recent = np.stack(list(self.window))
         # One call tests every statistic (column): the same exact p-values as one call per column, a third of the time.
         p_values = [float(p) for p in np.atleast_1d(ks_2samp(self.reference.statistics, recent, axis=0).pvalue)]

@@ -44,7 +44,7 @@ def deployment(path: str | Path, *, replicas: int | None = 1, min_replicas: int 
     base_log = Path(log_dir).absolute() if log_dir else None
 
     def build_app() -> Any:  # runs on each replica, once
-        from . import build_server
+        from . import build_server, settle_heap
         from .app import create_app
 
         replica_log = None
@@ -57,6 +57,7 @@ def deployment(path: str | Path, *, replicas: int | None = 1, min_replicas: int 
             root = found.run_dir / "serve" if found.run_dir else Path("serve-logs").absolute()
             replica_log = root / f"replica-{_replica_name()}"
         server = build_server(path, log_dir=replica_log, threads=threads, name=name, options=options)
+        settle_heap()  # each replica is its own process
         server.scheduler.start()  # also started by the app's lifespan; starting twice is harmless
         return create_app(server)
 

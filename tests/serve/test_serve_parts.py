@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -143,6 +144,30 @@ def test_the_window_test_is_scipys_ks_test_of_each_statistic_against_the_referen
     recent = np.stack([image_statistics(image) for image in images])
     expected = min(ks_2samp(reference.statistics[:, k], recent[:, k]).pvalue for k in range(len(STATISTICS)))
     assert observed.ks_min_p == pytest.approx(round(expected, 6), abs=1e-6)
+
+
+def test_scipy_is_loaded_with_the_drift_monitor_not_at_a_requests_window_test(monkeypatch):
+    """Importing scipy.stats at the first window test held every thread of the server for ~0.6 s mid-request."""
+    reference = DriftReference.from_images(_images(0, 40))
+    loaded = DriftMonitor(reference, window=50, min_requests=20)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # from here on, importing scipy.stats fails
+    assert [loaded.observe(image) for image in _images(1, 20)][-1].drifted is False  # tested with what it loaded
+    without = DriftMonitor(reference, window=50, min_requests=20)  # built where SciPy cannot be imported
+    last = [without.observe(image) for image in _images(1, 20)][-1]
+    assert last.drifted is None and "scipy is not installed" in last.reason  # unknown, never False
+
+
+def test_a_serving_process_moves_what_is_loaded_out_of_the_collectors_sight():
+    import gc
+
+    from dsvl_adapt.serve import settle_heap
+
+    before = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
 
 
 def test_repetitive_answers_are_flagged():
