@@ -12,8 +12,8 @@ scorecard asked them (system text, image, question). Printed as one JSON object:
   target (``benchmarks/_stats.py``);
 * ``cache``: every row asked once on C (misses), then every row again (hits): per row, miss time / hit time, with its
   interval, against 20x;
-  beside it the client's floor (the same client's ``GET /v1/models``, which does no work) and the ratio a hit
-  costing only that floor would reach; ``cache.http``: the same measure on as many other rows posted as the same
+  beside it the client's floors (the same client's ``GET /v1/models``, and its ``chat.completions.create`` of the
+  same rows on an endpoint that does no work) and the ratio a hit costing only that floor would reach; ``cache.http``: the same measure on as many other rows posted as the same
   JSON with the HTTP library the openai client is built on (httpx), without the client's own per-call work;
 * ``burst``: 4x C's queue size sent at once: 200s, 429s (each with Retry-After), errors, and a good request after.
 
@@ -69,19 +69,18 @@ def ensure_run(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-class ServerProcess:
-    """`dsvl-adapt serve` in a subprocess, on a free loopback port."""
+class LoopbackProcess:
+    """An HTTP server in a subprocess on a free loopback port (``argv(port)`` starts it), ready when ``/ready``
+    answers 200."""
 
-    def __init__(self, run_dir: Path, log_dir: Path, *flags: str) -> None:
+    def __init__(self, argv: Any) -> None:
         import socket
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dsvl_adapt.cli", "serve", str(run_dir), "--port", str(self.port), "--log-dir",
-             str(log_dir), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(argv(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -103,6 +102,64 @@ class ServerProcess:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+class ServerProcess(LoopbackProcess):
+    """`dsvl-adapt serve` in a subprocess, on a free loopback port."""
+
+    def __init__(self, run_dir: Path, log_dir: Path, *flags: str) -> None:
+        super().__init__(lambda port: [sys.executable, "-m", "dsvl_adapt.cli", "serve", str(run_dir), "--port",
+                                       str(port), "--log-dir", str(log_dir), *flags])
+
+
+# A chat-completions endpoint that does no work (FastAPI on uvicorn, as the server; it reads the body and returns a
+# fixed completion): what the openai client's create() costs on its own, the floor under any cache hit through it.
+NO_WORK_APP = """
+import sys
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+app = FastAPI()
+ANSWER = {"id": "chatcmpl-floor", "object": "chat.completion", "created": 0, "model": "floor",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "0"}, "finish_reason": "stop",
+                       "logprobs": None}], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+@app.post("/v1/chat/completions")
+async def chat(request: Request):
+    await request.body()
+    return JSONResponse(ANSWER)
+@app.get("/ready")
+async def ready():
+    return {"ready": True}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+class NoWorkEndpoint(LoopbackProcess):
+    """:data:`NO_WORK_APP` in a subprocess, on a free loopback port."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda port: [sys.executable, "-c", NO_WORK_APP, str(port)])
+
+
+def chat_floor(messages: list[list[dict[str, Any]]], rows: range, repeats: int = 2) -> list[float]:
+    """Milliseconds per ``chat.completions.create`` of the given rows on :class:`NoWorkEndpoint`, same client settings
+    as the cache phase."""
+    from openai import OpenAI
+
+    endpoint = NoWorkEndpoint()
+    try:
+        endpoint.wait_ready(60)
+        client = OpenAI(base_url=f"{endpoint.url}/v1", api_key="bench", max_retries=0, timeout=120)
+        client.chat.completions.create(model="floor", messages=messages[rows[0]], max_tokens=CACHE_MAX_TOKENS)
+        times = []
+        for _ in range(repeats):
+            for i in rows:
+                started = time.perf_counter()
+                client.chat.completions.create(model="floor", messages=messages[i], max_tokens=CACHE_MAX_TOKENS)
+                times.append((time.perf_counter() - started) * 1000)
+        return times
+    finally:
+        endpoint.stop()
 
 
 def requests_for(run_dir: Path) -> tuple[str, list[list[dict[str, Any]]]]:
@@ -316,6 +373,7 @@ def main() -> int:
                     bucket.append((time.perf_counter() - started) * 1000)
                     assert response.status_code == 200 and response.json()["dsvl"]["cache_hit"] is (bucket is http_hit)
         http_speedup = paired_ratio(http_miss, http_hit) if http_hit else None
+        create_floor = chat_floor(messages, rows)
         from dsvl_adapt.serve.monitor import read_request_log
 
         time.sleep(1)  # the server logs a request just after answering it
@@ -327,6 +385,11 @@ def main() -> int:
                            "client_floor_p50_ms": percentile(floor, 50),
                            "client_floor_method": "the same openai client's GET /v1/models (no model, no cache)",
                            "ratio_bound_at_floor": round(percentile(miss, 50) / percentile(floor, 50), 1),
+                           "client_chat_floor_p50_ms": percentile(create_floor, 50),
+                           "client_chat_floor_method": "the same client's chat.completions.create with the same rows "
+                                                       "on an endpoint that does no work (FastAPI on uvicorn, the "
+                                                       "body read, a fixed answer returned)",
+                           "ratio_bound_at_chat_floor": round(percentile(miss, 50) / percentile(create_floor, 50), 1),
                            "target": ">= 20x", "target_check": target_check(speedup.ratio, speedup.low, speedup.high,
                                                                              20.0)}
         if http_speedup is not None:

@@ -1,7 +1,8 @@
 """The HTTP application: OpenAI chat completions (streaming and not), ``/health``, ``/ready``, ``/metrics``.
 
-FastAPI on uvicorn (see docs/serving.md for why); this module imports FastAPI, so import it only to serve. Handlers stay on the event loop only for I/O: decoding the image and
-rendering the prompt run in the thread pool, the model runs on the scheduler's single inference thread
+FastAPI on uvicorn (see docs/serving.md for why); this module imports FastAPI, so import it only to serve. Handlers
+stay on the event loop only for I/O and small work: rendering the prompt and decoding an image that came in a large
+body (or from a local path) run in the thread pool, the model runs on the scheduler's single inference thread
 (:mod:`dsvl_adapt.serve.batching`), and answers come back through futures. Every refusal is a 4xx with a message
 naming the problem (:class:`~dsvl_adapt.serve.limits.ServeError`); an unexpected fault is a 500 that names no
 internals, is logged, and leaves the server serving.
@@ -39,6 +40,10 @@ from .monitor import Monitor
 from .protocol import ChatRequest, Conversation, generation_settings, parse_request, to_conversation
 
 log = logging.getLogger("dsvl_adapt.serve")
+
+#: Request bodies up to this size have their image decoded on the event loop; larger ones (and local image paths,
+#: whose files may be of any size) in the thread pool, so that one big picture never stalls the other requests.
+INLINE_DECODE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -223,8 +228,12 @@ def create_app(server: Server) -> Any:
         if chat_request.model != model.name:
             raise ServeError(404, f"model {chat_request.model!r} is not served here; this server serves "
                                   f"{model.name!r} (GET /v1/models)", param="model", code="model_not_found")
-        conversation = await run_in_threadpool(to_conversation, chat_request, options.limits,
-                                               allow_local_images=options.allow_local_images)
+        if len(body) <= INLINE_DECODE_BYTES and not options.allow_local_images:
+            # a small inline picture decodes in well under a millisecond: less than the hop to a worker thread
+            conversation = to_conversation(chat_request, options.limits, allow_local_images=False)
+        else:
+            conversation = await run_in_threadpool(to_conversation, chat_request, options.limits,
+                                                   allow_local_images=options.allow_local_images)
         settings = generation_settings(chat_request, default_max_tokens=options.default_max_tokens,
                                        eos_token_id=model.eos_id, pad_token_id=model.encoder.pad_id)
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"

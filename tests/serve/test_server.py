@@ -107,6 +107,35 @@ def test_a_repeated_request_is_answered_from_the_cache(built, client, test_rows)
     assert other.model_extra["dsvl"]["cache_hit"] is False  # different settings, different key
 
 
+def test_a_picture_in_a_large_body_is_decoded_off_the_loop_and_answered_as_the_same_picture_sent_small(built, client,
+                                                                                                      test_rows):
+    import base64
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from dsvl_adapt.serve.app import INLINE_DECODE_BYTES
+
+    server, _ = built
+    rows, prompt, _ = test_rows
+    messages = openai_messages(conversation(prompt, rows[9]))
+    padded = PngInfo()
+    padded.add_text("padding", "x" * (2 * INLINE_DECODE_BYTES))  # same pixels, a file over the inline limit
+    buffer = io.BytesIO()
+    rows[9].image.save(buffer, format="PNG", pnginfo=padded)
+    large = json.loads(json.dumps(messages))
+    for message in large:
+        for part in message["content"] if isinstance(message["content"], list) else []:
+            if part["type"] == "image_url":
+                part["image_url"]["url"] = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert len(json.dumps(large)) > INLINE_DECODE_BYTES > len(json.dumps(messages))
+    first = client.chat.completions.create(model=server.model.name, messages=large, max_tokens=5)
+    again = client.chat.completions.create(model=server.model.name, messages=messages, max_tokens=5)
+    assert first.model_extra["dsvl"]["cache_hit"] is False
+    assert again.model_extra["dsvl"]["cache_hit"] is True  # the same pixels: the same key, whichever path decoded
+    assert again.choices[0].message.content == first.choices[0].message.content
+
+
 def test_the_disk_cache_answers_after_a_restart(built, test_rows, tmp_path):
     from dsvl_adapt.serve.app import Server
     from dsvl_adapt.serve.monitor import Monitor, MonitorSettings
