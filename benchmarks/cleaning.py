@@ -353,11 +353,10 @@ def tables(out: dict[str, Any]) -> str:
         for vertical, t in teachers.items():
             paired = t.get("paired") or {}
             loss, regained, share = (paired.get(k) or {} for k in ("loss", "regained", "share"))
-            lines.append(f"| {vertical} | " + " | ".join(_fmt(t[k]["accuracy"], t[k]["ci95"])
-                                                        for k in ("clean", "noisy", "cleaned"))
-                         + f" | {_fmt(loss.get('value'), loss.get('ci95'))} | "
-                           f"{_fmt(regained.get('value'), regained.get('ci95'))} | "
-                           f"{_fmt(share.get('value'), share.get('ci95'))} | {t.get('claim', paired.get('check', '-'))} |")
+            cells = [_fmt(t[k]["accuracy"], t[k]["ci95"]) for k in ("clean", "noisy", "cleaned")]
+            cells += [_fmt(part.get("value"), part.get("ci95")) for part in (loss, regained, share)]
+            cells.append(t.get("claim", paired.get("check", "-")))
+            lines.append(f"| {vertical} | " + " | ".join(cells) + " |")
     if out.get("cost"):
         c = out["cost"]
         lines += ["", f"cost: {c['rows']} rows cleaned in {c['seconds']} s (target {c['target_seconds']} s: "

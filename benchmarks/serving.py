@@ -13,8 +13,9 @@ scorecard asked them (system text, image, question). Printed as one JSON object:
 * ``cache``: every row asked once on C (misses), then every row again (hits): per row, miss time / hit time, with its
   interval, against 20x;
   beside it the client's floors (the same client's ``GET /v1/models``, and its ``chat.completions.create`` of the
-  same rows on an endpoint that does no work) and the ratio a hit costing only that floor would reach; ``cache.http``: the same measure on as many other rows posted as the same
-  JSON with the HTTP library the openai client is built on (httpx), without the client's own per-call work;
+  same rows on an endpoint that does no work) and the ratio a hit costing only that floor would reach;
+  ``cache.http``: the same measure on as many other rows posted as the same JSON with the HTTP library the openai
+  client is built on (httpx), without the client's own per-call work;
 * ``burst``: 4x C's queue size sent at once: 200s, 429s (each with Retry-After), errors, and a good request after.
 
 Bounded: every phase has a fixed request count and timeouts; the servers are stopped at the end.
