@@ -335,12 +335,13 @@ def _fmt(value: float | None, ci95: list[float] | None = None) -> str:
 def tables(out: dict[str, Any]) -> str:
     """The detection table and, where teachers were trained, the recovery table, as Markdown for people to read."""
     settings = out.get("settings", {})
-    lines = [f"faults injected: {', '.join(f'{k} {v:.0%}' for k, v in out.get('rates', {}).items())}; "
-             f"the cleaned teacher's label issues: {settings.get('label_issues', 'drop')}; "
-             f"{settings.get('eval_rows', '?')} test rows"]
+    lines: list[str] = []
     if out["verticals"]:
-        lines += ["", "| vertical | fault | injected | flagged | recall | precision | target (recall / precision) "
-                      "| check |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"faults injected: {', '.join(f'{k} {v:.0%}' for k, v in out.get('rates', {}).items())}; "
+                  f"the cleaned teacher's label issues: {settings.get('label_issues', 'drop')}; "
+                  f"{settings.get('eval_rows', '?')} test rows", "",
+                  "| vertical | fault | injected | flagged | recall | precision | target (recall / precision) "
+                  "| check |", "|---|---|---|---|---|---|---|---|"]
     for vertical, result in out["verticals"].items():
         for kind, d in result["detection"].items():
             lines.append(f"| {vertical} | {kind} | {d['injected']} | {d['flagged']} | {_fmt(d['recall'])} | "

@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ class LoopbackProcess:
     """An HTTP server in a subprocess on a free loopback port (``argv(port)`` starts it), ready when ``/ready``
     answers 200."""
 
-    def __init__(self, argv: Any) -> None:
+    def __init__(self, argv: Callable[[int], list[str]]) -> None:
         import socket
 
         with socket.socket() as sock:
