@@ -232,10 +232,10 @@ class PlainOpenVinoModel(GraphRuntimeModel):
         result = self.requests[name].infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return np.array(result.to_tuple()[0], copy=True)
 
-    def _lm_step(self, *args: Any) -> Any:  # the stateful LM, exactly as the SDK's OpenVINO model runs it
+    def _lm_step(self, *args: Any, **kwargs: Any) -> Any:  # the stateful LM, as the SDK's OpenVINO model runs it
         from dsvl_adapt.runtimes.openvino import OpenVinoModel
 
-        return OpenVinoModel._lm_step(self, *args)  # type: ignore[arg-type]
+        return OpenVinoModel._lm_step(self, *args, **kwargs)  # type: ignore[arg-type]
 
     def _run_lm(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         from dsvl_adapt.runtimes.openvino import OpenVinoModel

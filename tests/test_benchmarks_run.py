@@ -28,6 +28,7 @@ SMALLEST: dict[str, list[str]] = {
     "learnability.py": ["industrial", "--train-rows", "32", "--test-rows", "16", "--steps", "4", "--warmup", "1",
                         "--image-size", "32"],
     "precision.py": ["--quick", "--work", "{tmp}/work"],
+    "prefill_logits.py": ["--quick", "--work", "{tmp}/work"],
     "recovery.py": ["--quick", "--out", "{tmp}/runs"],
     "runtimes.py": ["--quick", "--work", "{tmp}/work"],
     "serving.py": ["--quick", "--work", "{tmp}/work"],

@@ -4,7 +4,7 @@ Layouts written into ``directory``::
 
     full  (split=False)  model.onnx      input_ids, attention_mask, pixel_values[, high_res_pixel_values] -> logits
     split (split=True)   vision.onnx     pixel_values[, high_res_pixel_values] -> image_embeds (B, N, hidden), aligned
-                         lm.onnx         inputs_embeds, attention_mask, position_ids,
+                         lm.onnx         inputs_embeds, attention_mask, position_ids, logits_positions,
                                          past_key_values.<i>.key|value -> logits, present.<i>.key|value
                                          (the KV cache: one graph for the prefill - empty past - and each decode
                                          step; ``kv_cache=False`` or opset < 18: inputs_embeds, attention_mask ->
@@ -34,7 +34,11 @@ decode step (past = the cached length). Two graphs would store every weight twic
 data that quantizers rewrite separately); an ``If``-merged graph (Optimum's old ``decoder_model_merged``) carries
 both branches for no gain on CPU. The same graph is what OpenVINO's make-stateful transformation takes
 (:mod:`dsvl_adapt.runtimes.openvino`). Its names follow Optimum / onnxruntime-genai: ``past_key_values.<i>.key``,
-``present.<i>.value``. Logits come for every new position (``forward`` needs them when scoring).
+``present.<i>.value``. Logits come for the new positions the ``logits_positions`` input names ((K,) int64, the
+same for every row; transformers' ``logits_to_keep`` as a tensor): the last one for prefill and decode, every one
+for ``forward`` (the checks) and calibration. Only those rows reach the head: at DeepSeek-VL-1.3B's vocabulary of
+102,400 the head is ~0.42 GFLOP per position and its output 0.4 MB per position, so a 600-token prefill that kept
+every position would spend ~250 GFLOP and 0.25 GB a row on logits it throws away.
 
 Exporter: the torch.export-based ("dynamo") exporter, for every opset it supports (>= 18; default the exporter's
 own). Why: the TorchScript exporter is deprecated and warns on every call, stores the tied ``lm_head``/embedding
@@ -90,6 +94,8 @@ __all__ = [  # the format's names are re-exported from dsvl_adapt.export.onnx_fo
 ]
 
 MIN_DYNAMO_OPSET = 18
+#: The LM-with-past input that names the new positions whose logits are computed.
+LOGITS_POSITIONS = "logits_positions"
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf caps a file at 2 GiB
 #: ONNX ops the full graph needs to insert image features (``masked_scatter`` lowers to them); the split graphs
 #: have neither.
@@ -160,13 +166,14 @@ def _wrappers():
             return out.logits
 
     class LMWithPastGraph(torch.nn.Module):
-        """The LM on new positions against past keys/values (possibly empty); logits and the present cache."""
+        """The LM on new positions against past keys/values (possibly empty); logits at the new positions that
+        ``logits_positions`` names (the head runs on those rows only) and the present cache."""
 
         def __init__(self, model):
             super().__init__()
             setattr(self, WRAPPER_ATTR, model)
 
-        def forward(self, inputs_embeds, attention_mask, position_ids, past):
+        def forward(self, inputs_embeds, attention_mask, position_ids, logits_positions, past):
             from transformers import DynamicCache
 
             hf = getattr(self, WRAPPER_ATTR)
@@ -174,7 +181,7 @@ def _wrappers():
             for layer in range(len(past) // 2):
                 cache.update(past[2 * layer], past[2 * layer + 1], layer)
             out = hf(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                     cache=cache, use_cache=True)
+                     cache=cache, use_cache=True, logits_to_keep=logits_positions)
             present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
             return (out.logits, *present)
 
@@ -281,6 +288,7 @@ def _past_example(model, embeds, attention_mask) -> tuple[KvCacheInfo, tuple]:
     """Names and shapes of the cache, and tracing arguments for the LM with past: the first two positions of the
     example as the past (computed by the model), the rest as new positions (torch.export specialises sizes 0 and 1,
     so both axes are traced at >= 2)."""
+    import torch
     from transformers import DynamicCache
 
     past_len = 2
@@ -295,11 +303,13 @@ def _past_example(model, embeds, attention_mask) -> tuple[KvCacheInfo, tuple]:
         present_outputs=[f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")],
         kv_heads=[int(past[2 * i].shape[1]) for i in range(layers)],
         head_dims=[int(past[2 * i].shape[3]) for i in range(layers)],
-        dtype=str(past[0].dtype).removeprefix("torch."))
-    if embeds.shape[1] <= past_len + 1:
+        dtype=str(past[0].dtype).removeprefix("torch."), logits_positions=LOGITS_POSITIONS)
+    new = embeds.shape[1] - past_len
+    if new < 2:
         raise ValueError(f"example_batch is too short to trace the KV-cache graph ({embeds.shape[1]} positions; "
                          f"at least {past_len + 2} needed)")
-    return info, (embeds[:, past_len:], attention_mask, positions[:, past_len:], past)
+    keep = torch.arange(new - 2, new)  # two of the new positions: a traced size of 1 would be fixed at 1
+    return info, (embeds[:, past_len:], attention_mask, positions[:, past_len:], keep, past)
 
 
 def _unpadded_row(batch: dict[str, Any]) -> dict[str, Any]:
@@ -406,13 +416,15 @@ def export_onnx(model: torch.nn.Module, directory: str | Path, example_batch: di
                 embeds[mask] = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
                 if with_past:
                     kv_info, args = _past_example(model, embeds, trace["attention_mask"])
-                    names = ["inputs_embeds", "attention_mask", "position_ids", *kv_info.past_inputs]
+                    names = ["inputs_embeds", "attention_mask", "position_ids", LOGITS_POSITIONS,
+                             *kv_info.past_inputs]
                     outputs = ["logits", *kv_info.present_outputs]
                     past_axes = {n: {0: "batch", 2: "past_sequence"} for n in kv_info.past_inputs}
                     _export_one(LMWithPastGraph(model), args, directory / "lm.onnx", names, outputs,
                                 {"inputs_embeds": {0: "batch", 1: "sequence"},
                                  "attention_mask": {0: "batch", 1: "total_sequence"},
-                                 "position_ids": {0: "batch", 1: "sequence"}, **past_axes},
+                                 "position_ids": {0: "batch", 1: "sequence"}, LOGITS_POSITIONS: {0: "kept"},
+                                 **past_axes},
                                 opset, exporter, param_bytes)
                 else:
                     names, outputs = ["inputs_embeds", "attention_mask"], ["logits"]

@@ -64,6 +64,10 @@ class KvCacheInfo(BaseModel):
     kv_heads: list[int] = Field(description="per layer")
     head_dims: list[int] = Field(description="per layer")
     dtype: str = "float32"
+    logits_positions: str | None = Field(
+        None, description="the input naming which new positions get logits ((K,) int64, the same for every row): "
+                          "generation asks for the last only, scoring for all; None on exports made before it, "
+                          "whose LM returns logits for every new position")
 
     def empty_past(self, batch_size: int) -> dict[str, np.ndarray]:
         """Zero-length past tensors for a new request (the prefill), by input name."""
@@ -71,11 +75,20 @@ class KvCacheInfo(BaseModel):
         return {name: np.zeros((batch_size, h, 0, d), dtype=self.dtype)
                 for name, (h, d) in zip(self.past_inputs, shapes, strict=True)}
 
+    def logits_feed(self, new_positions: int, last_only: bool) -> dict[str, np.ndarray]:
+        """The ``logits_positions`` feed for ``new_positions`` new positions: the last one, or all of them (empty
+        for an export without that input)."""
+        if self.logits_positions is None:
+            return {}
+        start = new_positions - 1 if last_only else 0
+        return {self.logits_positions: np.arange(start, new_positions, dtype=np.int64)}
+
     def prefill_feeds(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """Every input of the LM graph for a whole sequence with an empty past (calibration, checks)."""
+        """Every input of the LM graph for a whole sequence with an empty past, logits at every position
+        (calibration sees the head's inputs at all of them, as scoring does; checks compare them all)."""
         positions = np.maximum(np.asarray(attention_mask, dtype=np.int64).cumsum(-1) - 1, 0)
         return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": positions,
-                **self.empty_past(inputs_embeds.shape[0])}
+                **self.logits_feed(inputs_embeds.shape[1], last_only=False), **self.empty_past(inputs_embeds.shape[0])}
 
     @property
     def bytes_per_token(self) -> int:

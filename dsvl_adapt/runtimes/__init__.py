@@ -252,10 +252,11 @@ class GraphRuntimeModel(_GeneratingMixin, ABC):
         """Run graph ``name`` on ``feeds``; its single output as numpy."""
 
     def _lm_step(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                 cache: Any) -> tuple[np.ndarray, Any]:
+                 cache: Any, last_only: bool = False) -> tuple[np.ndarray, Any]:
         """Run the LM with a cache: ``inputs_embeds`` (B, T, hidden) for the new positions, ``attention_mask``
         (B, past + T), ``position_ids`` (B, T); ``cache`` None starts a new request (empty past). Returns the logits
-        (B, T, vocab) and the cache after these positions."""
+        (B, T, vocab) - (B, 1, vocab) with ``last_only`` where the export takes ``logits_positions``, so the head
+        runs on the last row alone - and the cache after these positions."""
         raise NotImplementedError(f"{type(self).__name__} has no KV-cache step")
 
     @property
@@ -337,7 +338,7 @@ class GraphRuntimeModel(_GeneratingMixin, ABC):
             logits, state = decoder.prefill(batch)
             return logits, _RecomputeGraphState(state, decoder)
         positions = positions_from_mask(mask)
-        logits, cache = self._lm_step(self.inputs_embeds(ids, image), mask, positions, None)
+        logits, cache = self._lm_step(self.inputs_embeds(ids, image), mask, positions, None, last_only=True)
         return logits[:, -1], CacheState(mask, positions[:, -1].copy(), cache)
 
     def decode(self, state: Any, next_tokens: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -348,7 +349,7 @@ class GraphRuntimeModel(_GeneratingMixin, ABC):
         token = np.asarray(next_tokens, dtype=np.int64).reshape(-1, 1)
         grown = state.advanced(None)
         logits, cache = self._lm_step(self.inputs_embeds(token, None), grown.attention_mask,
-                                      grown.last_position[:, None], state.cache)
+                                      grown.last_position[:, None], state.cache, last_only=True)
         grown.cache = cache
         return logits[:, -1], grown
 

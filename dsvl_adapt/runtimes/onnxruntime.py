@@ -134,13 +134,14 @@ class OnnxRuntimeModel(GraphRuntimeModel):
         return self.sessions[name].run([output], feeds)[0]
 
     def _lm_step(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                 cache: list[Any] | None) -> tuple[np.ndarray, list[Any]]:
+                 cache: list[Any] | None, last_only: bool = False) -> tuple[np.ndarray, list[Any]]:
         kv = self.kv_cache
         past: dict[str, Any] = (kv.empty_past(inputs_embeds.shape[0]) if cache is None
                                 else dict(zip(kv.past_inputs, cache, strict=True)))
         feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
-                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64), **past}
+                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+                 **kv.logits_feed(inputs_embeds.shape[1], last_only), **past}
         outputs = self._run_lm(feeds)
         return outputs[0].numpy(), outputs[1:]
 

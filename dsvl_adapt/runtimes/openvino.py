@@ -289,7 +289,7 @@ class OpenVinoModel(GraphRuntimeModel):
         return np.array(result.to_tuple()[0], copy=True)
 
     def _lm_step(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                 cache: int | None) -> tuple[np.ndarray, int]:
+                 cache: int | None, last_only: bool = False) -> tuple[np.ndarray, int]:
         """The stateful LM: ``cache`` None resets the request's state (a new request); otherwise it must be the
         token of the request now held, since the state lives in the one infer request."""
         request = self.requests["lm"]
@@ -301,7 +301,8 @@ class OpenVinoModel(GraphRuntimeModel):
                                "request's KV cache at a time; prefill again")
         feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds, dtype=np.float32),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
-                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64)}
+                 "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+                 **self.kv_cache.logits_feed(inputs_embeds.shape[1], last_only)}
         return self._run_lm(feeds), self._request
 
     def _run_lm(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -70,24 +70,26 @@ class Runner:
         return torch.as_tensor(self.onnx_model.generate(batch, max_new_tokens, eos_token_id=eos_id,
                                                         pad_token_id=pad_id))
 
-    def forward_ms(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int,
+    def prefill_ms(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int,
                    threads: int | None) -> list[float]:
-        """Milliseconds per forward over the whole ``batch`` (image + prompt, no cache), warm-up then timed repeats.
+        """Milliseconds per prefill of the whole ``batch`` (image + prompt to the first token's logits, as generation
+        and serving run it: the head on the last position only), warm-up then timed repeats.
 
         The one timing method behind both latency (batch 1) and throughput (a target's batch size)."""
         if self.torch_model is not None:
             model = self.torch_model
             model.eval()
             with torch.no_grad(), torch_threads(threads):
-                return time_calls(lambda: model(**batch, use_cache=False), warmup=warmup, repeats=repeats)
+                return time_calls(lambda: model(**batch, use_cache=False, logits_to_keep=1), warmup=warmup,
+                                  repeats=repeats)
         onnx_model = self.onnx_model
-        return time_calls(lambda: onnx_model.forward(batch), warmup=warmup, repeats=repeats)
+        return time_calls(lambda: onnx_model.prefill(batch), warmup=warmup, repeats=repeats)
 
     def latency(self, batch: dict[str, torch.Tensor], *, warmup: int, repeats: int, threads: int | None,
                 decode_tokens: int = 8) -> tuple[dict[str, Any], list[float]]:
-        """Prefill latency percentiles (from :meth:`forward_ms`) and per-token decode time; also the prefill
+        """Prefill latency percentiles (from :meth:`prefill_ms`) and per-token decode time; also the prefill
         samples themselves, which throughput at the same batch size reuses."""
-        prefill = self.forward_ms(batch, warmup=warmup, repeats=repeats, threads=threads)
+        prefill = self.prefill_ms(batch, warmup=warmup, repeats=repeats, threads=threads)
 
         def generate() -> None:
             if self.torch_model is not None:

@@ -434,15 +434,15 @@ def _measure_throughput(context: RunContext, target: Any, result: dict[str, Any]
     if target.batch_size == latency.batch_size:
         samples = result["prefill_samples"]
         how = (f"{runner.label} ({runner.runtime}) on {latency.cpu}, {latency.threads} threads: the latency "
-               f"measurement itself (median of its {len(samples)} forwards over a batch of {target.batch_size} after "
+               f"measurement itself (median of its {len(samples)} prefills over a batch of {target.batch_size} after "
                f"{latency.warmup} warm-up)")
     else:
         items = result["items"]
         batch = result["encoder"].generation_batch([items[i % len(items)] for i in range(target.batch_size)])
-        samples = runner.forward_ms(batch, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
+        samples = runner.prefill_ms(batch, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
                                     threads=cfg.threads)
         how = (f"{runner.label} ({runner.runtime}) on {latency.cpu}, {latency.threads} threads, median of "
-               f"{len(samples)} forwards over a batch of {target.batch_size} after {cfg.latency_warmup} warm-up "
+               f"{len(samples)} prefills over a batch of {target.batch_size} after {cfg.latency_warmup} warm-up "
                "(timed as latency is)")
     p50 = float(np.median(samples))
     if stand_in:

@@ -131,7 +131,8 @@ def test_split_export_has_no_nonzero_or_scatter_and_matches(split, tiny):
     assert "Conv" not in vision_ops and split.patch_convs_as_matmul == ["model.vision_model.embeddings.patch_embedding"]
     lm_inputs = json.loads(Path(split.inventories["lm"]).read_text())["inputs"]
     past = [f"past_key_values.{i}.{kind}" for i in range(2) for kind in ("key", "value")]
-    assert [v["name"] for v in lm_inputs] == ["inputs_embeds", "attention_mask", "position_ids", *past]
+    assert [v["name"] for v in lm_inputs] == ["inputs_embeds", "attention_mask", "position_ids", "logits_positions",
+                                              *past]
     assert split.kv_cache.past_inputs == past and split.kv_cache.bytes_per_token == 2 * 2 * (2 * 16) * 4
     assert max(split.max_abs_diff.values()) <= ATOL and {"image_embeds", "kv_decode"} <= set(split.max_abs_diff)
     runtime = OnnxRuntimeModel.load(split.directory, threads=1)
@@ -140,6 +141,27 @@ def test_split_export_has_no_nonzero_or_scatter_and_matches(split, tiny):
     other = make_batch("reference-tiny", rows=1, text=9, seed=3)
     for b in (batch, other):
         assert np.abs(runtime.forward(b) - torch_logits(model, b)).max() <= ATOL
+
+
+def test_split_lm_computes_logits_only_where_asked(split, tiny):
+    """The head runs on the positions ``logits_positions`` names: generation's prefill gets the last row alone
+    (B, 1, vocab), equal to that row of the every-position run that scoring and calibration make."""
+    import onnxruntime as ort
+
+    _, batch = tiny
+    runtime = OnnxRuntimeModel.load(split.directory, threads=1)
+    ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    embeds = runtime.inputs_embeds(ids, runtime.image_embeddings(batch))
+    session = ort.InferenceSession(str(split.graph_path("lm")), providers=["CPUExecutionProvider"])
+    every = split.kv_cache.prefill_feeds(embeds, mask)
+    all_logits = session.run(["logits"], every)[0]
+    last = session.run(["logits"], {**every, **split.kv_cache.logits_feed(ids.shape[1], last_only=True)})[0]
+    assert all_logits.shape[:2] == ids.shape and last.shape == (ids.shape[0], 1, all_logits.shape[-1])
+    np.testing.assert_allclose(last[:, 0], all_logits[:, -1], atol=1e-5)
+    logits, _ = runtime.prefill(batch)
+    np.testing.assert_allclose(logits, all_logits[:, -1], atol=1e-5)
+    # an export made before the input existed is fed as it was (every position)
+    assert split.kv_cache.model_copy(update={"logits_positions": None}).logits_feed(5, last_only=True) == {}
 
 
 def test_report_is_saved_and_reloads(full):

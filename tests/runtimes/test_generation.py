@@ -83,7 +83,7 @@ def ir_dir(export_dir, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("kv-ov")
     report = convert_export(export_dir, directory, batches=[prompts([5, 3])], threads=1)
     assert report.kv_cache is not None and report.graphs["lm"].inputs == ["inputs_embeds", "attention_mask",
-                                                                           "position_ids"]
+                                                                           "position_ids", "logits_positions"]
     return directory
 
 
@@ -124,8 +124,10 @@ def test_onnxruntime_decode_feeds_one_token_per_row(export_dir):
     assert len(runtime.calls) == 5  # one prefill, four decode steps
     prefill, *steps = runtime.calls
     assert prefill["inputs_embeds"] == (2, width, HIDDEN) and prefill["past_key_values.0.key"][2] == 0
+    assert prefill["logits_positions"] == (1,)  # the head runs on the prompt's last position only
     for i, call in enumerate(steps):
         assert call["inputs_embeds"] == (2, 1, HIDDEN) and call["position_ids"] == (2, 1)
+        assert call["logits_positions"] == (1,)
         assert call["attention_mask"] == (2, width + i + 1)
         assert call["past_key_values.0.key"][2] == width + i  # the previous step's present, not the prompt re-run
 
@@ -149,6 +151,7 @@ def test_openvino_decode_feeds_one_token_per_row(ir_dir):
     for _ in range(3):
         logits, state = runtime.decode(state, logits.argmax(-1))
     assert [c["inputs_embeds"] for c in runtime.calls] == [(2, width, HIDDEN)] + [(2, 1, HIDDEN)] * 3
+    assert [c["logits_positions"] for c in runtime.calls] == [(1,)] * 4  # the head on the last position only
     assert runtime.kv_cache_bytes(state) == 2 * (width + 3) * runtime.kv_cache.bytes_per_token
     runtime.prefill(row(batch, 0))  # a new request resets the state; the old one is refused
     with pytest.raises(RuntimeError, match="earlier request"):
@@ -219,8 +222,12 @@ def test_int8_dynamic_kv_graph_generates_through_the_cache(export_dir, tmp_path)
     runtime.calls = []
     tokens = runtime.generate(batch, GenerationSettings(max_new_tokens=6))
     assert [c["inputs_embeds"][1] for c in runtime.calls][1:] == [1] * 5
-    logits, state = runtime.prefill(batch)  # the cache graph's prefill is its own forward's last position
-    np.testing.assert_allclose(logits, runtime.forward(batch)[:, -1], atol=1e-5)
+    logits, state = runtime.prefill(batch)
+    # the prefill runs the head on the last position alone: below the head it is the forward's computation, and the
+    # head's activations get their own int8 scale, so its logits are near the forward's last row, not equal to them
+    # (a wrong row would be off by the logits' whole spread)
+    last = runtime.forward(batch)[:, -1]
+    assert np.abs(logits - last).max() < 0.05 * (last.max(-1) - last.min(-1)).min()
     cached = [logits]
     for step in range(5):  # teacher-forced on the generated tokens
         logits, state = runtime.decode(state, tokens[:, step])

@@ -69,7 +69,8 @@ def test_optimised_graph_computes_the_same_and_is_marked_pre_processed(lm_graph,
     rng = np.random.default_rng(0)
     feeds = {}
     for i in before.get_inputs():
-        shape = [{"batch": 1, "sequence": 3, "total_sequence": 5, "past_sequence": 2}.get(d, d) for d in i.shape]
+        shape = [{"batch": 1, "sequence": 3, "total_sequence": 5, "past_sequence": 2, "kept": 1}.get(d, d)
+                 for d in i.shape]
         feeds[i.name] = (np.ones(shape, np.int64) if i.type == "tensor(int64)"
                          else rng.standard_normal(shape).astype(np.float32))
     feeds["position_ids"] = np.array([[2, 3, 4]])
