@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, batch, params = build(args.preset, args.prompt, args.prune, args.threads, work)
     calls = {LAST: lambda: model.prefill(batch)[0], EVERY: lambda: model.forward(batch)}
     outputs = {name: call() for name, call in calls.items()}  # warm-up, and what each returns
-    agree = bool(np.allclose(outputs[LAST], outputs[EVERY][:, -1], atol=1e-4))
+    last, every = np.asarray(outputs[LAST]), np.asarray(outputs[EVERY])[:, -1]
     times: dict[str, list[float]] = {name: [] for name in calls}
     for order in round_orders(list(calls), args.rounds, seed=args.seed):
         for name in order:
@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "configurations": {name: {"median_ms": round(statistics.median(t), 2),
                                   "logits_bytes": int(np.asarray(outputs[name]).nbytes)}
                            for name, t in times.items()},
-        "last_row_agrees": agree,
+        # dynamic int8 gives the head's activations a scale of their own rows: near, not bit-equal
+        "last_row_max_abs_diff": round(float(np.abs(last - every).max()), 5),
+        "last_row_logit_spread": round(float((every.max(-1) - every.min(-1)).min()), 3),
+        "same_next_token": bool((last.argmax(-1) == every.argmax(-1)).all()),
         "speedup_last_over_every": paired_ratio(times[EVERY], times[LAST]).to_json(),
     }
     text = json.dumps(result, indent=1)
