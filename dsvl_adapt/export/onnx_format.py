@@ -66,8 +66,8 @@ class KvCacheInfo(BaseModel):
     dtype: str = "float32"
     logits_positions: str | None = Field(
         None, description="the input naming which new positions get logits ((K,) int64, the same for every row): "
-                          "generation asks for the last only, scoring for all; None on exports made before it, "
-                          "whose LM returns logits for every new position")
+                          "generation asks for the last only, checks and calibration for all; None on exports made "
+                          "before it, whose LM returns logits for every new position")
 
     def empty_past(self, batch_size: int) -> dict[str, np.ndarray]:
         """Zero-length past tensors for a new request (the prefill), by input name."""
@@ -85,7 +85,7 @@ class KvCacheInfo(BaseModel):
 
     def prefill_feeds(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """Every input of the LM graph for a whole sequence with an empty past, logits at every position
-        (calibration sees the head's inputs at all of them, as scoring does; checks compare them all)."""
+        (calibration sees the head's inputs at all of them; the checks compare them all)."""
         positions = np.maximum(np.asarray(attention_mask, dtype=np.int64).cumsum(-1) - 1, 0)
         return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": positions,
                 **self.logits_feed(inputs_embeds.shape[1], last_only=False), **self.empty_past(inputs_embeds.shape[0])}
