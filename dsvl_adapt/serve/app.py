@@ -135,6 +135,20 @@ class Server:
                 sink.finish("done", answer)
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, read until it passes ``limit`` bytes (then 413): a body sent without Content-Length
+    (chunked) is never buffered whole."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(413, f"the request body is above the limit of {limit:,} bytes (stopped reading at "
+                                  f"{size:,})", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _error_response(error: ServeError) -> Any:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -223,7 +237,7 @@ def create_app(server: Server) -> Any:
         if length and length.isdigit() and int(length) > options.limits.max_request_bytes:
             raise ServeError(413, f"the request body is {int(length):,} bytes, above the limit of "
                                   f"{options.limits.max_request_bytes:,}", code="request_too_large")
-        body = await request.body()
+        body = await _read_body(request, options.limits.max_request_bytes)
         chat_request = parse_request(body, options.limits)
         if chat_request.model != model.name:
             raise ServeError(404, f"model {chat_request.model!r} is not served here; this server serves "
@@ -252,7 +266,7 @@ def create_app(server: Server) -> Any:
                                       grade, figures, arrived)
             return _answered(_completion(request_id, answer, cached["prompt_tokens"], True), request_id,
                              conversation, answer, cached["prompt_tokens"], grade, figures, arrived)
-        encoded = await run_in_threadpool(_encode, conversation)
+        encoded = await run_in_threadpool(_encode, conversation, settings.max_new_tokens)
         grade = grade_cost(pixels=conversation.pixels, prompt_tokens=len(encoded.prompt_ids),
                            max_new_tokens=settings.max_new_tokens)
         sink = (_StreamSink(asyncio.get_running_loop(), settings.max_new_tokens, model.eos_id)
@@ -279,7 +293,7 @@ def create_app(server: Server) -> Any:
         return _answered(_completion(request_id, answer, len(encoded.prompt_ids), False), request_id, conversation,
                          answer, len(encoded.prompt_ids), grade, _figures(job), arrived)
 
-    def _encode(conversation: Conversation) -> Encoded:
+    def _encode(conversation: Conversation, max_new_tokens: int) -> Encoded:
         try:
             encoded = model.encode(conversation.messages)
         except Exception as exc:  # noqa: BLE001 - the template refused these messages: the client's input
@@ -288,6 +302,11 @@ def create_app(server: Server) -> Any:
         if len(encoded.prompt_ids) > options.limits.max_prompt_tokens:
             raise ServeError(400, f"the prompt is {len(encoded.prompt_ids):,} tokens, above the limit of "
                                   f"{options.limits.max_prompt_tokens:,}", param="messages", code="prompt_too_long")
+        context = model.context_length
+        if context is not None and len(encoded.prompt_ids) + max_new_tokens > context:
+            raise ServeError(400, f"the prompt is {len(encoded.prompt_ids):,} tokens and the answer may take "
+                                  f"{max_new_tokens:,}, past the model's context of {context:,} positions: shorten "
+                                  "the messages or lower max_tokens", param="messages", code="context_length_exceeded")
         return encoded
 
     async def _off_loop(function: Any, *args: Any) -> Any:

@@ -30,7 +30,7 @@ def add_commands(sub: Any) -> None:
                            epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("path", metavar="RUN_DIR|MODEL_DIR", help="a run folder or a model folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     serve.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (visible in ps; "
                                                      "prefer --token-env)")
     serve.add_argument("--token-env", default=None, metavar="VAR", help="read the bearer token from this variable")
@@ -46,9 +46,12 @@ def add_commands(sub: Any) -> None:
     serve.add_argument("--max-tokens", type=int, default=None,
                        help="answer budget when a request sets none (default: the vertical's, as scored)")
     serve.add_argument("--max-tokens-limit", type=int, default=256, help="largest max_tokens a request may ask")
-    serve.add_argument("--max-image-bytes", type=int, default=4 * 2**20)
-    serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
-    serve.add_argument("--max-request-bytes", type=int, default=8 * 2**20)
+    serve.add_argument("--max-image-bytes", type=int, default=4 * 2**20,
+                       help="largest image file a request may carry, decoded from its data URL (default 4 MiB)")
+    serve.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                       help="largest image in pixels, checked before decoding (default 4096x4096)")
+    serve.add_argument("--max-request-bytes", type=int, default=8 * 2**20,
+                       help="largest request body (default 8 MiB)")
     serve.add_argument("--allow-local-images", action="store_true",
                        help="accept image_url values that are paths on the server (off: data URLs only)")
     serve.add_argument("--log-dir", default=None, help="request log and hard cases (default RUN_DIR/serve)")
@@ -72,6 +75,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from . import build_server, serve
     from .app import ServeOptions
     from .limits import Limits
+    from .model import find_deployment
 
     token = args.token
     if args.token_env:
@@ -89,6 +93,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                            allow_local_images=args.allow_local_images, limits=limits,
                            **({"default_max_tokens": args.max_tokens} if args.max_tokens else {}))
+    find_deployment(args.path)  # a wrong path is named first
+    _check_port_free(args.host, args.port)  # before the model loads, and before the log folder is made
     server = build_server(args.path, log_dir=args.log_dir, threads=args.threads, name=args.model_name,
                           options=options, reference_dir=args.reference,
                           monitor_settings={"low_confidence": args.low_confidence})
@@ -96,6 +102,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           f"http://{args.host}:{args.port}/v1; log: {server.monitor.log_dir}", flush=True)
     serve(server, host=args.host, port=args.port)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail at once, naming the flag, when ``host:port`` cannot be bound (in use, or not an address here)."""
+    import socket
+
+    from ..errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(infos[0][4])
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another server may hold the "
+                          "port; pick another with --port, or stop that server") from None
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:

@@ -77,6 +77,9 @@ def find_deployment(path: str | Path) -> Deployment:
     from ..engine import read_stage_artifacts
 
     path = Path(path).expanduser().absolute()
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist: give a run folder (the run_dir of `dsvl-adapt run`) or a model "
+                             "folder (a checkpoint, an ONNX export or OpenVINO IR)")
     if not path.is_dir():
         raise ModelLoadError(f"{path} is not a folder: give a run folder (with manifest.json) or a model folder "
                              "(a checkpoint, an ONNX export or OpenVINO IR)")
@@ -86,13 +89,20 @@ def find_deployment(path: str | Path) -> Deployment:
             raise ModelLoadError(f"{path} is neither a run folder (no manifest.json) nor a model folder (no "
                                  "config.json); give the run_dir of `dsvl-adapt run` or a model folder inside it")
         return Deployment(model_dir=path)
-    raw = json.loads(manifest.read_text())["config"]
-    stages = list(raw.get("pipeline", {}).get("stages", []))
+    try:
+        raw = json.loads(manifest.read_text())["config"]
+        stages = list(raw.get("pipeline", {}).get("stages", []))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"{manifest} is not a run manifest ({type(exc).__name__}: {exc}): it is written by "
+                             "`dsvl-adapt run`; rerun it with this run_dir, or serve a model folder") from None
+    unfinished = [name for name in stages if not (path / "stages" / name / "stage.json").is_file()]
+    if unfinished:
+        raise ModelLoadError(f"{path} is a run that has not finished: {', '.join(unfinished)} still to run, so its "
+                             "student is not the one the scorecard will measure; finish the run (`dsvl-adapt run "
+                             f"run_dir={path}` resumes it) or serve a model folder inside it")
     artifacts: dict[str, Path] = {}
     for name in stages:
-        stage_dir = path / "stages" / name
-        if (stage_dir / "stage.json").is_file():
-            artifacts.update(read_stage_artifacts(stage_dir))
+        artifacts.update(read_stage_artifacts(path / "stages" / name))
     chosen = artifacts.get("deploy") or artifacts.get("student")
     if chosen is None or not chosen.is_dir():
         raise ModelLoadError(f"{path} holds no finished student: none of its stages ({', '.join(stages) or 'none'}) "
@@ -151,6 +161,9 @@ class ServedModel:
         self.runtime = self.runner.runtime
         self.label = self.runner.label
         self.image_size = int(self.processor.image_processor.size["height"])
+        text_config = getattr(self.runner.config, "text_config", None) or self.runner.config
+        #: positions the LM was built for (prompt + answer); None when its config does not say
+        self.context_length: int | None = getattr(text_config, "max_position_embeddings", None)
         self._lock = threading.Lock()
 
     # -- prompts -------------------------------------------------------------------------

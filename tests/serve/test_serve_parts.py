@@ -188,6 +188,70 @@ def test_serving_commands_refuse_a_folder_that_is_not_a_run_or_model(tmp_path, c
     assert time.monotonic() - started < 30
 
 
+def test_serve_refuses_an_unfinished_run_and_a_broken_manifest_naming_the_fix(tmp_path):
+    import json
+
+    from dsvl_adapt.errors import ModelLoadError
+    from dsvl_adapt.serve.model import find_deployment
+
+    run = tmp_path / "run"
+    (run / "stages" / "load" / "base").mkdir(parents=True)
+    (run / "stages" / "load" / "stage.json").write_text(json.dumps(
+        {"stage": "load", "paths": "run-relative", "artifacts": {"student": "stages/load/base"}}))
+    (run / "manifest.json").write_text(json.dumps({"config": {"pipeline": {"stages": ["load", "finetune"]}}}))
+    with pytest.raises(ModelLoadError, match="has not finished: finetune still to run"):
+        find_deployment(run)  # the base model the load stage recorded is not served in its place
+    for text, kind in (("{", "JSONDecodeError"), ("{}", "KeyError")):
+        (run / "manifest.json").write_text(text)
+        with pytest.raises(ModelLoadError, match=f"manifest.json is not a run manifest \\({kind}"):
+            find_deployment(run)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        find_deployment(tmp_path / "missing")
+
+
+def test_serve_names_a_busy_port_before_loading_the_model(tiny_run, tmp_path, capsys):
+    pytest.importorskip("fastapi")
+    import socket
+
+    from dsvl_adapt.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        assert main(["serve", str(tiny_run), "--port", str(port), "--log-dir", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    assert not (tmp_path / "never").exists() and time.monotonic() - started < 30
+
+
+def test_a_body_without_content_length_is_read_only_up_to_the_limit():
+    pytest.importorskip("fastapi")
+    import asyncio
+
+    from starlette.requests import Request
+
+    from dsvl_adapt.serve.app import _read_body
+    from dsvl_adapt.serve.limits import ServeError
+
+    sent = []
+
+    async def receive() -> dict:
+        sent.append(1)
+        return {"type": "http.request", "body": b"a" * 1024, "more_body": len(sent) < 100}
+
+    request = Request({"type": "http", "method": "POST", "headers": [(b"transfer-encoding", b"chunked")]}, receive)
+    with pytest.raises(ServeError) as refused:
+        asyncio.run(_read_body(request, 10 * 1024))
+    assert refused.value.status == 413 and "above the limit of 10,240 bytes" in refused.value.message
+    assert len(sent) == 11  # it stopped at the chunk that passed the limit, not at the body's end
+    sent.clear()
+    small = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    sent.extend([1] * 97)  # three chunks left
+    assert asyncio.run(_read_body(small, 10 * 1024)) == b"a" * 3072
+
+
 def test_the_request_log_rotates_and_is_read_back_whole_in_order(tmp_path):
     pytest.importorskip("prometheus_client")
     from dsvl_adapt.serve.monitor import Monitor, MonitorSettings, read_request_log

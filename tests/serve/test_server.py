@@ -206,6 +206,10 @@ def test_every_bad_input_gets_a_4xx_naming_the_problem_and_the_server_keeps_serv
                                                                                "content": "ok"}]}, auth, 400,
          "must end with the user"),
         ("stop sequences", {**good, "stop": ["\n"]}, auth, 400, "stop"),
+        ("past the model's context", {**good, "max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(image)}},
+            {"type": "text", "text": " a" * (server.model.context_length + 8)}]}]}, auth, 400,
+         f"past the model's context of {server.model.context_length:,} positions"),
     ]
     assert len(cases) >= 15
     for label, body, headers, status, words in cases:
