@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -339,6 +340,11 @@ def record_artifacts(artifacts: dict[str, str], work_dir: Path, final: Path, run
             path = final / path.relative_to(work_dir)
         recorded[key] = path.relative_to(run_dir).as_posix() if path.is_relative_to(run_dir) else str(path)
     return recorded
+
+
+def unfinished_stages(run_dir: Path, stages: Sequence[str]) -> list[str]:
+    """The stages among ``stages`` with no complete record in ``run_dir`` (a run is finished when there are none)."""
+    return [name for name in stages if not (Path(run_dir) / "stages" / name / STAGE_RECORD).is_file()]
 
 
 def read_stage_artifacts(stage_dir: Path) -> dict[str, Path]:

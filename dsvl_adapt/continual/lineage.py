@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine import STAGE_RECORD, read_stage_artifacts
+from ..engine import STAGE_RECORD, read_stage_artifacts, unfinished_stages
 from ..errors import ConfigError
 from ..manifest import MANIFEST
 
@@ -66,7 +66,7 @@ def read_parent(run_dir: str | Path) -> ParentRun:
                           "folder of a finished run")
     manifest = json.loads(manifest_path.read_text())
     stages = manifest.get("config", {}).get("pipeline", {}).get("stages", [])
-    unfinished = [name for name in stages if not (run_dir / "stages" / name / STAGE_RECORD).is_file()]
+    unfinished = unfinished_stages(run_dir, stages)
     if unfinished:
         raise ConfigError(f"RUN_DIR {run_dir} is not a finished run: stage(s) {', '.join(unfinished)} did not "
                           "complete. Finish it first (run the same command again to resume it), or update an "

@@ -74,7 +74,7 @@ class Deployment:
 def find_deployment(path: str | Path) -> Deployment:
     """The model a path designates: a run folder (``manifest.json`` + ``stages/``) gives its deployed artifact,
     any other folder is taken as a model folder. Errors name the path and what was looked for."""
-    from ..engine import read_stage_artifacts
+    from ..engine import read_stage_artifacts, unfinished_stages
 
     path = Path(path).expanduser().absolute()
     if not path.exists():
@@ -95,7 +95,7 @@ def find_deployment(path: str | Path) -> Deployment:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"{manifest} is not a run manifest ({type(exc).__name__}: {exc}): it is written by "
                              "`dsvl-adapt run`; rerun it with this run_dir, or serve a model folder") from None
-    unfinished = [name for name in stages if not (path / "stages" / name / "stage.json").is_file()]
+    unfinished = unfinished_stages(path, stages)
     if unfinished:
         raise ModelLoadError(f"{path} is a run that has not finished: {', '.join(unfinished)} still to run, so its "
                              "student is not the one the scorecard will measure; finish the run (`dsvl-adapt run "
